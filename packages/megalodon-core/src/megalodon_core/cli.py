@@ -1,0 +1,227 @@
+"""The ``megalodon`` command.
+
+The plugin host is built lazily inside the commands that need it, so ``megalodon --version`` stays cheap
+and a broken plugin only shows up where plugins matter.  Tracebacks never print locals: the worker holds
+credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+
+app = typer.Typer(
+    name="megalodon",
+    help="A Taskcluster worker for generic-worker and docker-worker payloads.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _plugins() -> Any:
+    from .plugins import PluginHost
+
+    return PluginHost()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"megalodon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log worker activity to stderr.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)sZ %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command("list-plugins")
+def list_plugins(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show installed plugins: distribution, version, executors and features, load status."""
+    host = _plugins()
+    records = [r.as_json() for r in host.records]
+    if as_json:
+        print(json.dumps(records, indent=2))
+        return
+    table = Table("plugin", "distribution", "version", "executors", "features", "status")
+    for r in records:
+        status = r["status"] if not r["error"] else f"[red]{r['status']}: {r['error']}[/red]"
+        table.add_row(
+            r["name"],
+            r["distribution"],
+            r["version"],
+            ", ".join(r["executors"]),
+            ", ".join(r["features"]),
+            status,
+        )
+    console.print(table)
+
+
+def _executor_info(host: Any, name: str) -> Any:
+    info = host.executors.get(name)
+    if info is None:
+        err_console.print(
+            f"No executor named {name!r} is installed (installed: {', '.join(sorted(host.executors)) or 'none'})"
+        )
+        raise typer.Exit(2)
+    return info
+
+
+@app.command("show-payload-schema")
+def show_payload_schema(
+    executor: Annotated[str, typer.Option("--executor", help="Executor whose payload schema to print.")] = "native",
+) -> None:
+    """Print the JSON schema of an executor's task payload."""
+    info = _executor_info(_plugins(), executor)
+    print(json.dumps(info.payload_schema(), indent=2))
+
+
+@app.command("validate-payload")
+def validate_payload(
+    file: Annotated[Path, typer.Argument(help="A payload or a task definition (JSON or YAML).")],
+    executor: Annotated[
+        str | None, typer.Option("--executor", help="Executor to validate for (default: by payload shape).")
+    ] = None,
+) -> None:
+    """Check a payload against an executor's schema and print field-level errors."""
+    from .runtask import load_task_file
+
+    host = _plugins()
+    try:
+        data = load_task_file(file)
+    except ValueError as exc:
+        err_console.print(str(exc))
+        raise typer.Exit(2) from None
+    payload = data.get("payload", data) if "payload" in data else data
+    info = _executor_info(host, executor) if executor else host.executor_for_payload(payload)
+    if info is None or info.validate is None:
+        err_console.print("No installed executor can validate this payload")
+        raise typer.Exit(2)
+    errors = info.validate(payload)
+    if not errors:
+        console.print(f"valid {info.name} payload")
+        return
+    for field, message in errors:
+        console.print(f"- {field}: {message}", markup=False)
+    raise typer.Exit(1)
+
+
+@app.command("run")
+def run(
+    config: Annotated[Path, typer.Option("--config", help="Worker config file (generic-worker's keys).")] = Path(
+        "generic-worker.config"
+    ),
+) -> None:
+    """Run the worker: claim, run and resolve tasks until a stop condition."""
+    from .config import ConfigError, load_config
+    from .worker import EXIT_CANT_LOAD_CONFIG, EXIT_INVALID_CONFIG, Worker
+
+    host = _plugins()
+    try:
+        cfg = load_config(config, host.config_fields())
+    except ConfigError as exc:
+        err_console.print(str(exc), markup=False)
+        code = (
+            EXIT_CANT_LOAD_CONFIG if "cannot read" in str(exc) or "not valid JSON" in str(exc) else EXIT_INVALID_CONFIG
+        )
+        raise typer.Exit(code) from None
+    worker = Worker(cfg, host)
+    try:
+        code = asyncio.run(worker.run(handle_signals=True))
+    except LookupError as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(EXIT_INVALID_CONFIG) from None
+    raise typer.Exit(code)
+
+
+@app.command("run-task")
+def run_task_cmd(
+    file: Annotated[Path, typer.Argument(help="A task definition or a bare payload (JSON or YAML).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a machine-readable summary.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Where to write logs and artifacts.")] = Path("megalodon-out"),
+    config: Annotated[
+        Path | None, typer.Option("--config", help="JSON file of worker config keys to override.")
+    ] = None,
+) -> None:
+    """Run one task locally through the real worker path, on the embedded Taskcluster double.
+
+    Exit code: 0 completed, 1 failed, 2 exception.
+    """
+    from .config import ConfigError
+    from .runtask import run_task
+
+    overrides: dict[str, Any] = {}
+    if config is not None:
+        try:
+            overrides = json.loads(config.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            err_console.print(f"cannot read config overrides {config}: {exc}")
+            raise typer.Exit(64) from None
+    try:
+        result = asyncio.run(run_task(file, out_root=out, plugins=_plugins(), config_overrides=overrides))
+    except (ValueError, ConfigError) as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(64) from None
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        colour = {"completed": "green", "failed": "red"}.get(result.state, "yellow")
+        console.print(
+            f"Task [bold]{result.task_id}[/bold]: [{colour}]{result.state}[/{colour}] ({result.reason}) "
+            f"in {result.duration:.2f}s"
+        )
+        table = Table("artifact", "storage", "content type", "local path / detail")
+        for a in result.artifacts:
+            detail = a.path or a.url or (f"{a.reason}: {a.message}" if a.reason else a.message or "")
+            table.add_row(a.name, a.storage_type, a.content_type, detail)
+        console.print(table)
+        if result.log_path:
+            console.print(f"Log: {result.log_path}")
+    raise typer.Exit(result.exit_code)
+
+
+@app.command("tc-double")
+def tc_double(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 0,
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
+) -> None:
+    """Serve the Taskcluster double (queue, object, index, secrets) until interrupted."""
+    from .double import TaskclusterDouble
+
+    async def serve() -> None:
+        async with TaskclusterDouble(host=host, port=port) as double:
+            print(json.dumps({"rootUrl": double.root_url, "credentials": double.root_credentials}), flush=True)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass
+
+
+def main() -> None:
+    app()

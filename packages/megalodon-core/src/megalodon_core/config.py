@@ -1,0 +1,176 @@
+"""Worker configuration: generic-worker's JSON config file, key for key, validated by pydantic.
+
+A pool switching from generic-worker keeps its config file: the same key names, types and defaults
+(NOTES.md section 8).  Unknown keys are rejected, as generic-worker does, so a typo never silently falls
+back to a default.  Plugins add their own keys through the ``megalodon_config_fields`` hook.
+
+Deliberate differences from generic-worker, each because the key's premise does not hold here:
+- ``ed25519SigningKeyLocation`` is optional: it is only needed when a chain-of-trust feature is installed
+  and enabled, and that feature refuses to start without it.
+- ``executor`` is new: the executor plugin to use (``auto`` picks by payload shape: a payload with
+  ``image`` is a docker-worker payload).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the offending key."""
+
+
+class WorkerConfig(BaseModel):
+    """generic-worker's config keys (posix) plus megalodon's ``executor``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+    # credentials and identity (required)
+    rootURL: str = Field(min_length=1)
+    clientId: str = Field(min_length=1)
+    accessToken: str = Field(min_length=1)
+    certificate: str = ""
+    workerId: str = Field(min_length=1)
+    workerType: str = Field(min_length=1)
+    provisionerId: str = Field(default="test-provisioner", min_length=1)
+    workerGroup: str = Field(default="test-worker-group", min_length=1)
+
+    # megalodon
+    executor: str = "auto"
+
+    # directories
+    tasksDir: str = Field(default="tasks", min_length=1)
+    cachesDir: str = Field(default="caches", min_length=1)
+    downloadsDir: str = Field(default="downloads", min_length=1)
+    cleanUpTaskDirs: bool = True
+
+    # limits and lifecycle
+    capacity: int = Field(default=1, ge=1, le=255)
+    maxTaskRunTime: int = Field(default=86400, ge=0)
+    numberOfTasksToRun: int = Field(default=0, ge=0)
+    idleTimeoutSecs: int = Field(default=0, ge=0)
+    requiredDiskSpaceMegabytes: int = Field(default=10240, ge=0)
+    shutdownMachineOnIdle: bool = False
+    shutdownMachineOnInternalError: bool = False
+    disableReboots: bool = False
+
+    # artifacts
+    createObjectArtifacts: bool = False
+
+    # features (gates)
+    enableChainOfTrust: bool = True
+    enableInteractive: bool = True
+    enableLiveLog: bool = True
+    enableMetadata: bool = True
+    enableMounts: bool = True
+    enableOSGroups: bool = True
+    enableResourceMonitor: bool = True
+    enableTaskclusterProxy: bool = True
+    enableLoopbackAudio: bool = True
+    enableLoopbackVideo: bool = True
+    enableRunTaskAsCurrentUser: bool = True
+    headlessTasks: bool = False
+    disableNativePayloads: bool = False
+    d2gConfig: dict[str, Any] = Field(default_factory=dict)
+    ed25519SigningKeyLocation: str = ""
+    livelogExecutable: str = "livelog"
+    livelogExposePort: int = Field(default=0, ge=0, le=65535)
+    livelogPortBase: int = Field(default=60098, ge=0, le=65535)
+    interactivePort: int = Field(default=53654, ge=0, le=65535)
+    taskclusterProxyExecutable: str = "taskcluster-proxy"
+    taskclusterProxyPort: int = Field(default=80, ge=0, le=65535)
+    loopbackAudioDeviceNumber: int = Field(default=16, ge=0, le=31)
+    loopbackVideoDeviceNumber: int = Field(default=0, ge=0, le=255)
+    runAfterUserCreation: str = ""
+
+    # resource monitor
+    maxMemoryUsagePercent: int = Field(default=90, ge=0, le=100)
+    minAvailableMemoryBytes: int = Field(default=524288000, ge=0)
+    allowedHighMemoryDurationSecs: int = Field(default=5, ge=0)
+    disableOOMProtection: bool = False
+
+    # host metadata
+    availabilityZone: str = ""
+    instanceId: str = ""
+    instanceType: str = ""
+    privateIP: str | None = None
+    publicIP: str | None = None
+    region: str = ""
+    workerLocation: str = ""
+    workerTypeMetadata: dict[str, Any] = Field(default_factory=dict)
+
+    # accepted for compatibility; megalodon has no use for them
+    sentryProject: str = "generic-worker"
+    wstAudience: str = ""
+    wstServerURL: str = ""
+
+    @field_validator("privateIP", "publicIP")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None and value != "":
+            ipaddress.ip_address(value)
+        return value
+
+    @property
+    def task_queue_id(self) -> str:
+        return f"{self.provisionerId}/{self.workerType}"
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        creds = {"clientId": self.clientId, "accessToken": self.accessToken}
+        if self.certificate:
+            creds["certificate"] = self.certificate
+        return creds
+
+    def extra(self, key: str, default: Any = None) -> Any:
+        """A plugin-declared key (absent from the base model), or ``default``."""
+        return getattr(self, key, default)
+
+
+def config_model(plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> type[WorkerConfig]:
+    """The config model extended with the keys installed plugins declare."""
+    if not plugin_fields:
+        return WorkerConfig
+    model: type[WorkerConfig] = create_model(  # type: ignore[call-overload]
+        "WorkerConfigWithPlugins", __base__=WorkerConfig, **plugin_fields
+    )
+    return model
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "missing":
+            lines.append(f'Config setting "{key}" has not been defined')
+        elif err["type"] == "extra_forbidden":
+            lines.append(f'Config setting "{key}" is not a recognised config key')
+        else:
+            lines.append(f'Config setting "{key}" is invalid: {err["msg"]}')
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> WorkerConfig:
+    if not isinstance(data, dict):
+        raise ConfigError("config file must hold a JSON object")
+    try:
+        return config_model(plugin_fields).model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(path: Path, plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> WorkerConfig:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
+    return parse_config(data, plugin_fields)

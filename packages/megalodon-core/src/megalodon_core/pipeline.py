@@ -1,0 +1,227 @@
+"""One task run from claim to resolution, in generic-worker's order.
+
+    header -> validate payload -> maxRunTime check -> feature selection, scopes, reserved names ->
+    prepare -> feature starts -> (maxRunTime timer) run -> artifact upload -> feature stops (reverse) ->
+    cleanup -> first error logged -> backing log upload -> live log link -> resolution
+
+Every step records errors in ``run.errors``; the first decides (:mod:`megalodon_core.errors`).  The order is
+the mechanism: features never call each other, and nothing here needs a lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .artifacts import check_artifact_name
+from .contracts import Feature, TaskExecutor, TaskFeature
+from .errors import ExecutionError, Failure, InternalError, MalformedPayload, ResourceUnavailable, State
+from .scopes import describe, satisfies
+from .upload import Publisher
+
+if TYPE_CHECKING:
+    from .task import TaskRun
+
+log = logging.getLogger(__name__)
+
+LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
+MAX_PARALLEL_UPLOADS = 10
+
+
+def publisher_for(run: TaskRun) -> Publisher:
+    return Publisher(run.queue, run.worker.object_service, run.worker.session)
+
+
+def _check_max_run_time(run: TaskRun, executor: TaskExecutor) -> int:
+    max_run_time = executor.max_run_time(run)
+    limit = run.worker.config.maxTaskRunTime
+    if max_run_time > limit:
+        raise MalformedPayload(
+            f"Task's maxRunTime of {max_run_time} seconds exceeds this worker's limit "
+            f"(config maxTaskRunTime) of {limit} seconds"
+        )
+    return max_run_time
+
+
+def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> list[TaskFeature]:
+    pool = run.worker.config.task_queue_id
+    usable = [f for f in features if not f.executors or executor.name in f.executors]
+    by_name = {f.name: f for f in usable}
+    for name in executor.requested_features(run):
+        feature = by_name.get(name)
+        if feature is None:
+            raise MalformedPayload(
+                f'this task is attempting to use feature "{name}", but no megalodon plugin installed on this '
+                f"worker provides it for the {executor.name} executor ({pool})"
+            )
+        if not feature.is_enabled():
+            raise MalformedPayload(
+                feature.disabled_reason()
+                or f'this task is attempting to use feature "{name}", but it\'s not enabled on this worker pool '
+                f"({pool})"
+            )
+    selected: list[TaskFeature] = list(executor.task_features(run))
+    for feature in usable:
+        if feature.is_enabled() and feature.is_requested(run):
+            task_feature = feature.new_task_feature(run)
+            scopes = task_feature.required_scopes()
+            if not satisfies(run.scopes, scopes):
+                raise MalformedPayload(
+                    f'Feature "{feature.name}" requires scopes:\n\n{describe(scopes)}\n\nbut task only has '
+                    f"scopes:\n\n" + "\n".join(f"  {s}" for s in run.scopes) + "\n\nYou probably should add "
+                    "some scopes to your task definition."
+                )
+            for name in task_feature.reserved_artifacts():
+                if name in run.reserved_artifacts:
+                    raise MalformedPayload(
+                        f"artifact {name!r} is reserved by both {run.reserved_artifacts[name]} and {feature.name}"
+                    )
+                run.reserved_artifacts[name] = feature.name
+            selected.append(task_feature)
+    return selected
+
+
+async def _upload_artifacts(run: TaskRun, executor: TaskExecutor) -> None:
+    artifacts = executor.result(run)
+    try:
+        entries = await artifacts.collect()
+    except ExecutionError as exc:
+        run.errors.add(exc)
+        return
+    publisher = publisher_for(run)
+    object_storage = run.worker.config.createObjectArtifacts
+    gate = asyncio.Semaphore(MAX_PARALLEL_UPLOADS)
+
+    async def one(entry_index: int) -> None:
+        entry = entries[entry_index]
+        if entry.name in run.reserved_artifacts:
+            run.log.warn(
+                f"Not uploading artifact {entry.name} found in task.payload.artifacts section, since this will "
+                f"be uploaded later by {run.reserved_artifacts[entry.name]}"
+            )
+            return
+        async with gate:
+            try:
+                if entry.is_error:
+                    assert entry.error_reason is not None
+                    message = entry.error_message or ""
+                    await publisher.error(
+                        run.task_id, run.run_id, entry.name, entry.error_reason, message, entry.expires
+                    )
+                    if entry.fails_task and not entry.optional:
+                        text = f"{entry.error_reason}: {message}"
+                        run.log.error(f"TASK FAILURE during artifact upload: {text}")
+                        run.errors.add(Failure(text))
+                    elif entry.fails_task:
+                        run.log.warn(f"Optional artifact {entry.name!r} not found: {message}")
+                    return
+                async with artifacts.open(entry) as path:
+                    published = await publisher.file(
+                        run.task_id,
+                        run.run_id,
+                        entry.name,
+                        path,
+                        content_type=entry.content_type,
+                        content_encoding=entry.content_encoding,
+                        expires=entry.expires,
+                        object_storage=object_storage,
+                    )
+                from .task import UploadedArtifact
+
+                run.uploaded[entry.name] = UploadedArtifact(entry.name, published.sha256, published.size)
+            except ExecutionError as exc:
+                if entry.optional and not isinstance(exc, MalformedPayload):
+                    run.log.warn(f"Optional artifact {entry.name!r} could not be uploaded: {exc.message}")
+                else:
+                    run.log.error(exc.message)
+                    run.errors.add(exc)
+
+    await asyncio.gather(*(one(i) for i in range(len(entries))))
+
+
+async def _upload_logs(run: TaskRun, executor: TaskExecutor) -> None:
+    live_name, backing_name = executor.log_artifact_names(run)
+    run.log.close()
+    if not backing_name:
+        return
+    publisher = publisher_for(run)
+    try:
+        published = await publisher.file(
+            run.task_id,
+            run.run_id,
+            backing_name,
+            run.log.path,
+            content_type=LOG_CONTENT_TYPE,
+            content_encoding="gzip",
+            expires=run.expires,
+            object_storage=run.worker.config.createObjectArtifacts,
+        )
+        from .task import UploadedArtifact
+
+        run.uploaded[backing_name] = UploadedArtifact(backing_name, published.sha256, published.size)
+        if live_name:
+            await publisher.link(run.task_id, run.run_id, live_name, backing_name, LOG_CONTENT_TYPE, run.expires)
+    except ExecutionError as exc:
+        log.error("task %s/%s: could not upload its log: %s", run.task_id, run.run_id, exc.message)
+        run.errors.add(ResourceUnavailable(exc.message))
+
+
+async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> tuple[State, str]:
+    """Run ``run`` through ``executor`` and ``features``; return the (state, reason) to report."""
+    started: list[TaskFeature] = []
+    timer: asyncio.TimerHandle | None = None
+    try:
+        executor.write_header(run)
+        executor.validate_payload(run)
+        max_run_time = _check_max_run_time(run, executor)
+        live_name, backing_name = executor.log_artifact_names(run)
+        for name in (live_name, backing_name):
+            if name:
+                check_artifact_name(name, "logs")
+                run.reserved_artifacts.setdefault(name, "the task log")
+        task_features = _select_features(run, executor, features)
+        await executor.prepare(run)
+        for task_feature in task_features:
+            if run.aborted.is_set():
+                break
+            started.append(task_feature)
+            await task_feature.start()
+        if not run.aborted.is_set():
+            loop = asyncio.get_running_loop()
+            timer = loop.call_later(max_run_time, lambda: run.abort(executor.max_run_time_error(run)))
+            run.worker.plugins.task_started(task_id=run.task_id, run_id=run.run_id, executor=executor.name)
+            await executor.run(run)
+    except ExecutionError as exc:
+        if exc is not run.abort_error:
+            run.errors.add(exc)
+    except Exception as exc:
+        log.exception("task %s/%s: unexpected error", run.task_id, run.run_id)
+        run.errors.add(InternalError(f"megalodon internal error: {type(exc).__name__}: {exc}"))
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+    try:
+        await _upload_artifacts(run, executor)
+    except Exception as exc:
+        log.exception("task %s/%s: artifact upload crashed", run.task_id, run.run_id)
+        run.errors.add(InternalError(f"artifact upload failed: {exc}"))
+    for task_feature in reversed(started):
+        try:
+            await task_feature.stop(run.errors)
+        except ExecutionError as exc:
+            run.errors.add(exc)
+        except Exception as exc:
+            log.exception("task %s/%s: feature stop failed", run.task_id, run.run_id)
+            run.errors.add(InternalError(f"feature {type(task_feature).__name__} failed to stop: {exc}"))
+    try:
+        await executor.cleanup(run)
+    except Exception as exc:
+        log.exception("task %s/%s: cleanup failed", run.task_id, run.run_id)
+        run.errors.add(InternalError(f"cleanup failed: {exc}"))
+    first = run.errors.first
+    if first is not None and not run.log.closed:
+        run.log.error(first.message)
+    await _upload_logs(run, executor)
+    return run.errors.resolution()

@@ -1,0 +1,61 @@
+"""Keeping a claim alive: reclaim before ``takenUntil``, swap in the new credentials, notice cancellation.
+
+The queue tells a worker that a run was cancelled (or passed its deadline, or expired) only by answering a
+reclaim with 409, so a 409 aborts the run with :class:`~megalodon_core.errors.Canceled` and nothing is
+reported for it afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import aiohttp
+from taskcluster.exceptions import TaskclusterFailure
+
+from .errors import Canceled, InternalError
+from .task import TaskRun
+from .timefmt import parse_iso, utcnow
+
+log = logging.getLogger(__name__)
+
+#: generic-worker reclaims 3 minutes before takenUntil; short claims (tests) reclaim at half-time instead.
+MARGIN = 180.0
+
+
+def next_reclaim_delay(seconds_left: float) -> float:
+    if seconds_left <= 0:
+        return 0.0
+    return max(seconds_left - MARGIN, seconds_left / 2)
+
+
+async def reclaim_loop(run: TaskRun) -> None:
+    """Runs until cancelled by the pipeline (after resolution) or until a reclaim fails for good."""
+    while True:
+        left = (run.taken_until - utcnow()).total_seconds()
+        await asyncio.sleep(next_reclaim_delay(left))
+        try:
+            resp = await run.queue().reclaimTask(run.task_id, str(run.run_id))
+        except TaskclusterFailure as exc:
+            status = getattr(exc, "status_code", None)
+            if status == 409:
+                log.info("reclaim of %s/%s answered 409: run no longer ours", run.task_id, run.run_id)
+                run.abort(
+                    Canceled(
+                        "Task has been canceled, or its claim was lost (the queue answered the reclaim with "
+                        f"409): {str(exc).splitlines()[0]}"
+                    )
+                )
+                return
+            if (run.taken_until - utcnow()).total_seconds() > 10:
+                log.warning("reclaim of %s/%s failed, retrying: %s", run.task_id, run.run_id, exc)
+                await asyncio.sleep(5)
+                continue
+            run.abort(InternalError(f"Could not reclaim task before its claim expired: {exc}"))
+            return
+        except aiohttp.ClientError as exc:
+            log.warning("reclaim of %s/%s failed: %s", run.task_id, run.run_id, exc)
+            await asyncio.sleep(5)
+            continue
+        run.update_credentials(resp["credentials"], parse_iso(resp["takenUntil"]))
+        log.info("reclaimed %s/%s until %s", run.task_id, run.run_id, resp["takenUntil"])

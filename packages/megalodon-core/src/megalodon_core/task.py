@@ -1,0 +1,102 @@
+"""One claimed task run: its definition, credentials, directory, log, errors and abort signal."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import Canceled, ExecutionError, ExecutionErrors
+
+if TYPE_CHECKING:
+    from .tasklog import TaskLog
+    from .worker_context import WorkerContext
+
+
+@dataclass
+class UploadedArtifact:
+    """An artifact whose content was published, kept for chain of trust (name -> sha256)."""
+
+    name: str
+    sha256: str
+    size: int
+
+
+@dataclass
+class TaskRun:
+    """State of one run, shared by the pipeline, the executor and the features of that run.
+
+    The only way to stop a run early is :meth:`abort`: the first call wins, records its error as the
+    run's deciding error (unless an earlier error already decided), and sets :attr:`aborted`.
+    """
+
+    task_id: str
+    run_id: int
+    task: dict[str, Any]
+    worker: WorkerContext
+    credentials: dict[str, str]
+    taken_until: dt.datetime
+    task_dir: Path
+    log: TaskLog
+    payload: Any = None
+    errors: ExecutionErrors = field(default_factory=ExecutionErrors)
+    #: Environment variables features add for the task's commands.
+    env: dict[str, str] = field(default_factory=dict)
+    #: Artifact name -> name of the feature that uploads it.
+    reserved_artifacts: dict[str, str] = field(default_factory=dict)
+    uploaded: dict[str, UploadedArtifact] = field(default_factory=dict)
+    #: Free-form facts executors record for features (e.g. ``image_id`` for chain of trust).
+    facts: dict[str, Any] = field(default_factory=dict)
+    aborted: asyncio.Event = field(default_factory=asyncio.Event)
+    abort_error: ExecutionError | None = None
+    _credential_listeners: list[Callable[[dict[str, str]], None]] = field(default_factory=list)
+
+    # -- cancellation ------------------------------------------------------------------------------------
+    def abort(self, error: ExecutionError) -> None:
+        """Stop the run as soon as possible because of ``error`` (first call wins)."""
+        if self.abort_error is not None:
+            return
+        self.abort_error = error
+        self.errors.add(error)
+        if isinstance(error, Canceled):
+            self.log.error(error.message)
+        self.aborted.set()
+
+    @property
+    def canceled(self) -> bool:
+        return isinstance(self.abort_error, Canceled)
+
+    # -- credentials -------------------------------------------------------------------------------------
+    def on_credentials(self, listener: Callable[[dict[str, str]], None]) -> None:
+        """Be told when a reclaim swaps in new task credentials (the proxy re-signs with them)."""
+        self._credential_listeners.append(listener)
+
+    def update_credentials(self, credentials: dict[str, str], taken_until: dt.datetime) -> None:
+        self.credentials = credentials
+        self.taken_until = taken_until
+        for listener in list(self._credential_listeners):
+            listener(credentials)
+
+    # -- clients -----------------------------------------------------------------------------------------
+    def queue(self) -> Any:
+        """A queue client with the run's current task credentials."""
+        return self.worker.queue(self.credentials)
+
+    @property
+    def scopes(self) -> list[str]:
+        return list(self.task.get("scopes", []))
+
+    @property
+    def expires(self) -> dt.datetime:
+        from .timefmt import parse_iso
+
+        return parse_iso(self.task["expires"])
+
+    @property
+    def deadline(self) -> dt.datetime:
+        from .timefmt import parse_iso
+
+        return parse_iso(self.task["deadline"])

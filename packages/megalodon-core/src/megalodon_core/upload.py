@@ -1,0 +1,237 @@
+"""Publishing artifacts: createArtifact, then the bytes, streamed from disk, with retries.
+
+Two storage types carry content, as in generic-worker: ``s3`` (the default; the body is PUT to the
+queue's ``putUrl`` with ``Content-Encoding: gzip`` when the artifact is gzip-encoded) and ``object``
+(config ``createObjectArtifacts``; the body goes through the object service with the official
+``taskcluster.aio.upload`` helper).  The object service has no notion of content encoding, so object
+artifacts are stored as they are (generic-worker ignores ``contentEncoding`` there too).
+
+Memory stays bounded whatever the size: files are read and compressed in 1 MiB chunks, in worker threads
+so the event loop never waits on the disk.  Errors map to generic-worker's resolutions: a 409 from
+createArtifact is the task's fault (malformed-payload), anything else the services' (resource-unavailable).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import hashlib
+import os
+import tempfile
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import aiohttp
+import taskcluster.aio.upload
+from taskcluster.aio.retry import retry
+from taskcluster.exceptions import TaskclusterFailure, TaskclusterRestFailure
+
+from .errors import ExecutionError, MalformedPayload, ResourceUnavailable
+from .timefmt import iso
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Published:
+    sha256: str
+    size: int
+
+
+class _HashingFileReader:
+    """A reader for ``taskcluster.aio.upload``: reads in a thread and hashes what it hands out."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+
+    async def read(self, max_size: int) -> bytes:
+        chunk = await asyncio.to_thread(self._fh.read, max_size)
+        self.sha256.update(chunk)
+        return chunk
+
+
+def _gzip_to_temp(src: Path) -> tuple[Path, str, int]:
+    """Compress ``src`` to a temp file; return it with the sha256 and size of the *uncompressed* bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    fd, tmp = tempfile.mkstemp(prefix="megalodon-gz-", suffix=".gz")
+    with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename=src.name, mode="wb", fileobj=raw, mtime=0) as gz:
+        with src.open("rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+                gz.write(chunk)
+    return Path(tmp), digest.hexdigest(), size
+
+
+def _hash_file(path: Path) -> tuple[str, int]:
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
+    fh = await asyncio.to_thread(path.open, "rb")
+    try:
+        while chunk := await asyncio.to_thread(fh.read, CHUNK):
+            yield chunk
+    finally:
+        await asyncio.to_thread(fh.close)
+
+
+def classify_create_error(name: str, exc: Exception) -> ExecutionError:
+    """generic-worker's mapping of createArtifact failures to resolutions."""
+    status = getattr(exc, "status_code", None)
+    if status == 409:
+        return MalformedPayload(
+            f"Artifact {name!r} conflicts with an artifact of the same name already created for this "
+            f"run (queue answered 409): {exc}"
+        )
+    return ResourceUnavailable(f"Could not create artifact {name!r}: {exc}")
+
+
+class Publisher:
+    """Creates artifacts of one run with the run's *current* task credentials."""
+
+    def __init__(self, queue_factory: Any, object_factory: Any, session: aiohttp.ClientSession) -> None:
+        self._queue_factory = queue_factory
+        self._object_factory = object_factory
+        self._session = session
+
+    async def _create(self, task_id: str, run_id: int, name: str, body: dict[str, Any]) -> Any:
+        try:
+            return await self._queue_factory().createArtifact(task_id, str(run_id), name, body)
+        except (TaskclusterFailure, aiohttp.ClientError) as exc:
+            raise classify_create_error(name, exc) from exc
+
+    async def error(self, task_id: str, run_id: int, name: str, reason: str, message: str, expires: Any) -> None:
+        await self._create(
+            task_id,
+            run_id,
+            name,
+            {"storageType": "error", "reason": reason, "message": message, "expires": iso(expires)},
+        )
+
+    async def reference(self, task_id: str, run_id: int, name: str, url: str, content_type: str, expires: Any) -> None:
+        await self._create(
+            task_id,
+            run_id,
+            name,
+            {"storageType": "reference", "url": url, "contentType": content_type, "expires": iso(expires)},
+        )
+
+    async def link(self, task_id: str, run_id: int, name: str, target: str, content_type: str, expires: Any) -> None:
+        await self._create(
+            task_id,
+            run_id,
+            name,
+            {"storageType": "link", "artifact": target, "contentType": content_type, "expires": iso(expires)},
+        )
+
+    async def file(
+        self,
+        task_id: str,
+        run_id: int,
+        name: str,
+        path: Path,
+        *,
+        content_type: str,
+        content_encoding: str,
+        expires: Any,
+        object_storage: bool,
+    ) -> Published:
+        if object_storage:
+            return await self._object(task_id, run_id, name, path, content_type, expires)
+        return await self._s3(task_id, run_id, name, path, content_type, content_encoding, expires)
+
+    async def _s3(
+        self, task_id: str, run_id: int, name: str, path: Path, content_type: str, encoding: str, expires: Any
+    ) -> Published:
+        if encoding == "gzip":
+            body_path, sha, size = await asyncio.to_thread(_gzip_to_temp, path)
+        else:
+            body_path = path
+            sha, size = await asyncio.to_thread(_hash_file, path)
+        try:
+            resp = await self._create(
+                task_id,
+                run_id,
+                name,
+                {
+                    "storageType": "s3",
+                    "contentType": content_type,
+                    "expires": iso(expires),
+                    "contentLength": size,
+                },
+            )
+            body_size = (await asyncio.to_thread(body_path.stat)).st_size
+            headers = {
+                "Content-Type": resp.get("contentType", content_type),
+                "Content-Encoding": encoding,
+                "Content-Length": str(body_size),
+            }
+
+            async def attempt(retry_for: Any) -> None:
+                try:
+                    async with self._session.put(resp["putUrl"], data=_file_chunks(body_path), headers=headers) as r:
+                        if r.status >= 500 or r.status in (400, 408, 429):  # S3 answers 400 on timeouts
+                            retry_for(aiohttp.ClientResponseError(r.request_info, (), status=r.status))
+                        elif r.status >= 300:
+                            raise ResourceUnavailable(f"Upload of artifact {name!r} rejected with HTTP {r.status}")
+                except aiohttp.ClientError as exc:
+                    retry_for(exc)
+
+            try:
+                await retry(5, attempt)
+            except aiohttp.ClientError as exc:
+                raise ResourceUnavailable(f"Could not upload artifact {name!r}: {exc}") from exc
+        finally:
+            if body_path != path:
+                await asyncio.to_thread(body_path.unlink, missing_ok=True)
+        return Published(sha, size)
+
+    async def _object(
+        self, task_id: str, run_id: int, name: str, path: Path, content_type: str, expires: Any
+    ) -> Published:
+        size = (await asyncio.to_thread(path.stat)).st_size
+        resp = await self._create(
+            task_id,
+            run_id,
+            name,
+            {"storageType": "object", "contentType": content_type, "expires": iso(expires)},
+        )
+        fh = await asyncio.to_thread(path.open, "rb")
+        readers: list[_HashingFileReader] = []
+
+        async def reader_factory() -> _HashingFileReader:
+            await asyncio.to_thread(fh.seek, 0)
+            readers.append(_HashingFileReader(fh))
+            return readers[-1]
+
+        try:
+            await taskcluster.aio.upload.upload(
+                projectId=resp["projectId"],
+                name=resp["name"],
+                contentType=content_type,
+                contentLength=size,
+                expires=resp["expires"],
+                readerFactory=reader_factory,
+                uploadId=resp["uploadId"],
+                objectService=self._object_factory(resp["credentials"]),
+            )
+            await self._queue_factory().finishArtifact(task_id, str(run_id), name, {"uploadId": resp["uploadId"]})
+        except (TaskclusterFailure, aiohttp.ClientError, RuntimeError) as exc:
+            raise ResourceUnavailable(f"Could not upload artifact {name!r}: {exc}") from exc
+        finally:
+            await asyncio.to_thread(fh.close)
+        return Published(readers[-1].sha256.hexdigest(), size)
+
+
+__all__ = ["Published", "Publisher", "TaskclusterRestFailure", "classify_create_error"]

@@ -1,0 +1,47 @@
+"""What executors and features may use of the worker: its config, HTTP session, clients and hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import taskcluster.aio
+
+if TYPE_CHECKING:
+    from .config import WorkerConfig
+    from .plugins import PluginHost
+
+
+@dataclass
+class WorkerContext:
+    """Shared by every task of one worker process.
+
+    ``credentials`` are the *worker's* (claimWork, index lookups for images); tasks use the temporary
+    credentials from their claim, held by :class:`megalodon_core.task.TaskRun`.
+    """
+
+    config: WorkerConfig
+    plugins: PluginHost
+    session: aiohttp.ClientSession
+    credentials: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def root_url(self) -> str:
+        return self.config.rootURL
+
+    def client_options(self, credentials: dict[str, str] | None = None) -> dict[str, Any]:
+        creds = self.credentials if credentials is None else credentials
+        opts: dict[str, Any] = {"rootUrl": self.root_url}
+        if creds:
+            opts["credentials"] = {k: v for k, v in creds.items() if v}
+        return opts
+
+    def queue(self, credentials: dict[str, str] | None = None) -> Any:
+        return taskcluster.aio.Queue(self.client_options(credentials), session=self.session)
+
+    def index(self, credentials: dict[str, str] | None = None) -> Any:
+        return taskcluster.aio.Index(self.client_options(credentials), session=self.session)
+
+    def object_service(self, credentials: dict[str, str]) -> Any:
+        return taskcluster.aio.Object(self.client_options(credentials), session=self.session)

@@ -1,0 +1,172 @@
+"""generic-worker's insecure posix engine: payloads run on the host as the worker's own user.
+
+The log lines, environment, exit-code rules and error texts follow NOTES.md sections 1.5, 2 and 4, because
+pools switching from generic-worker keep their tasks and the tools that read their logs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from typing import Any
+
+from megalodon_core.artifacts import check_artifact_name, check_artifact_path, check_expiry
+from megalodon_core.contracts import Artifacts, TaskExecutor
+from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
+from megalodon_core.task import TaskRun
+from megalodon_core.timefmt import go_duration, parse_iso
+
+from .artifacts import NativeArtifacts
+from .payload import PayloadError, payload_json_schema, validate_payload
+from .process import CommandResult, kill_group, run_command
+
+#: Payload features that need a feature plugin; requesting one that is absent is malformed-payload.
+_PLUGIN_FEATURES = {
+    "taskcluster_proxy": "taskclusterProxy",
+    "interactive": "interactive",
+    "loopback_video": "loopbackVideo",
+    "loopback_audio": "loopbackAudio",
+}
+
+
+def result_block(result: CommandResult) -> str:
+    """generic-worker's per-command summary (``process.Result.String``), labels right-aligned."""
+    if result.aborted:
+        return f"Command ABORTED after {go_duration(result.duration)}: process aborted"
+    if result.system_error is not None:
+        return f"System error executing command: {result.system_error}"
+    rows = [
+        ("Exit Code", str(result.exit_code)),
+        ("User Time", go_duration(result.user_time)),
+        ("Kernel Time", go_duration(result.kernel_time)),
+        ("Wall Time", go_duration(result.duration)),
+        ("Result", "SUCCEEDED" if result.succeeded else "FAILED"),
+    ]
+    return "\n".join(f"{label + ':':>33} {value}" for label, value in rows)
+
+
+class NativeExecutor(TaskExecutor):
+    name = "native"
+    log_style = "generic-worker"
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__(worker)
+        self._groups: dict[str, set[int]] = {}
+
+    # -- validation --------------------------------------------------------------------------------------
+    def write_header(self, run: TaskRun) -> None:
+        meta = run.facts.get("worker_metadata", {})
+        run.log.info(f"Worker Type ({self.worker.config.task_queue_id}) settings:")
+        run.log.info("  " + json.dumps(meta, indent=2, sort_keys=True).replace("\n", "\n  "))
+        run.log.info(f"Task ID: {run.task_id}")
+        run.log.info("=== Task Starting ===")
+
+    def validate_payload(self, run: TaskRun) -> None:
+        raw = run.task.get("payload")
+        if self.worker.config.disableNativePayloads:
+            raise MalformedPayload("Native payloads are disabled on this worker pool (disableNativePayloads)")
+        try:
+            payload = validate_payload(raw)
+        except PayloadError as exc:
+            run.log.error("Task payload for this worker type must conform to the following jsonschema:")
+            run.log.error(json.dumps(payload_json_schema(), indent=2))
+            run.log.error("TASK FAIL since the task payload is invalid. See errors:")
+            for field, message in exc.errors:
+                run.log.error(f"- {field}: {message}")
+            raise MalformedPayload(
+                f"Validation of payload failed for task {run.task_id}: " + "; ".join(f"{f}: {m}" for f, m in exc.errors)
+            ) from None
+        for i, artifact in enumerate(payload.artifacts):
+            check_artifact_path(artifact.path, f"artifacts.{i}.path")
+            check_artifact_name(artifact.name or artifact.path, f"artifacts.{i}.name")
+            if artifact.expires is not None:
+                check_expiry(artifact.name or artifact.path, parse_iso(artifact.expires), run.deadline, run.expires)
+        check_artifact_name(payload.logs.live, "logs.live")
+        check_artifact_name(payload.logs.backing, "logs.backing")
+        run.payload = payload
+
+    def requested_features(self, run: TaskRun) -> list[str]:
+        payload = run.payload
+        names = [name for attr, name in _PLUGIN_FEATURES.items() if getattr(payload.features, attr)]
+        if payload.mounts:
+            names.append("mounts")
+        if payload.os_groups:
+            names.append("osGroups")
+        return names
+
+    def max_run_time(self, run: TaskRun) -> int:
+        return int(run.payload.max_run_time)
+
+    def log_artifact_names(self, run: TaskRun) -> tuple[str | None, str | None]:
+        payload = run.payload
+        if payload is None:  # invalid payload: generic-worker's defaults still apply
+            return "public/logs/live.log", "public/logs/live_backing.log"
+        live = payload.logs.live if payload.features.live_log else None
+        backing = payload.logs.backing if payload.features.backing_log else None
+        return live, backing
+
+    # -- running -----------------------------------------------------------------------------------------
+    def environment(self, run: TaskRun) -> dict[str, str]:
+        config = self.worker.config
+        env = {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
+        env.update(run.payload.env)
+        env.update(run.env)
+        env.update(
+            {
+                "TASK_ID": run.task_id,
+                "RUN_ID": str(run.run_id),
+                "TASK_WORKDIR": str(run.task_dir),
+                "TASK_GROUP_ID": run.task.get("taskGroupId", ""),
+                "TASKCLUSTER_ROOT_URL": config.rootURL,
+            }
+        )
+        if config.workerLocation:
+            env["TASKCLUSTER_WORKER_LOCATION"] = config.workerLocation
+        if config.instanceType:
+            env["TASKCLUSTER_INSTANCE_TYPE"] = config.instanceType
+        return env
+
+    async def run(self, run: TaskRun) -> None:
+        env = self.environment(run)
+        groups = self._groups.setdefault(run.task_id + "/" + str(run.run_id), set())
+        started = time.monotonic()
+        try:
+            for i, argv in enumerate(run.payload.command):
+                run.log.info(f"Executing command {i}: {shlex.join(argv)}")
+                result = await run_command(
+                    argv,
+                    cwd=run.task_dir,
+                    env=env,
+                    output=run.log.write,
+                    abort=run.aborted,
+                    started=groups.add,
+                )
+                run.log.info(result_block(result))
+                if result.aborted or run.aborted.is_set():
+                    return  # the abort error is already recorded and decides
+                if result.system_error is not None:
+                    raise Failure(result.system_error)
+                if result.exit_code != 0:
+                    if result.exit_code in run.payload.on_exit_status.retry:
+                        raise IntermittentTask(
+                            "task appears to have failed intermittently - exit code "
+                            f"{result.exit_code} found in task payload.onExitStatus list"
+                        )
+                    if result.signalled is not None:
+                        raise Failure(f"signal: {result.signalled}")
+                    raise Failure(f"exit status {result.exit_code}")
+        finally:
+            run.log.info("=== Task Finished ===")
+            run.log.info(f"Task Duration: {go_duration(time.monotonic() - started)}")
+
+    def result(self, run: TaskRun) -> Artifacts:
+        if run.payload is None:
+            return super().result(run)
+        return NativeArtifacts(run.task_dir, list(run.payload.artifacts), run.expires)
+
+    async def cleanup(self, run: TaskRun) -> None:
+        """Kill whatever the task's commands left running (daemons started in the background)."""
+        for pgid in self._groups.pop(run.task_id + "/" + str(run.run_id), set()):
+            kill_group(pgid)

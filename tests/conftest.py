@@ -1,0 +1,3 @@
+"""Root conftest: the core's reusable fixtures (the Taskcluster double, the worker harness)."""
+
+pytest_plugins = ["megalodon_core.testing"]

@@ -1,0 +1,121 @@
+"""The plugin host: entry-point loading, broken plugins, duplicates, hook documentation."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import megalodon_core
+from megalodon_core.contracts import ExecutorInfo
+from megalodon_core.hookspec import MegalodonSpec
+from megalodon_core.plugins import PluginError, PluginHost
+
+
+def _fake_distribution(site: Path, name: str, module_src: str, module: str) -> None:
+    """A real installed distribution (dist-info + entry point) on a private sys.path entry."""
+    (site / f"{module}.py").write_text(module_src)
+    info = site / f"{name.replace('-', '_')}-9.9.9.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 9.9.9\n")
+    (info / "entry_points.txt").write_text(f"[megalodon]\n{name} = {module}\n")
+
+
+def _list_plugins(site: Path, extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    env = {**os.environ, "PYTHONPATH": str(site), **(extra_env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-m", "megalodon_core", "list-plugins", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    records: list[dict[str, Any]] = json.loads(proc.stdout)
+    return records
+
+
+def test_broken_plugin_is_listed_with_its_error_and_others_still_load(tmp_path: Path) -> None:
+    _fake_distribution(tmp_path, "broken-plugin", "import does_not_exist_anywhere\n", "broken_plugin_hooks")
+    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    broken = records["broken-plugin"]
+    assert broken["status"] == "failed"
+    assert "does_not_exist_anywhere" in broken["error"]
+    assert broken["version"] == "9.9.9"
+    assert records["megalodon-native"]["status"] == "loaded"
+    assert records["megalodon-native"]["executors"] == ["native"]
+
+
+def test_third_party_executor_is_discovered_through_the_entry_point(tmp_path: Path) -> None:
+    src = (
+        "from megalodon_core import hookimpl\n"
+        "from megalodon_core.contracts import ExecutorInfo\n"
+        "@hookimpl\n"
+        "def megalodon_register_executors():\n"
+        "    return [ExecutorInfo(name='thirdparty', factory=lambda w: None, summary='x',\n"
+        "                         payload_schema=lambda: {'type': 'object'})]\n"
+    )
+    _fake_distribution(tmp_path, "thirdparty-exec", src, "thirdparty_hooks")
+    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    assert records["thirdparty-exec"]["status"] == "loaded"
+    assert records["thirdparty-exec"]["executors"] == ["thirdparty"]
+    blocked = {r["name"]: r for r in _list_plugins(tmp_path, {"MEGALODON_BLOCK_PLUGINS": "thirdparty-exec"})}
+    assert blocked["thirdparty-exec"]["status"] == "blocked"
+
+
+class _Dup:
+    @megalodon_core.hookimpl
+    def megalodon_register_executors(self) -> list[ExecutorInfo]:
+        return [ExecutorInfo(name="native", factory=lambda w: None, summary="dup", payload_schema=dict)]  # type: ignore[arg-type,return-value]
+
+
+def test_duplicate_executor_names_fail_loudly() -> None:
+    with pytest.raises(PluginError, match="registered twice"):
+        PluginHost(plugins=[_Dup()])
+
+
+class _Misspelt:
+    @megalodon_core.hookimpl
+    def megalodon_regster_executors(self) -> list[ExecutorInfo]:
+        return []
+
+
+def test_misspelt_hook_fails_loudly() -> None:
+    with pytest.raises(Exception, match="megalodon_regster_executors"):
+        PluginHost(load_entry_points=False, plugins=[_Misspelt()])
+
+
+def test_every_hook_is_documented() -> None:
+    hooks = [name for name, _ in inspect.getmembers(MegalodonSpec, inspect.isfunction) if name.startswith("megalodon_")]
+    assert hooks
+    for name in hooks:
+        doc = inspect.getdoc(getattr(MegalodonSpec, name)) or ""
+        assert len(doc) > 80, f"hook {name} lacks documentation"
+        params = [p for p in inspect.signature(getattr(MegalodonSpec, name)).parameters if p != "self"]
+        for param in params:
+            assert f":param {param}:" in doc, f"hook {name} does not document {param}"
+
+
+def test_core_imports_no_plugin() -> None:
+    src = Path(megalodon_core.__file__).parent
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        for plugin in ("megalodon_native", "megalodon_docker", "megalodon_features"):
+            assert f"import {plugin}" not in text and f"from {plugin}" not in text, f"{path} imports {plugin}"
+
+
+def test_version_is_cheap_and_needs_no_plugins(tmp_path: Path) -> None:
+    _fake_distribution(tmp_path, "broken-plugin", "raise SystemExit('must not be imported')\n", "broken_hooks2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megalodon_core", "--version"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=True,
+    )
+    assert proc.stdout.strip() == f"megalodon {megalodon_core.__version__}"
