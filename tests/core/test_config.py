@@ -75,12 +75,18 @@ def test_cli_run_exits_non_zero_naming_the_key(tmp_path: Path) -> None:
     cfg = tmp_path / "generic-worker.config"
     cfg.write_text(json.dumps({**BASE, "capacity": 0}))
     proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "run", "--config", str(cfg)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "megalodon_core", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 73
     assert '"capacity"' in proc.stderr
     cfg.write_text("[]")
     proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "run", "--config", str(cfg)], capture_output=True, text=True, check=False
+        [sys.executable, "-m", "megalodon_core", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert proc.returncode == 73

@@ -119,9 +119,7 @@ def test_content_encoding_skips_compressed_extensions(name: str, encoding: str) 
     assert content_encoding_for(name) == encoding
 
 
-@pytest.mark.parametrize(
-    "name", ["/etc/passwd", "public/../escape.txt", "../up", "a/..", "", "public/caf\u00e9.txt"]
-)
+@pytest.mark.parametrize("name", ["/etc/passwd", "public/../escape.txt", "../up", "a/..", "", "public/caf\u00e9.txt"])
 def test_escaping_or_invalid_artifact_names_are_malformed(name: str) -> None:
     with pytest.raises(MalformedPayload) as info:
         check_artifact_name(name, "artifacts.0.name")

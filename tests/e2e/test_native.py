@@ -9,7 +9,6 @@ import re
 from typing import Any
 
 from megalodon_core.testing import Harness
-
 from megalodon_core.timefmt import iso, parse_iso, utcnow
 
 SH = "/bin/sh"
@@ -27,7 +26,9 @@ async def test_hello_world_log_format_and_logs(harness: Harness) -> None:
     stamp = r"\[taskcluster \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\]"
     assert re.fullmatch(rf"{stamp} Worker Type \(megalodon-test/e2e-1\) settings:", lines[0])
     assert any(re.fullmatch(rf"{stamp} Task ID: {out.task_id}", line) for line in lines)
-    assert re.search(rf"{stamp} === Task Starting ===\n{stamp} Executing command 0: echo 'hello world!'\nhello world!\n", out.log)
+    assert re.search(
+        rf"{stamp} === Task Starting ===\n{stamp} Executing command 0: echo 'hello world!'\nhello world!\n", out.log
+    )
     assert re.search(rf"{stamp}                        Exit Code: 0\n", out.log)
     assert re.search(rf"{stamp}                        User Time: \S+\n", out.log)
     assert re.search(rf"{stamp}                      Kernel Time: \S+\n", out.log)
@@ -191,11 +192,16 @@ async def test_object_storage_artifacts(harness: Harness) -> None:
 
 async def test_missing_artifacts_fail_unless_optional(harness: Harness) -> None:
     out = await harness.run(
-        {"command": [["true"]], "maxRunTime": 30, "artifacts": [{"type": "file", "path": "nope.txt", "name": "public/nope.txt"}]}
+        {
+            "command": [["true"]],
+            "maxRunTime": 30,
+            "artifacts": [{"type": "file", "path": "nope.txt", "name": "public/nope.txt"}],
+        }
     )
     assert out.state == "failed"
     assert out.artifacts["public/nope.txt"]["storageType"] == "error"
-    content, _ = harness.double.artifact_content(out.task_id, 0, "public/nope.txt")
+    _, meta = harness.double.artifact_content(out.task_id, 0, "public/nope.txt")
+    assert meta["reason"] == "file-missing-on-worker"
     assert "TASK FAILURE during artifact upload: file-missing-on-worker: Could not read file" in out.log
     out = await harness.run(
         {
@@ -254,7 +260,12 @@ async def test_artifact_expiry_outside_task_bounds_is_malformed(harness: Harness
 
 async def test_custom_log_names_and_no_live_log(harness: Harness) -> None:
     out = await harness.run(
-        {"command": [["true"]], "maxRunTime": 30, "logs": {"backing": "public/logs/custom.log"}, "features": {"liveLog": False}}
+        {
+            "command": [["true"]],
+            "maxRunTime": 30,
+            "logs": {"backing": "public/logs/custom.log"},
+            "features": {"liveLog": False},
+        }
     )
     assert out.state == "completed"
     assert "public/logs/custom.log" in out.artifacts

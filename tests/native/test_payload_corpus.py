@@ -64,9 +64,7 @@ _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]+)?"
     r"([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])"
 )
-_URI_ALLOWED = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?#[]%"
-)
+_URI_ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~!$&'()*+,;=:@/?#[]%")
 
 
 def _is_rfc3339(instance: object) -> bool:
@@ -153,9 +151,7 @@ def test_corpus_file(path: Path, generic_worker_validator: jsonschema.protocols.
     document = json.loads(path.read_text())
     schema_accepts = generic_worker_validator.is_valid(document)
     errors = [] if schema_accepts else [e.message for e in generic_worker_validator.iter_errors(document)]
-    assert schema_accepts == path.name.startswith("valid-"), (
-        f"official schema disagrees with the name: {errors}"
-    )
+    assert schema_accepts == path.name.startswith("valid-"), f"official schema disagrees with the name: {errors}"
     assert _model_accepts(document) == schema_accepts
 
 
@@ -245,9 +241,7 @@ def test_pattern_end_anchor_is_strict() -> None:
     # newline, which is why this case is checked here and not in the corpus.
     content = {"url": "https://example.com/", "sha256": SHA256 + "\n"}
     with pytest.raises(PayloadError):
-        validate_payload(
-            {"command": [["true"]], "maxRunTime": 1, "mounts": [{"file": "f", "content": content}]}
-        )
+        validate_payload({"command": [["true"]], "maxRunTime": 1, "mounts": [{"file": "f", "content": content}]})
 
 
 def test_schema_defaults_are_applied() -> None:

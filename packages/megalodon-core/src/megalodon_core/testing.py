@@ -38,7 +38,7 @@ class Outcome:
 
     @property
     def state(self) -> str:
-        return str(self.status["runs"][-1]["state"]) if self.status["runs"] else str(self.status["state"])
+        return str(self.status["runs"][-1]["state"] if self.status["runs"] else self.status["state"])
 
     @property
     def reason(self) -> str:
@@ -99,7 +99,7 @@ class Harness:
         return f"e2e-{self.counter}"
 
     async def create(self, payload: Any, worker_type: str, **task_overrides: Any) -> str:
-        task_id = taskcluster.slugId()
+        task_id: str = taskcluster.slugId()
         await self.root.createTask(task_id, make_task(payload, worker_type, **task_overrides))
         return task_id
 
@@ -119,7 +119,11 @@ class Harness:
         return Outcome(task_id, status, log, exit_code, artifacts)
 
     async def run(
-        self, payload: Any, *, task: dict[str, Any] | None = None, during: Callable[[str], Awaitable[None]] | None = None,
+        self,
+        payload: Any,
+        *,
+        task: dict[str, Any] | None = None,
+        during: Callable[[str], Awaitable[None]] | None = None,
         **config: Any,
     ) -> Outcome:
         worker_type = self.worker_type()

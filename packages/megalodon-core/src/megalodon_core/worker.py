@@ -100,7 +100,13 @@ class Worker:
         available = self.plugins.executors
         wanted = self.config.executor
         if wanted == "auto":
-            self.executors = {name: info.factory(ctx) for name, info in available.items()}
+            # A pool that installed several executors keeps running the kinds it can when one cannot start
+            # (e.g. no Docker engine on a native pool): that executor's tasks then get malformed-payload.
+            for name, info in available.items():
+                try:
+                    self.executors[name] = info.factory(ctx)
+                except Exception as exc:
+                    log.warning("executor %s unavailable on this worker: %s", name, exc)
         elif wanted in available:
             self.executors = {wanted: available[wanted].factory(ctx)}
         else:

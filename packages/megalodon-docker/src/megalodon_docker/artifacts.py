@@ -1,0 +1,167 @@
+"""docker-worker artifacts: copied out of the stopped container through the Docker archive API.
+
+Semantics follow docker-worker (NOTES.md 2.5): a missing path or a type mismatch gives an ``error``
+artifact but never fails the task; a directory (or d2g ``volume``) is published file by file as
+``<name>/<path inside the directory>``; content type from the file name without charset; gzip unless the
+name ends with one of docker-worker's ``skipCompressionExtensions``.
+
+Archives are spooled to disk and read member by member, so memory stays bounded, and a member whose name
+would escape (absolute, ``..``) is refused with an error artifact instead of being written anywhere.
+Deliberate difference: a trailing ``/`` in a directory artifact's name is stripped (docker-worker meant to
+but did not, producing ``name//file``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import mimetypes
+import posixpath
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from megalodon_core.contracts import ArtifactEntry, Artifacts
+from megalodon_core.timefmt import parse_iso
+
+#: docker-worker's ``artifacts.skipCompressionExtensions`` (its config.yml, ``lz4`` without the dot included).
+SKIP_COMPRESSION = (
+    ".7z", ".bz2", ".deb", ".dmg", ".flv", ".gif", ".gz", ".jpeg", ".jpg", ".png", ".swf", ".tbz", ".tgz",
+    ".webp", ".whl", ".woff", ".woff2", ".xz", ".zip", ".zst", "lz4",
+)  # fmt: skip
+CHUNK = 1 << 20
+
+
+def content_type(name: str) -> str:
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    return guessed or "application/octet-stream"
+
+
+def content_encoding(name: str) -> str:
+    return "identity" if name.endswith(SKIP_COMPRESSION) else "gzip"
+
+
+def _safe_member_path(member_name: str) -> str | None:
+    """The member's path below the archive's top directory, or None when it would escape."""
+    if member_name.startswith("/"):
+        return None
+    parts = [p for p in member_name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        return None
+    return "/".join(parts[1:])
+
+
+class ArchiveFetcher:
+    """Pulls ``path`` out of a container into a local tar file (runs in a worker thread)."""
+
+    def __init__(self, container: Any) -> None:
+        self.container = container
+
+    def __call__(self, path: str, dest: Path) -> None:
+        stream, _stat = self.container.get_archive(path, chunk_size=CHUNK)
+        with dest.open("wb") as fh:
+            for chunk in stream:
+                fh.write(chunk)
+
+
+class DockerArtifacts(Artifacts):
+    def __init__(
+        self,
+        fetch: Callable[[str, Path], None],
+        specs: dict[str, Any],
+        task_expires: dt.datetime,
+        work_dir: Path,
+        log_error: Callable[[str], None],
+        not_found: type[Exception],
+    ) -> None:
+        self.fetch = fetch
+        self.specs = specs
+        self.task_expires = task_expires
+        self.work_dir = work_dir
+        self.log_error = log_error
+        self.not_found = not_found
+
+    async def collect(self) -> list[ArtifactEntry]:
+        entries: list[ArtifactEntry] = []
+        for name in sorted(self.specs):
+            entries.extend(await asyncio.to_thread(self._one, name, self.specs[name]))
+        return entries
+
+    def _error(self, name: str, expires: dt.datetime, reason: str, message: str) -> ArtifactEntry:
+        return ArtifactEntry(
+            name=name,
+            expires=expires,
+            error_reason=reason,
+            error_message=message,
+            fails_task=False,
+            content_type="application/binary",
+        )
+
+    def _one(self, name: str, spec: Any) -> list[ArtifactEntry]:
+        expires = parse_iso(spec.expires) if spec.expires else self.task_expires
+        workdir = Path(tempfile.mkdtemp(prefix="artifact-", dir=self.work_dir))
+        tar_path = workdir / "archive.tar"
+        try:
+            self.fetch(spec.path, tar_path)
+        except self.not_found as exc:
+            shutil.rmtree(workdir, ignore_errors=True)
+            detail = getattr(exc, "explanation", None) or str(exc)
+            return [
+                self._error(
+                    name, expires, "file-missing-on-worker", f'Artifact "{name}" not found at "{spec.path}": {detail}'
+                )
+            ]
+        out: list[ArtifactEntry] = []
+        with tarfile.open(tar_path, "r|") as tar:
+            first = True
+            for member in tar:
+                if first:
+                    first = False
+                    actual = "file" if member.isreg() else "directory" if member.isdir() else "other"
+                    expected = "file" if spec.type == "file" else "directory"
+                    if actual != expected:
+                        message = f'Expected artifact to be a "{expected}" but was "{actual}"'
+                        self.log_error(f'Error uploading "{name}". {message}')
+                        return [self._error(name, expires, "invalid-resource-on-worker", message)]
+                    if spec.type == "file":
+                        target = workdir / "content"
+                        self._extract(tar, member, target)
+                        out.append(self._entry(name, posixpath.basename(member.name), target, expires))
+                        break
+                    continue
+                if not member.isreg():
+                    continue  # directories, symlinks, devices: docker-worker skips them too
+                rel = _safe_member_path(member.name)
+                member_name = f"{name.rstrip('/')}/{rel}" if rel is not None else f"{name.rstrip('/')}/?"
+                if not rel:
+                    message = f"Archive entry {member.name!r} would escape the artifact directory; refused"
+                    self.log_error(f'Error uploading "{name}". {message}')
+                    out.append(self._error(member_name, expires, "invalid-resource-on-worker", message))
+                    continue
+                target = workdir / f"m{len(out)}"
+                self._extract(tar, member, target)
+                out.append(self._entry(member_name, member_name, target, expires))
+        tar_path.unlink(missing_ok=True)
+        return out
+
+    @staticmethod
+    def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+        src = tar.extractfile(member)
+        assert src is not None
+        with src, target.open("wb") as dst:
+            while chunk := src.read(CHUNK):
+                dst.write(chunk)
+
+    @staticmethod
+    def _entry(name: str, type_name: str, path: Path, expires: dt.datetime) -> ArtifactEntry:
+        return ArtifactEntry(
+            name=name,
+            expires=expires,
+            content_type=content_type(type_name),
+            content_encoding=content_encoding(name),
+            source=path,
+            fails_task=False,
+        )

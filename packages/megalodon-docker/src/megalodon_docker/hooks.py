@@ -1,0 +1,59 @@
+"""Entry point of megalodon-docker: the ``docker`` executor and its ``dockerConfig`` key.
+
+The Docker SDK and the executor are imported only when a worker actually builds the executor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megalodon_core import hookimpl
+from megalodon_core.contracts import ExecutorInfo
+
+
+def _factory(worker: Any) -> Any:
+    from .executor import DockerExecutor
+
+    return DockerExecutor(worker)
+
+
+def _schema() -> dict[str, Any]:
+    from .payload import payload_json_schema
+
+    return payload_json_schema()
+
+
+def _validate(payload: Any) -> list[tuple[str, str]]:
+    from .payload import PayloadError, validate_payload
+
+    try:
+        validate_payload(payload)
+    except PayloadError as exc:
+        return list(exc.errors)
+    return []
+
+
+def _accepts(payload: Any) -> bool:
+    # generic-worker's d2g rule: a payload with a top-level ``image`` is a docker-worker payload.
+    return isinstance(payload, dict) and "image" in payload
+
+
+@hookimpl
+def megalodon_register_executors() -> list[ExecutorInfo]:
+    return [
+        ExecutorInfo(
+            name="docker",
+            factory=_factory,
+            summary="docker-worker payloads, run in containers on the Docker engine",
+            payload_schema=_schema,
+            accepts=_accepts,
+            validate=_validate,
+        )
+    ]
+
+
+@hookimpl
+def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    from .settings import DockerConfig
+
+    return {"dockerConfig": (DockerConfig, DockerConfig())}
