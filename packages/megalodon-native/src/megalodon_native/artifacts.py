@@ -33,6 +33,8 @@ class NativeArtifacts(Artifacts):
         self.task_expires = task_expires
 
     async def collect(self) -> list[ArtifactEntry]:
+        if not self.artifacts:
+            return []
         return await asyncio.to_thread(self._collect)
 
     def _entry(self, spec: Any, name: str, path: Path, expires: dt.datetime) -> ArtifactEntry:
