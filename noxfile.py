@@ -46,7 +46,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every distribution's sources."""
-    _install_all(session, "mypy>=1.10", "types-PyYAML")
+    _install_all(session, "mypy>=1.10", "types-PyYAML", *TEST_DEPS)
     session.run("mypy", *[f"packages/{d}/src" for d in DISTRIBUTIONS])
 
 
