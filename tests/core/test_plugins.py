@@ -119,3 +119,25 @@ def test_version_is_cheap_and_needs_no_plugins(tmp_path: Path) -> None:
         check=True,
     )
     assert proc.stdout.strip() == f"megalodon {megalodon_core.__version__}"
+
+
+def test_plugin_can_add_a_cli_command(tmp_path: Path) -> None:
+    src = (
+        "from megalodon_core import hookimpl\n"
+        "from megalodon_core.contracts import CommandInfo\n"
+        "def hello(name: str = 'world') -> None:\n"
+        "    print(f'hello {name}')\n"
+        "@hookimpl\n"
+        "def megalodon_cli_commands():\n"
+        "    return [CommandInfo(name='say-hello', callback=hello, help='Say hello.')]\n"
+    )
+    _fake_distribution(tmp_path, "cmd-plugin", src, "cmd_plugin_hooks")
+    proc = subprocess.run(
+        [sys.executable, "-m", "megalodon_core", "say-hello", "--name", "there"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "hello there"

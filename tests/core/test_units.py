@@ -71,15 +71,37 @@ def test_docker_worker_log_lines(tmp_path: Path) -> None:
     assert text.endswith("\n\n[taskcluster:error] bad\n")
 
 
-def test_log_sinks_and_filters_see_the_stored_bytes(tmp_path: Path) -> None:
+def test_sinks_see_the_stored_bytes_with_secrets_masked(tmp_path: Path) -> None:
     log = TaskLog(tmp_path / "log")
     seen: list[bytes] = []
-    log.add_filter(lambda b: b.replace(b"secret", b"[REDACTED]"))
+    log.add_secret("s3cr3t-token")
     log.add_sink(seen.append)
-    log.write(b"a secret here\n")
+    log.write(b"a s3cr3t-token here\n")
     log.close()
-    assert seen == [b"a [REDACTED] here\n"]
+    assert b"".join(seen) == b"a [REDACTED] here\n"
     assert (tmp_path / "log").read_bytes() == b"a [REDACTED] here\n"
+
+
+@pytest.mark.parametrize("split", range(1, 12))
+def test_secret_split_across_writes_is_masked(tmp_path: Path, split: int) -> None:
+    log = TaskLog(tmp_path / "log")
+    log.add_secret("abcdefghij")
+    data = b"xx abcdefghij yy abcdef"
+    log.write(data[: split + 3])
+    log.write(data[split + 3 :])
+    log.info("next line")
+    log.close()
+    text = (tmp_path / "log").read_bytes()
+    assert b"abcdefghij" not in text
+    assert text.startswith(b"xx [REDACTED] yy abcdef[taskcluster ")
+
+
+def test_short_values_are_not_treated_as_secrets(tmp_path: Path) -> None:
+    log = TaskLog(tmp_path / "log")
+    log.add_secret("abc")
+    log.write(b"abc\n")
+    log.close()
+    assert (tmp_path / "log").read_bytes() == b"abc\n"
 
 
 def test_first_error_decides_resolution() -> None:

@@ -335,3 +335,19 @@ async def test_backing_log_is_gzip_on_the_wire(harness: Harness) -> None:
     assert meta["contentEncoding"] == "gzip"
     assert b"\n2000\n" in data
     assert gzip.compress(data)  # content is the decoded text
+
+
+async def test_credentials_never_reach_the_task_log(harness: Harness) -> None:
+    worker_type = harness.worker_type()
+    config = harness.config(worker_type)
+    token = config["accessToken"]
+    script = 'echo "worker token: $LEAK"; printf "%s" "$LEAK" | cut -c1-10; printf "%s" "$LEAK" | cut -c11-'
+    task_id = await harness.create({"command": [sh(script)], "maxRunTime": 30, "env": {"LEAK": token}}, worker_type)
+    from megalodon_core.config import parse_config
+    from megalodon_core.plugins import PluginHost
+    from megalodon_core.worker import Worker
+
+    assert await Worker(parse_config(config), PluginHost()).run() == 0
+    out = await harness.outcome(task_id, 0)
+    assert token not in out.log
+    assert "worker token: [REDACTED]" in out.log

@@ -224,4 +224,22 @@ def tc_double(
 
 
 def main() -> None:
+    if "--version" not in sys.argv[1:]:
+        _add_plugin_commands()
     app()
+
+
+def _add_plugin_commands() -> None:
+    from .plugins import PluginError
+
+    core = {c.name for c in app.registered_commands}
+    try:
+        commands = _plugins().commands()
+    except PluginError as exc:
+        err_console.print(str(exc), markup=False)
+        raise SystemExit(69) from None
+    for info in commands:
+        if info.name in core:
+            err_console.print(f"a plugin's command {info.name!r} clashes with a core command", markup=False)
+            raise SystemExit(69)
+        app.command(info.name, help=info.help)(info.callback)

@@ -192,6 +192,15 @@ class ExecutorInfo:
 
 
 @dataclass(frozen=True)
+class CommandInfo:
+    """A ``megalodon`` subcommand a plugin adds (e.g. ``new-ed25519-keypair``): a typer-style callback."""
+
+    name: str
+    callback: Callable[..., Any]
+    help: str
+
+
+@dataclass(frozen=True)
 class FeatureInfo:
     name: str
     factory: Callable[[WorkerContext], Feature]

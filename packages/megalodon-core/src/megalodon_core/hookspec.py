@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from .contracts import ExecutorInfo, FeatureInfo
+    from .contracts import CommandInfo, ExecutorInfo, FeatureInfo
 
 hookspec = pluggy.HookspecMarker("megalodon")
 
@@ -62,6 +62,19 @@ class MegalodonSpec:
         and validated with the rest.  A key declared twice with different types fails loading.
 
         :return: the config keys this plugin adds (may be empty).
+        """
+        raise NotImplementedError  # pragma: no cover - specification only
+
+    @hookspec
+    def megalodon_cli_commands(self) -> list[CommandInfo]:
+        """Add subcommands to the ``megalodon`` command line.
+
+        Called once when the CLI starts (not for ``--version``).  Collected: each plugin returns a list of
+        :class:`~megalodon_core.contracts.CommandInfo`; the callback's parameters are declared the typer
+        way (``Annotated[..., typer.Option(...)]``).  A name that clashes with a core command or another
+        plugin's fails loudly.
+
+        :return: the commands this plugin adds (may be empty).
         """
         raise NotImplementedError  # pragma: no cover - specification only
 

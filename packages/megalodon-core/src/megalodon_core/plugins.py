@@ -16,7 +16,7 @@ import importlib_metadata
 import pluggy
 
 from . import __version__
-from .contracts import ExecutorInfo, FeatureInfo
+from .contracts import CommandInfo, ExecutorInfo, FeatureInfo
 from .hookspec import MegalodonSpec
 
 ENTRY_POINT_GROUP = "megalodon"
@@ -145,6 +145,15 @@ class PluginHost:
                     raise PluginError(f"config key {key!r} declared with two types (again by {plugin_name})")
                 fields[key] = spec
         return fields
+
+    def commands(self) -> list[CommandInfo]:
+        out: dict[str, CommandInfo] = {}
+        for plugin_name, infos in self._per_plugin("megalodon_cli_commands"):
+            for info in infos:
+                if info.name in out:
+                    raise PluginError(f"command {info.name!r} registered twice (again by {plugin_name})")
+                out[info.name] = info
+        return list(out.values())
 
     def executor_for_payload(self, payload: Any) -> ExecutorInfo | None:
         """The executor whose ``accepts`` recognises ``payload`` (docker payloads have ``image``)."""

@@ -52,6 +52,9 @@ class TaskRun:
     facts: dict[str, Any] = field(default_factory=dict)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     abort_error: ExecutionError | None = None
+    #: Rows added to each command's result block (the resource monitor's memory lines), as (label, value).
+    result_rows: list[Callable[[], list[tuple[str, str]]]] = field(default_factory=list)
+
     _credential_listeners: list[Callable[[dict[str, str]], None]] = field(default_factory=list)
 
     # -- cancellation ------------------------------------------------------------------------------------
@@ -74,7 +77,18 @@ class TaskRun:
         """Be told when a reclaim swaps in new task credentials (the proxy re-signs with them)."""
         self._credential_listeners.append(listener)
 
+    def __post_init__(self) -> None:
+        self.mask_credentials(self.credentials)
+        self.log.add_secret(self.worker.config.accessToken)
+
+    def mask_credentials(self, credentials: dict[str, str]) -> None:
+        """Task credentials never appear in the task log, whatever the task prints."""
+        for key in ("accessToken", "certificate"):
+            if credentials.get(key):
+                self.log.add_secret(credentials[key])
+
     def update_credentials(self, credentials: dict[str, str], taken_until: dt.datetime) -> None:
+        self.mask_credentials(credentials)
         self.credentials = credentials
         self.taken_until = taken_until
         for listener in list(self._credential_listeners):

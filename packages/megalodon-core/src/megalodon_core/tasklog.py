@@ -9,6 +9,10 @@ print differently and downstream log parsers key on the exact text:
 - ``docker-worker``: ``[taskcluster 2017-01-25 23:31:13.787Z] msg`` and ``\\n[taskcluster:error] msg``
   (the leading newline is deliberate, for Treeherder).
 
+Secrets (task credentials, values read from the secrets service) are replaced by ``[REDACTED]`` before
+anything is stored or sent, also when a secret is split across two writes: the few trailing bytes that
+could start a secret are held back until the next write shows whether they do.
+
 Sinks (the live log, the chain-of-trust hasher) receive exactly the bytes written to the backing file.
 Writes go to a buffered local file: they land in the page cache and never wait on the network.
 """
@@ -23,7 +27,10 @@ from .timefmt import UTC, utcnow
 
 LogStyle = Literal["generic-worker", "docker-worker"]
 Sink = Callable[[bytes], None]
-Filter = Callable[[bytes], bytes]
+
+REDACTED = b"[REDACTED]"
+#: Shorter values are not masked: replacing every "1" or "abc" would shred the log and protect nothing.
+MIN_SECRET_LENGTH = 6
 
 _BUFFER = 1 << 20
 
@@ -37,7 +44,8 @@ class TaskLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO | None = open(path, "ab", buffering=_BUFFER)  # noqa: SIM115 - lives as long as the task
         self._sinks: list[Sink] = []
-        self._filters: list[Filter] = []
+        self._secrets: list[bytes] = []
+        self._held = b""
         self.bytes_written = 0
 
     # -- plumbing ---------------------------------------------------------------------------------------
@@ -49,27 +57,61 @@ class TaskLog:
         if sink in self._sinks:
             self._sinks.remove(sink)
 
-    def add_filter(self, fn: Filter) -> None:
-        """Rewrite bytes before they are stored (secret masking)."""
-        self._filters.append(fn)
+    def add_secret(self, value: str) -> None:
+        """Mask ``value`` (and its longer variants first) from now on."""
+        raw = value.encode()
+        if len(raw) >= MIN_SECRET_LENGTH and raw not in self._secrets:
+            self._secrets.append(raw)
+            self._secrets.sort(key=len, reverse=True)
+
+    def _redact(self, data: bytes) -> bytes:
+        data = self._held + data
+        self._held = b""
+        for secret in self._secrets:
+            data = data.replace(secret, REDACTED)
+        # Hold back the longest tail that is the beginning of a secret: the next write may complete it.
+        hold = 0
+        for secret in self._secrets:
+            for n in range(min(len(secret) - 1, len(data)), hold, -1):
+                if data.endswith(secret[:n]):
+                    hold = n
+                    break
+        if hold:
+            self._held = data[-hold:]
+            data = data[:-hold]
+        return data
 
     def write(self, data: bytes) -> None:
-        """Raw task output, stored as is."""
+        """Raw task output, stored as is (secrets masked)."""
         if not data or self._file is None:
             return
-        for fn in self._filters:
-            data = fn(data)
+        if self._secrets:
+            data = self._redact(data)
+            if not data:
+                return
+        self._emit(data)
+
+    def _release_held(self) -> None:
+        if self._held:
+            held, self._held = self._held, b""
+            self._emit(held)
+
+    def _emit(self, data: bytes) -> None:
+        assert self._file is not None
         self._file.write(data)
         self.bytes_written += len(data)
         for sink in self._sinks:
             sink(data)
 
     def flush(self) -> None:
+        """Push everything to the file, held-back bytes included (a secret cannot follow any more)."""
         if self._file is not None:
+            self._release_held()
             self._file.flush()
 
     def close(self) -> None:
         if self._file is not None:
+            self._release_held()
             # No fsync: the file is read back at once for upload and then deleted; durability buys nothing.
             self._file.close()
             self._file = None

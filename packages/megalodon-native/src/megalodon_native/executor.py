@@ -31,10 +31,19 @@ _PLUGIN_FEATURES = {
 }
 
 
-def result_block(result: CommandResult) -> str:
-    """generic-worker's per-command summary (``process.Result.String``), labels right-aligned."""
+def _rows(rows: list[tuple[str, str]]) -> str:
+    return "\n".join(f"{label + ':':>33} {value}" for label, value in rows)
+
+
+def result_block(result: CommandResult, extra: list[tuple[str, str]] | None = None) -> str:
+    """generic-worker's per-command summary (``process.Result.String``), labels right-aligned.
+
+    ``extra`` rows (the resource monitor's memory figures) go between Wall Time and Result, as there.
+    """
+    extra = extra or []
     if result.aborted:
-        return f"Command ABORTED after {go_duration(result.duration)}: process aborted"
+        tail = "\n" + _rows(extra) if extra else ""
+        return f"Command ABORTED after {go_duration(result.duration)}: process aborted{tail}"
     if result.system_error is not None:
         return f"System error executing command: {result.system_error}"
     rows = [
@@ -42,9 +51,10 @@ def result_block(result: CommandResult) -> str:
         ("User Time", go_duration(result.user_time)),
         ("Kernel Time", go_duration(result.kernel_time)),
         ("Wall Time", go_duration(result.duration)),
+        *extra,
         ("Result", "SUCCEEDED" if result.succeeded else "FAILED"),
     ]
-    return "\n".join(f"{label + ':':>33} {value}" for label, value in rows)
+    return _rows(rows)
 
 
 class NativeExecutor(TaskExecutor):
@@ -143,7 +153,9 @@ class NativeExecutor(TaskExecutor):
                     abort=run.aborted,
                     started=groups.add,
                 )
-                run.log.info(result_block(result))
+                extra = [row for rows in run.result_rows for row in rows()]
+                run.log.info(result_block(result, extra))
+                run.facts["exit_code"] = "aborted" if result.aborted else result.exit_code
                 if result.aborted or run.aborted.is_set():
                     return  # the abort error is already recorded and decides
                 if result.system_error is not None:
