@@ -16,7 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 ROOT = Path(__file__).parent
-DISTRIBUTIONS = ["megalodon-core", "megalodon-native", "megalodon-docker"]
+DISTRIBUTIONS = ["megalodon-core", "megalodon-native", "megalodon-docker", "megalodon-features"]
 TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "jsonschema>=4.18", "psutil>=5.9"]
 
 
@@ -28,7 +28,7 @@ def _install_all(session: nox.Session, *extra: str) -> None:
 
 
 @nox.session
-@nox.parametrize("suite", ["core", "native", "docker", "e2e"])
+@nox.parametrize("suite", ["core", "native", "docker", "features", "e2e"])
 def tests(session: nox.Session, suite: str) -> None:
     """Run one distribution's test folder (tests/<suite>) against real HTTP and, for docker, a real engine."""
     _install_all(session, *TEST_DEPS)

@@ -77,6 +77,14 @@ class NoArtifacts(Artifacts):
 
 
 # -- features ----------------------------------------------------------------------------------------------
+class FeatureInitError(Exception):
+    """A feature cannot work on this worker: the worker must not start.  ``exit_code`` is the process's."""
+
+    def __init__(self, message: str, exit_code: int = 69) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class TaskFeature(ABC):
     """A feature's per-task half: scopes it needs, artifact names it owns, start before and stop after."""
 
@@ -105,6 +113,13 @@ class Feature(ABC):
 
     def __init__(self, worker: WorkerContext) -> None:
         self.worker = worker
+
+    async def initialise(self) -> None:  # noqa: B027 - optional hook
+        """Once, when the worker starts (before any claim).  Raise :class:`FeatureInitError` to refuse to
+        start the worker (e.g. a chain-of-trust key that is missing or readable by tasks)."""
+
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook
+        """Once, when the worker stops, after the last task (close servers, sockets)."""
 
     def is_enabled(self) -> bool:
         return True

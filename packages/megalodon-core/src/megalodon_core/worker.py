@@ -23,7 +23,7 @@ from taskcluster.exceptions import TaskclusterFailure
 
 from . import __version__
 from .config import WorkerConfig
-from .contracts import Feature, TaskExecutor
+from .contracts import Feature, FeatureInitError, TaskExecutor
 from .errors import MalformedPayload, State, WorkerShutdown
 from .pipeline import execute
 from .plugins import PluginHost
@@ -148,11 +148,23 @@ class Worker:
             if handle_signals:
                 self.install_signal_handlers()
             try:
+                for feature in self.features:
+                    await feature.initialise()
+            except FeatureInitError as exc:
+                log.error("%s", exc)
+                print(f"megalodon: {exc}", file=sys.stderr)
+                return exc.exit_code
+            try:
                 return await self._loop()
             finally:
                 for task in list(self.running):
                     with contextlib.suppress(BaseException):
                         await task
+                for feature in self.features:
+                    try:
+                        await feature.shutdown()
+                    except Exception:
+                        log.exception("feature %s failed to shut down", feature.name)
 
     async def _loop(self) -> int:
         assert self.ctx is not None
