@@ -171,6 +171,7 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
     """Run ``run`` through ``executor`` and ``features``; return the (state, reason) to report."""
     started: list[TaskFeature] = []
     timer: asyncio.TimerHandle | None = None
+    run.facts["executor"] = executor.name
     try:
         executor.write_header(run)
         executor.validate_payload(run)

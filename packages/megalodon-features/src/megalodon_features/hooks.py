@@ -35,6 +35,15 @@ def megalodon_register_features() -> list[FeatureInfo]:
 
 
 @hookimpl
+def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    fields: dict[str, tuple[Any, Any]] = {}
+    # -- config: live log and taskcluster-proxy --
+    # -- config: mounts --
+    # -- config: resource monitor, chain of trust, osGroups --
+    return fields
+
+
+@hookimpl
 def megalodon_cli_commands() -> list[CommandInfo]:
     commands: list[CommandInfo] = []
     # -- commands --
