@@ -120,6 +120,8 @@ def worker_config(double: TaskclusterDouble, worker_type: str, workdir: Path, **
         "workerId": WORKER_ID,
         "executor": "native",
         "tasksDir": str(workdir / "tasks"),
+        "stateDir": str(workdir / "state"),
+        "requiredDiskSpaceMegabytes": 16,
         "cachesDir": str(workdir / "caches"),
         "downloadsDir": str(workdir / "downloads"),
         "numberOfTasksToRun": 1,
@@ -785,6 +787,118 @@ async def bench_log(settings: Settings) -> dict[str, Any]:
     return result
 
 
+# -- docker (scenario 4) -----------------------------------------------------------------------------------
+DOCKER_BENCH_IMAGE = "megalodon-test/busybox:latest"
+DOCKER_TRIVIAL_PAYLOAD: dict[str, Any] = {"image": DOCKER_BENCH_IMAGE, "command": ["true"], "maxRunTime": 30}
+#: The docker executor's per-task target, against a bare ``docker run --rm`` of the same container.
+GOAL_DOCKER_RATIO = 1.5
+
+
+async def bare_docker_runs(n: int) -> list[float]:
+    """Wall time of ``docker run --rm <image> true``: what any docker-based worker must pay per task."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        proc = await asyncio.create_subprocess_exec(
+            "docker", "run", "--rm", DOCKER_BENCH_IMAGE, "true",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"docker run failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+async def executor_tasks(
+    double: TaskclusterDouble,
+    session: aiohttp.ClientSession,
+    n: int,
+    worker_type: str,
+    workdir: Path,
+    payload: dict[str, Any],
+    executor: str,
+) -> dict[str, Any]:
+    """``n`` copies of ``payload`` run back to back by an in-process worker with the installed plugins."""
+    root = taskcluster.aio.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials}, session=session)
+    ids, create_times = [], []
+    for _ in range(n):
+        task_id = taskcluster.slugId()
+        t0 = time.perf_counter()
+        await root.createTask(task_id, make_task(payload, worker_type))
+        create_times.append(time.perf_counter() - t0)
+        ids.append(task_id)
+    times = TaskTimes()
+    host = PluginHost(plugins=[times])
+    # requiredDiskSpaceMegabytes 0: image GC under disk pressure would untag the benchmark image.
+    cfg = worker_config(
+        double, worker_type, workdir, executor=executor, numberOfTasksToRun=n, requiredDiskSpaceMegabytes=0
+    )
+    worker = Worker(parse_config(cfg, host.config_fields()), host)
+    with LoopStallProbe() as probe:
+        start = time.perf_counter()
+        code = await asyncio.wait_for(worker.run(), 60 + 10 * n)
+    if code != 0 or len(times.resolved) != n:
+        raise RuntimeError(f"worker exited {code} after resolving {len(times.resolved)} of {n} tasks")
+    check_completed(double, ids, f"{executor} executor")
+    per_task = intervals(start, times.resolved)
+    return {
+        "create_s": create_times,
+        "per_task_s": per_task,
+        "started_to_resolved_s": [r - s for r, s in zip(times.resolved, times.started, strict=True)],
+        "max_loop_stall_s": probe.max_stall,
+    }
+
+
+async def bench_docker(settings: Settings) -> dict[str, Any]:
+    """A trivial docker task through megalodon against a bare ``docker run --rm`` and the native executor.
+
+    Rounds alternate the three sides (bare docker, megalodon docker, megalodon native) so machine drift
+    falls on all of them; one warm-up of each side first (image cache, imports, the engine's first run).
+    """
+    n = max(3, settings.tasks // 2) if not settings.quick else 3
+    rounds = 1 if settings.quick else 2
+    samples: dict[str, list[float]] = {"bare": [], "docker": [], "native": []}
+    docker_started: list[float] = []
+    stalls: list[float] = []
+    async with scratch("docker") as workdir:
+        async with (
+            TaskclusterDouble(claim_work_wait=0.2, storage_dir=workdir / "store") as double,
+            aiohttp.ClientSession() as session,
+        ):
+            native_payload = TRIVIAL_PAYLOAD
+            await bare_docker_runs(1)
+            await executor_tasks(double, session, 1, "warm-docker", workdir / "w1", DOCKER_TRIVIAL_PAYLOAD, "docker")
+            await executor_tasks(double, session, 1, "warm-native", workdir / "w2", native_payload, "native")
+            for i in range(rounds):
+                samples["bare"].extend(await bare_docker_runs(n))
+                d = await executor_tasks(
+                    double, session, n, f"docker-{i}", workdir / f"d{i}", DOCKER_TRIVIAL_PAYLOAD, "docker"
+                )
+                samples["docker"].extend(c + p for c, p in zip(d["create_s"], d["per_task_s"], strict=True))
+                docker_started.extend(d["started_to_resolved_s"])
+                stalls.append(d["max_loop_stall_s"])
+                nat = await executor_tasks(
+                    double, session, n, f"native-{i}", workdir / f"n{i}", native_payload, "native"
+                )
+                samples["native"].extend(c + p for c, p in zip(nat["create_s"], nat["per_task_s"], strict=True))
+    bare, dock, nat_s = stats(samples["bare"]), stats(samples["docker"]), stats(samples["native"])
+    return {
+        "tasks_per_round": n,
+        "rounds": rounds,
+        "bare_docker_run": bare,
+        "megalodon_docker": dock,
+        "megalodon_native": nat_s,
+        "docker_started_to_resolved": stats(docker_started),
+        "max_loop_stall_s": max(stalls),
+        "ratio_docker_to_bare_median": ratio(dock["median"], bare["median"]),
+        "ratio_docker_to_bare_mean": ratio(dock["mean"], bare["mean"]),
+        "docker_minus_native_median_s": dock["median"] - nat_s["median"],
+        "ratio_docker_to_native_median": ratio(dock["median"], nat_s["median"]),
+        "goal_ratio": GOAL_DOCKER_RATIO,
+    }
+
+
 # -- output ------------------------------------------------------------------------------------------------
 def ms(x: float | None) -> str:
     return "-" if x is None else f"{x * 1000:8.1f} ms"
@@ -874,10 +988,33 @@ def print_log(r: dict[str, Any]) -> None:
     )
 
 
+def print_docker(r: dict[str, Any]) -> None:
+    print(
+        f"\n== 4. docker executor: trivial task (`true` on {DOCKER_BENCH_IMAGE}), back to back; "
+        f"{r['rounds']} round(s) of {r['tasks_per_round']} =="
+    )
+    print(f"{'':44}{'median':>12}{'mean':>12}{'max':>12}")
+    for label, key in (
+        ("bare `docker run --rm` (subprocess)", "bare_docker_run"),
+        ("megalodon docker task (create..resolved)", "megalodon_docker"),
+        ("  of which task started..resolved", "docker_started_to_resolved"),
+        ("megalodon native task (create..resolved)", "megalodon_native"),
+    ):
+        st = r[key]
+        print(f"{label:44}{ms(st['median']):>12}{ms(st['mean']):>12}{ms(st['max']):>12}")
+    print(f"  max event-loop stall during docker tasks: {ms(r['max_loop_stall_s']).strip()}")
+    print(
+        f"  => megalodon docker / bare docker run: median {r['ratio_docker_to_bare_median']:.2f}x, mean "
+        f"{r['ratio_docker_to_bare_mean']:.2f}x (goal <= {r['goal_ratio']}x); docker - native executor: "
+        f"{r['docker_minus_native_median_s'] * 1000:.0f} ms median ({r['ratio_docker_to_native_median']:.1f}x)"
+    )
+
+
 SCENARIOS: dict[str, tuple[Callable[[Settings], Any], Callable[[dict[str, Any]], None]]] = {
     "overhead": (bench_overhead, print_overhead),
     "upload": (bench_upload, print_upload),
     "log": (bench_log, print_log),
+    "docker": (bench_docker, print_docker),
 }
 
 

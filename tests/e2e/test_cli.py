@@ -93,6 +93,8 @@ def _write_config(tmp_path: Path, root_url: str, creds: dict[str, str], worker_t
                 "workerGroup": "g",
                 "workerId": "w",
                 "tasksDir": str(tmp_path / "tasks"),
+                "stateDir": str(tmp_path / "state"),
+                "requiredDiskSpaceMegabytes": 16,
                 "executor": "native",
             }
         )

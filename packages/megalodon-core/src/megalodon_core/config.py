@@ -9,6 +9,14 @@ Deliberate differences from generic-worker, each because the key's premise does 
   and enabled, and that feature refuses to start without it.
 - ``executor`` is new: the executor plugin to use (``auto`` picks by payload shape: a payload with
   ``image`` is a docker-worker payload).
+- ``stateDir`` is new: where the files generic-worker keeps in its working directory go
+  (``tasks-resolved-count.txt``, ``generic-worker-metadata.json``) plus ``worker-status.json`` and the
+  claim journal.  Default ``.``, generic-worker's place.
+- ``metricsPort`` / ``metricsAddress`` (Prometheus ``/metrics`` and ``/healthz``) and ``logFormat``
+  (``text`` or ``json`` worker log lines) are new.
+
+Keys generic-worker has but megalodon has no use for are accepted, with a warning naming them
+(:data:`NOT_APPLICABLE`), so a complete generic-worker config file loads unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
@@ -42,6 +50,10 @@ class WorkerConfig(BaseModel):
 
     # megalodon
     executor: str = "auto"
+    stateDir: str = Field(default=".", min_length=1)
+    metricsPort: int | None = Field(default=None, ge=0, le=65535)
+    metricsAddress: str = "127.0.0.1"
+    logFormat: Literal["text", "json"] = "text"
 
     # directories
     tasksDir: str = Field(default="tasks", min_length=1)
@@ -130,6 +142,62 @@ class WorkerConfig(BaseModel):
     def extra(self, key: str, default: Any = None) -> Any:
         """A plugin-declared key (absent from the base model), or ``default``."""
         return getattr(self, key, default)
+
+
+#: generic-worker keys accepted for compatibility that change nothing in megalodon, and why.
+NOT_APPLICABLE: dict[str, str] = {
+    "livelogExecutable": "megalodon serves the live log itself",
+    "taskclusterProxyExecutable": "megalodon runs the taskcluster proxy in-process",
+    "sentryProject": "megalodon reports crashes to worker-runner, not Sentry",
+    "wstAudience": "websocktunnel is not supported; the live log is exposed directly",
+    "wstServerURL": "websocktunnel is not supported; the live log is exposed directly",
+    "disableReboots": "megalodon never reboots the machine",
+    "headlessTasks": "the multiuser engine is not implemented",
+    "runAfterUserCreation": "the multiuser engine is not implemented",
+    "enableRunTaskAsCurrentUser": "the multiuser engine is not implemented",
+    "d2gConfig": "docker-worker payloads run on the docker executor, not through d2g",
+    "enableInteractive": "interactive tasks are not supported (requesting them is malformed-payload)",
+    "interactivePort": "interactive tasks are not supported",
+    "enableLoopbackAudio": "loopback audio is not supported (requesting it is malformed-payload)",
+    "enableLoopbackVideo": "loopback video is not supported (requesting it is malformed-payload)",
+    "loopbackAudioDeviceNumber": "loopback audio is not supported",
+    "loopbackVideoDeviceNumber": "loopback video is not supported",
+}
+
+
+def config_warnings(data: dict[str, Any]) -> list[str]:
+    """A warning for each key of the file that megalodon accepts but does not use."""
+    return [
+        f'Config setting "{key}" is accepted for generic-worker compatibility but has no effect: {why}'
+        for key, why in NOT_APPLICABLE.items()
+        if key in data
+    ]
+
+
+SECRET_KEYS = frozenset({"accessToken", "certificate"})
+
+
+def explain(
+    data: dict[str, Any], plugin_fields: dict[str, tuple[Any, Any]] | None = None, runtime: dict[str, Any] | None = None
+) -> list[tuple[str, Any, str]]:
+    """(key, effective value, source) for every key: ``file``, ``default`` or ``worker-runner``.
+
+    ``runtime`` holds values a running worker received from worker-runner (new credentials); secrets are
+    shown masked.
+    """
+    config = parse_config(data, plugin_fields)
+    rows = []
+    for key in sorted(type(config).model_fields):
+        value = getattr(config, key)
+        source = "file" if key in data else "default"
+        if runtime and key in runtime:
+            value, source = runtime[key], "worker-runner"
+        if hasattr(value, "model_dump"):
+            value = value.model_dump()
+        if key in SECRET_KEYS and value:
+            value = "<set>"
+        rows.append((key, value, source))
+    return rows
 
 
 def config_model(plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> type[WorkerConfig]:

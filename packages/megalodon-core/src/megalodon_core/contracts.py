@@ -121,6 +121,9 @@ class Feature(ABC):
     async def shutdown(self) -> None:  # noqa: B027 - optional hook
         """Once, when the worker stops, after the last task (close servers, sockets)."""
 
+    async def free_disk_space(self) -> None:  # noqa: B027 - optional hook
+        """Disk is short before a claim: evict what this feature keeps and no running task uses."""
+
     def is_enabled(self) -> bool:
         return True
 
@@ -189,6 +192,10 @@ class TaskExecutor(ABC):
 
     async def cleanup(self, run: TaskRun) -> None:  # noqa: B027 - optional hook
         """Remove what ``prepare`` and ``run`` left behind; always called."""
+
+    async def free_disk_space(self) -> None:  # noqa: B027 - optional hook
+        """Disk is short before a claim: evict what this executor keeps and no running task uses
+        (unused images, idle caches)."""
 
 
 # -- registration records ------------------------------------------------------------------------------------

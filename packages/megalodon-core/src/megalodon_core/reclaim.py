@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import aiohttp
 from taskcluster.exceptions import TaskclusterFailure
@@ -29,7 +30,7 @@ def next_reclaim_delay(seconds_left: float) -> float:
     return max(seconds_left - MARGIN, seconds_left / 2)
 
 
-async def reclaim_loop(run: TaskRun) -> None:
+async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = None) -> None:
     """Runs until cancelled by the pipeline (after resolution) or until a reclaim fails for good."""
     while True:
         left = (run.taken_until - utcnow()).total_seconds()
@@ -37,6 +38,8 @@ async def reclaim_loop(run: TaskRun) -> None:
         try:
             resp = await run.queue().reclaimTask(run.task_id, str(run.run_id))
         except TaskclusterFailure as exc:
+            if on_failure is not None:
+                on_failure()
             status = getattr(exc, "status_code", None)
             if status == 409:
                 log.info("reclaim of %s/%s answered 409: run no longer ours", run.task_id, run.run_id)

@@ -184,6 +184,8 @@ async def run_task(
                 "workerGroup": "local",
                 "workerId": "run-task",
                 "tasksDir": str(Path(tmp) / "tasks"),
+                "stateDir": str(Path(tmp) / "state"),
+                "requiredDiskSpaceMegabytes": 16,
                 "cachesDir": str(Path(tmp) / "caches"),
                 "downloadsDir": str(Path(tmp) / "downloads"),
                 "numberOfTasksToRun": 1,

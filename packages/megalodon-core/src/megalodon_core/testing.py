@@ -83,6 +83,8 @@ class Harness:
             "workerGroup": "test-group",
             "workerId": "test-worker",
             "tasksDir": str(self.tmp_path / "tasks"),
+            "stateDir": str(self.tmp_path / f"state-{worker_type}"),
+            "requiredDiskSpaceMegabytes": 16,
             "cachesDir": str(self.tmp_path / "caches"),
             "downloadsDir": str(self.tmp_path / "downloads"),
             "numberOfTasksToRun": 1,

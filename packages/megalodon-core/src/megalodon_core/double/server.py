@@ -38,6 +38,7 @@ from .queue import QUEUE_ISSUER, QueueConfig, QueueService
 from .secrets import SecretsService
 from .storage import OBJECT_BUCKET, PREFIX, BlobStore
 from .timeutil import iso
+from .workermanager import WorkerManagerService
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +76,17 @@ class TaskclusterDouble:
         self.artifacts = ArtifactService(self.queue, self.objects, self.store)
         self.index = IndexService()
         self.secrets = SecretsService()
+        self.worker_manager = WorkerManagerService()
         self.api = Api(self.auth, self.faults, self.calls)
-        for service in (self.queue, self.artifacts, self.objects, self.index, self.secrets, AuthService()):
+        for service in (
+            self.queue,
+            self.artifacts,
+            self.objects,
+            self.index,
+            self.secrets,
+            self.worker_manager,
+            AuthService(),
+        ):
             for endpoint in service.endpoints():
                 self.api.add(endpoint)
         self.root_url = ""
