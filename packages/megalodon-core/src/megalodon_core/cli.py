@@ -130,17 +130,11 @@ def validate_payload(
     raise typer.Exit(1)
 
 
-@app.command("run")
-def run(
-    config: Annotated[Path, typer.Option("--config", help="Worker config file (generic-worker's keys).")] = Path(
-        "generic-worker.config"
-    ),
-) -> None:
-    """Run the worker: claim, run and resolve tasks until a stop condition."""
-    from .config import ConfigError, load_config
-    from .worker import EXIT_CANT_LOAD_CONFIG, EXIT_INVALID_CONFIG, Worker
+def _load_config_or_exit(config: Path, host: Any) -> tuple[Any, dict[str, Any]]:
+    """The validated config and its raw data; exits 64 (unreadable) or 73 (invalid) naming the key."""
+    from .config import ConfigError, config_warnings, load_config
+    from .worker import EXIT_CANT_LOAD_CONFIG, EXIT_INVALID_CONFIG
 
-    host = _plugins()
     try:
         cfg = load_config(config, host.config_fields())
     except ConfigError as exc:
@@ -149,6 +143,46 @@ def run(
             EXIT_CANT_LOAD_CONFIG if "cannot read" in str(exc) or "not valid JSON" in str(exc) else EXIT_INVALID_CONFIG
         )
         raise typer.Exit(code) from None
+    data: dict[str, Any] = json.loads(config.read_text())
+    for warning in config_warnings(data):
+        logging.getLogger("megalodon_core.config").warning("%s", warning)
+    return cfg, data
+
+
+class _JsonFormatter(logging.Formatter):
+    """One JSON object per worker log line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _use_log_format(fmt: str) -> None:
+    if fmt == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(_JsonFormatter())
+
+
+@app.command("run")
+def run(
+    config: Annotated[Path, typer.Option("--config", help="Worker config file (generic-worker's keys).")] = Path(
+        "generic-worker.config"
+    ),
+) -> None:
+    """Run the worker: claim, run and resolve tasks until a stop condition."""
+    from .worker import EXIT_INVALID_CONFIG, Worker
+
+    host = _plugins()
+    raw = json.loads(config.read_text()) if config.is_file() else {}
+    _use_log_format(raw.get("logFormat", "text") if isinstance(raw, dict) else "text")
+    cfg, _ = _load_config_or_exit(config, host)
     worker = Worker(cfg, host)
     try:
         code = asyncio.run(worker.run(handle_signals=True))
@@ -202,6 +236,40 @@ def run_task_cmd(
         if result.log_path:
             console.print(f"Log: {result.log_path}")
     raise typer.Exit(result.exit_code)
+
+
+@app.command("status")
+def status(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="The worker's stateDir.")] = Path("."),
+) -> None:
+    """Print the tasks the worker using STATE_DIR is running now (generic-worker's worker-status.json)."""
+    from .worker import running_task_ids
+
+    print(json.dumps({"currentTaskIds": running_task_ids(state_dir)}))
+
+
+config_app = typer.Typer(help="Inspect worker config files.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("explain")
+def config_explain(
+    config: Annotated[Path, typer.Option("--config", help="Worker config file.")] = Path("generic-worker.config"),
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Show the effective config: every key, its value and where it came from (file or default)."""
+    from .config import explain
+
+    host = _plugins()
+    _, data = _load_config_or_exit(config, host)
+    rows = explain(data, host.config_fields())
+    if as_json:
+        print(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows], indent=2, default=str))
+        return
+    table = Table("key", "value", "source")
+    for key, value, source in rows:
+        table.add_row(key, json.dumps(value, default=str), source)
+    console.print(table)
 
 
 @app.command("tc-double")
