@@ -5,8 +5,9 @@ A pool switching from generic-worker keeps its config file: the same key names, 
 back to a default.  Plugins add their own keys through the ``megalodon_config_fields`` hook.
 
 Deliberate differences from generic-worker, each because the key's premise does not hold here:
-- ``ed25519SigningKeyLocation`` is optional: it is only needed when a chain-of-trust feature is installed
-  and enabled, and that feature refuses to start without it.
+- ``ed25519SigningKeyLocation`` is optional: it is only needed for chain of trust.  When it is unset the
+  chain-of-trust feature is off (tasks requesting it get malformed-payload naming this key); when it is
+  set, the worker refuses to start if the key is missing, invalid or readable by others (exit 82).
 - ``executor`` is new: the executor plugin to use (``auto`` picks by payload shape: a payload with
   ``image`` is a docker-worker payload).
 - ``stateDir`` is new: where the files generic-worker keeps in its working directory go
