@@ -130,7 +130,8 @@ class Harness:
     ) -> Outcome:
         worker_type = self.worker_type()
         task_id = await self.create(payload, worker_type, **(task or {}))
-        worker = Worker(parse_config(self.config(worker_type, **config)), PluginHost())
+        host = PluginHost()
+        worker = Worker(parse_config(self.config(worker_type, **config), host.config_fields()), host)
         if during is None:
             code = await asyncio.wait_for(worker.run(), 120)
         else:
