@@ -561,3 +561,29 @@ async def test_event_loop_stays_responsive_during_load(
         done.set()
         await tick
     assert gaps and max(gaps) < 0.1, f"event loop blocked for {max(gaps):.3f} s"
+
+
+async def test_gc_under_disk_pressure_keeps_images_held_by_running_tasks(
+    docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """A task holds its image from ensure to cleanup: disk-pressure GC must not pull it from under the task."""
+    manager = _manager(docker_client, tmp_path, options=ImageOptions(disk_free=lambda: 0))
+    held, idle = (f"megalodon-gc-test/{kind}:{uuid.uuid4().hex[:8]}" for kind in ("held", "idle"))
+    for name in (held, idle):
+        docker_client.images.get(BUSYBOX_IMAGE).tag(name)
+    try:
+        await manager.ensure_image(held, task_id="A", task_scopes=[], download=_no_download, log=Log(), hold=True)
+        await manager.ensure_image(held, task_id="B", task_scopes=[], download=_no_download, log=Log(), hold=True)
+        await manager.ensure_image(idle, task_id="C", task_scopes=[], download=_no_download, log=Log())
+        assert await manager.gc(min_free_bytes=1) == [idle]
+        manager.release(held)
+        assert await manager.gc(min_free_bytes=1) == [], "still held by the second task"
+        manager.release(held)
+        assert await manager.gc(min_free_bytes=1) == [held]
+        assert docker_client.images.get(BUSYBOX_IMAGE), "removing a tag never removes the shared image"
+    finally:
+        for name in (held, idle):
+            try:
+                docker_client.images.remove(name)
+            except docker.errors.ImageNotFound:
+                pass

@@ -91,7 +91,9 @@ async def test_kill_9_then_restart_resolves_worker_shutdown_not_claim_expired(
 
     task_id = taskcluster.slugId()
     script = f"while true; do date > {marker}; sleep 0.2; done"
-    await asyncio.to_thread(queue.createTask, task_id, make_task({"command": [sh(script)], "maxRunTime": 300}, "crash", retries=0))
+    await asyncio.to_thread(
+        queue.createTask, task_id, make_task({"command": [sh(script)], "maxRunTime": 300}, "crash", retries=0)
+    )
     proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
     await wait_for(marker.exists, 30)
     assert running_task_ids(tmp_path / "state") == [task_id]
@@ -191,7 +193,7 @@ async def test_worker_manager_terminate_exits_70_and_asks_runner_to_shut_down(ha
     runner = _FakeRunner()
     worker = Worker(parse_config(harness.config(worker_type, numberOfTasksToRun=0)), PluginHost(), runner=runner)
     harness.double.worker_manager.set_should_terminate(
-        f"megalodon-test/{worker_type}", "test-group", "test-worker", True
+        f"megalodon-test/{worker_type}", "test-group", harness.worker_id, True
     )
     assert await asyncio.wait_for(worker.run(), 30) == 70
     assert runner.shutdowns == 1
@@ -206,7 +208,7 @@ async def test_idle_with_runner_only_exits_when_worker_manager_agrees(harness: H
     await asyncio.sleep(3)
     assert not run.done(), "exited on idle although worker-manager wants the worker kept"
     harness.double.worker_manager.set_should_terminate(
-        f"megalodon-test/{worker_type}", "test-group", "test-worker", True
+        f"megalodon-test/{worker_type}", "test-group", harness.worker_id, True
     )
     code = await asyncio.wait_for(run, 30)
     assert code in (68, 70)

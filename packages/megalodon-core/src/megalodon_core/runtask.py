@@ -166,11 +166,11 @@ async def run_task(
     plugins: PluginHost,
     config_overrides: dict[str, Any] | None = None,
 ) -> RunTaskResult:
-    from .double import TaskclusterDouble
+    from .double import PUBLIC_ARTIFACTS, TaskclusterDouble
 
     data = load_task_file(task_file)
     started = asyncio.get_running_loop().time()
-    async with TaskclusterDouble(claim_work_wait=2.0) as double:
+    async with TaskclusterDouble(claim_work_wait=2.0, anonymous_scopes=PUBLIC_ARTIFACTS) as double:
         task_queue_id = f"{PROVISIONER}/{WORKER_TYPE}"
         task = task_definition(data, task_queue_id)
         worker_creds = double.worker_credentials(PROVISIONER, WORKER_TYPE, "local", "run-task")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import taskcluster
 import taskcluster.aio
 
 from megalodon_core.config import parse_config
-from megalodon_core.double import TaskclusterDouble
+from megalodon_core.double import PUBLIC_ARTIFACTS, TaskclusterDouble
 from megalodon_core.plugins import PluginHost
 from megalodon_core.timefmt import iso, utcnow
 from megalodon_core.worker import Worker
@@ -38,7 +39,8 @@ class Outcome:
 
     @property
     def state(self) -> str:
-        return str(self.status["runs"][-1]["state"] if self.status["runs"] else self.status["state"])
+        """The first run's state: what the worker under test decided (later runs are retries)."""
+        return str(self.status["runs"][0]["state"] if self.status["runs"] else self.status["state"])
 
     @property
     def reason(self) -> str:
@@ -71,9 +73,11 @@ class Harness:
             {"rootUrl": double.root_url, "credentials": double.root_credentials}, session=session
         )
         self.counter = 0
+        #: Unique per harness: executors sweep leftovers by worker id, and tests may run side by side.
+        self.worker_id = f"test-worker-{uuid.uuid4().hex[:8]}"
 
     def config(self, worker_type: str, **overrides: Any) -> dict[str, Any]:
-        creds = self.double.worker_credentials(PROVISIONER, worker_type, "test-group", "test-worker")
+        creds = self.double.worker_credentials(PROVISIONER, worker_type, "test-group", self.worker_id)
         cfg: dict[str, Any] = {
             "rootURL": self.double.root_url,
             "clientId": creds["clientId"],
@@ -81,7 +85,7 @@ class Harness:
             "provisionerId": PROVISIONER,
             "workerType": worker_type,
             "workerGroup": "test-group",
-            "workerId": "test-worker",
+            "workerId": self.worker_id,
             "tasksDir": str(self.tmp_path / "tasks"),
             "stateDir": str(self.tmp_path / f"state-{worker_type}"),
             "requiredDiskSpaceMegabytes": 16,
@@ -143,7 +147,7 @@ class Harness:
 
 @pytest.fixture
 async def double() -> AsyncIterator[TaskclusterDouble]:
-    async with TaskclusterDouble(claim_work_wait=1.0, resolver_interval=0.2) as d:
+    async with TaskclusterDouble(claim_work_wait=1.0, resolver_interval=0.2, anonymous_scopes=PUBLIC_ARTIFACTS) as d:
         yield d
 
 

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import mimetypes
 import posixpath
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from megalodon_core.contracts import ArtifactEntry, Artifacts
 from megalodon_core.timefmt import parse_iso
@@ -33,6 +34,14 @@ SKIP_COMPRESSION = (
     ".webp", ".whl", ".woff", ".woff2", ".xz", ".zip", ".zst", "lz4",
 )  # fmt: skip
 CHUNK = 1 << 20
+
+T = TypeVar("T")
+#: Runs a blocking callable off the event loop (the docker executor's engine pool).
+Runner = Callable[[Callable[[], T]], Awaitable[T]]
+
+
+async def _to_thread(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
 
 
 def content_type(name: str) -> str:
@@ -55,13 +64,18 @@ def _safe_member_path(member_name: str) -> str | None:
 
 
 class ArchiveFetcher:
-    """Pulls ``path`` out of a container into a local tar file (runs in a worker thread)."""
+    """Pulls ``path`` out of a container into a local tar file (blocking: runs in a worker thread).
 
-    def __init__(self, container: Any) -> None:
-        self.container = container
+    The archive is spooled to disk chunk by chunk rather than parsed from the socket so that memory stays
+    bounded and a slow consumer never holds an engine connection open.
+    """
+
+    def __init__(self, api: Any, container_id: str) -> None:
+        self.api = api
+        self.container_id = container_id
 
     def __call__(self, path: str, dest: Path) -> None:
-        stream, _stat = self.container.get_archive(path, chunk_size=CHUNK)
+        stream, _stat = self.api.get_archive(self.container_id, path, chunk_size=CHUNK)
         with dest.open("wb") as fh:
             for chunk in stream:
                 fh.write(chunk)
@@ -76,6 +90,7 @@ class DockerArtifacts(Artifacts):
         work_dir: Path,
         log_error: Callable[[str], None],
         not_found: type[Exception],
+        runner: Runner[list[ArtifactEntry]] = _to_thread,
     ) -> None:
         self.fetch = fetch
         self.specs = specs
@@ -83,11 +98,12 @@ class DockerArtifacts(Artifacts):
         self.work_dir = work_dir
         self.log_error = log_error
         self.not_found = not_found
+        self.runner = runner
 
     async def collect(self) -> list[ArtifactEntry]:
         entries: list[ArtifactEntry] = []
         for name in sorted(self.specs):
-            entries.extend(await asyncio.to_thread(self._one, name, self.specs[name]))
+            entries.extend(await self.runner(functools.partial(self._one, name, self.specs[name])))
         return entries
 
     def _error(self, name: str, expires: dt.datetime, reason: str, message: str) -> ArtifactEntry:
@@ -114,7 +130,18 @@ class DockerArtifacts(Artifacts):
                     name, expires, "file-missing-on-worker", f'Artifact "{name}" not found at "{spec.path}": {detail}'
                 )
             ]
+        try:
+            return self._read(name, spec, expires, workdir, tar_path)
+        except tarfile.TarError as exc:
+            message = f"Could not read the archive of {spec.path!r} from the container: {exc}"
+            self.log_error(f'Error uploading "{name}". {message}')
+            return [self._error(name, expires, "invalid-resource-on-worker", message)]
+        finally:
+            tar_path.unlink(missing_ok=True)
+
+    def _read(self, name: str, spec: Any, expires: dt.datetime, workdir: Path, tar_path: Path) -> list[ArtifactEntry]:
         out: list[ArtifactEntry] = []
+        refused = False
         with tarfile.open(tar_path, "r|") as tar:
             first = True
             for member in tar:
@@ -135,16 +162,18 @@ class DockerArtifacts(Artifacts):
                 if not member.isreg():
                     continue  # directories, symlinks, devices: docker-worker skips them too
                 rel = _safe_member_path(member.name)
-                member_name = f"{name.rstrip('/')}/{rel}" if rel is not None else f"{name.rstrip('/')}/?"
                 if not rel:
+                    # Never written anywhere: one error artifact names the directory, the log names the entry.
                     message = f"Archive entry {member.name!r} would escape the artifact directory; refused"
                     self.log_error(f'Error uploading "{name}". {message}')
-                    out.append(self._error(member_name, expires, "invalid-resource-on-worker", message))
+                    if not refused:
+                        out.append(self._error(name, expires, "invalid-resource-on-worker", message))
+                    refused = True
                     continue
+                member_name = f"{name.rstrip('/')}/{rel}"
                 target = workdir / f"m{len(out)}"
                 self._extract(tar, member, target)
                 out.append(self._entry(member_name, member_name, target, expires))
-        tar_path.unlink(missing_ok=True)
         return out
 
     @staticmethod

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ import taskcluster.aio.download
 import docker
 from megalodon_core import __version__
 from megalodon_core.artifacts import check_artifact_name
-from megalodon_core.contracts import Artifacts, NoArtifacts, TaskExecutor
+from megalodon_core.contracts import ArtifactEntry, Artifacts, NoArtifacts, TaskExecutor
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, MalformedPayload
 from megalodon_core.scopes import scope_satisfied
 from megalodon_core.task import TaskRun
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 LABEL = "megalodon.task"
 LABEL_WORKER = "megalodon.worker"
+#: pid of the worker process that created the container: the start-up sweep spares live owners.
+LABEL_OWNER = "megalodon.owner-pid"
 #: docker-worker features that need a feature plugin; absent ones are refused by name.
 PLUGIN_FEATURES = ("taskclusterProxy", "chainOfTrust", "interactive")
 #: Every feature docker-worker's schema knows.
@@ -63,10 +68,18 @@ def backing_log_name(live: str) -> str:
 
 
 class _Downloader:
-    """Image artifacts are fetched with the task's own credentials, so the queue enforces its scopes."""
+    """Image artifacts are fetched as docker-worker did: ``public/`` ones without credentials (the
+    deployment's anonymous role covers them), others with the task's own credentials, so the queue
+    enforces ``queue:get-artifact:<path>`` against the task's scopes rather than the worker's.
+    """
 
     def __init__(self, run: TaskRun) -> None:
         self.run = run
+
+    def _queue(self, path: str) -> Any:
+        if path.startswith("public/"):
+            return self.run.worker.queue({})
+        return self.run.queue()
 
     async def __call__(self, task_id: str, path: str, dest: Path) -> None:
         fh = await asyncio.to_thread(dest.open, "wb")
@@ -82,7 +95,7 @@ class _Downloader:
 
         try:
             await taskcluster.aio.download.downloadArtifact(
-                taskId=task_id, name=path, queueService=self.run.queue(), writerFactory=writer_factory
+                taskId=task_id, name=path, queueService=self._queue(path), writerFactory=writer_factory
             )
         finally:
             await asyncio.to_thread(fh.close)
@@ -95,18 +108,60 @@ class _Downloader:
         return str(found["taskId"])
 
 
+@dataclass
+class _RunState:
+    """What the executor keeps for one run between prepare, run, result and cleanup."""
+
+    #: monotonic time prepare began: docker-worker's footer duration includes the image pull.
+    started: float
+    work: Path | None = None
+    image: str | None = None
+    container_id: str | None = None
+    caches: list[CacheInstance] = field(default_factory=list)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def _connect(settings: DockerConfig, timeout: float | None, version: str | None, pool_size: int) -> Any:
+    kwargs: dict[str, Any] = {"timeout": timeout, "max_pool_size": pool_size}
+    if version:
+        kwargs["version"] = version
+    if settings.baseUrl:
+        return docker.DockerClient(base_url=settings.baseUrl, **kwargs)
+    return docker.from_env(**kwargs)
+
+
 class DockerExecutor(TaskExecutor):
     name = "docker"
     log_style = "docker-worker"
+
+    #: Attempts (and first backoff, doubled each time) at removing a task container, as docker-worker's GC.
+    REMOVE_ATTEMPTS = 5
+    REMOVE_BACKOFF = 0.2
+    #: How long the output stream may outlive the container's exit before it is cut.
+    STREAM_DRAIN_SECONDS = 10.0
 
     def __init__(self, worker: Any) -> None:
         super().__init__(worker)
         config = worker.config
         self.settings: DockerConfig = config.extra("dockerConfig") or DockerConfig()
-        self.pool = ThreadPoolExecutor(max_workers=4 + 3 * config.capacity, thread_name_prefix="docker")
-        self.client = (
-            docker.DockerClient(base_url=self.settings.baseUrl) if self.settings.baseUrl else docker.from_env()
-        )
+        threads = 4 + 3 * config.capacity
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
+        # Building the client negotiates the API version with the engine: the one engine call made on the
+        # event loop, at worker start before anything is claimed, so that a worker without a reachable
+        # engine fails here (and a multi-executor worker runs without this executor) instead of per task.
+        self.client = _connect(self.settings, self.settings.apiTimeoutSeconds, None, threads)
+        # Output streams and waits last as long as the task and may be silent for longer than any API
+        # timeout: they get their own connection pool without one.
+        self.stream_api = _connect(self.settings, None, self.client.api.api_version, threads).api
         root = Path(config.downloadsDir).resolve()
         root.mkdir(parents=True, exist_ok=True)
         self.images = ImageManager(
@@ -117,26 +172,66 @@ class DockerExecutor(TaskExecutor):
                 default_registry=self.settings.defaultRegistry,
                 pull_attempts=self.settings.pullAttempts,
                 pull_base_delay=self.settings.pullBaseDelaySeconds,
+                executor=self.pool,
             ),
         )
         self.caches = CachePool(Path(config.cachesDir).resolve() / "docker-worker")
-        self._containers: dict[str, Any] = {}
-        self._held: dict[str, list[CacheInstance]] = {}
-        self._work: dict[str, Path] = {}
-        self._sweep()
+        self._runs: dict[str, _RunState] = {}
+        #: Containers whose removal failed; retried before the next task and swept at the next start.
+        self._leftovers: set[str] = set()
+        self.label_worker = f"{config.workerGroup}/{config.workerId}"
+        # Containers a crashed run of this worker left behind go before any task of this run starts; the
+        # sweep runs in the pool so construction does not wait for it, and prepare() waits for it.
+        self.swept: Future[list[str]] = self.pool.submit(self._sweep)
 
     # -- plumbing ------------------------------------------------------------------------------------------
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """One blocking docker SDK call, in this executor's pool (never on the event loop)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
-    def _sweep(self) -> None:
-        """Remove containers a previous (crashed) run of this worker left behind."""
-        label = f"{LABEL_WORKER}={self.worker.config.workerGroup}/{self.worker.config.workerId}"
-        for container in self.client.containers.list(all=True, filters={"label": label}):
-            log.info("removing leftover container %s", container.name)
-            with contextlib.suppress(docker.errors.APIError):
-                container.remove(force=True, v=True)
+    def _sweep(self) -> list[str]:
+        """Remove containers a previous (crashed) run of this worker left behind; returns their ids.
+
+        A container whose owner pid is a live process other than this one belongs to another worker
+        process with the same identity (two ``megalodon run-task`` at once, parallel test runs) and is
+        left alone; one recorded with this very pid comes from an earlier incarnation (pid 1 in a
+        container restarted after a crash) since this process has not created any yet.
+        """
+        removed = []
+        filters = {"label": f"{LABEL_WORKER}={self.label_worker}"}
+        for info in self.client.api.containers(all=True, filters=filters):
+            owner = (info.get("Labels") or {}).get(LABEL_OWNER, "")
+            if owner.isdigit() and int(owner) != os.getpid() and _pid_alive(int(owner)):
+                log.debug("container %s belongs to live worker process %s: kept", info["Id"][:12], owner)
+                continue
+            log.info("removing leftover container %s (%s)", info["Id"][:12], ",".join(info.get("Names") or []))
+            try:
+                self.client.api.remove_container(info["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                log.warning("could not remove leftover container %s: %s", info["Id"][:12], exc)
+                continue
+            removed.append(info["Id"])
+        return removed
+
+    async def _remove_container(self, container_id: str) -> bool:
+        """Force-remove a container (and its anonymous volumes), retrying like docker-worker's GC."""
+        delay = self.REMOVE_BACKOFF
+        for attempt in range(1, self.REMOVE_ATTEMPTS + 1):
+            try:
+                await self._call(self.client.api.remove_container, container_id, force=True, v=True)
+                return True
+            except docker.errors.NotFound:
+                return True
+            except (docker.errors.APIError, OSError) as exc:  # OSError: engine connection trouble
+                if attempt == self.REMOVE_ATTEMPTS:
+                    log.error("could not remove container %s: %s", container_id[:12], exc)
+                    return False
+                await asyncio.sleep(delay)
+                delay *= 2
+        return False  # pragma: no cover - the loop always returns
 
     @staticmethod
     def _key(run: TaskRun) -> str:
@@ -155,9 +250,9 @@ class DockerExecutor(TaskExecutor):
         run.log.info(f"Hostname: {socket.gethostname()}")
 
     def validate_payload(self, run: TaskRun) -> None:
+        """docker-worker's order: unknown features, then the schema, then artifact expiry vs task expiry."""
         raw = run.task.get("payload")
         features = raw.get("features") if isinstance(raw, dict) else None
-        # docker-worker checks features before the schema: an unknown feature fails the task.
         if isinstance(features, dict):
             unknown = sorted(set(features) - KNOWN_FEATURES)
             if unknown:
@@ -173,16 +268,14 @@ class DockerExecutor(TaskExecutor):
             payload = validate_payload(raw)
         except PayloadError as exc:
             details = "\n".join(f" - {field}: {message}" for field, message in exc.errors)
-            run.log.error(f"`task.payload` format is invalid json schema errors:\n{details}")
-            raise MalformedPayload(
-                "Validation of payload failed: " + "; ".join(f"{f}: {m}" for f, m in exc.errors)
-            ) from None
+            raise MalformedPayload(f"`task.payload` format is invalid json schema errors:\n{details}") from None
         for name, spec in (payload.artifacts or {}).items():
             check_artifact_name(name, f"artifacts.{name}")
             if spec.expires and parse_iso(spec.expires) > run.expires:
-                message = f"Artifact {name!r} expires ({spec.expires}) after the task ({run.task['expires']})"
-                run.log.error(f"`task.payload` format is invalid json schema errors:\n - {message}")
-                raise MalformedPayload(message)
+                raise MalformedPayload(
+                    "`task.payload` format is invalid json schema errors:\n - "
+                    f"Artifact {name!r} expires ({spec.expires}) after the task ({run.task['expires']})"
+                )
         check_artifact_name(payload.log, "log")
         run.payload = payload
 
@@ -208,9 +301,10 @@ class DockerExecutor(TaskExecutor):
     # -- preparing -----------------------------------------------------------------------------------------
     async def prepare(self, run: TaskRun) -> None:
         """Get the image before the maxRunTime clock starts (docker-worker excludes pull time)."""
-        self._work[self._key(run)] = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
-        min_free = self.worker.config.requiredDiskSpaceMegabytes * 1024 * 1024
-        await self.images.gc(max_idle=self.settings.imageExpirationSeconds, min_free_bytes=min_free)
+        state = self._runs[self._key(run)] = _RunState(started=time.monotonic())
+        await asyncio.wrap_future(self.swept)
+        state.work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
+        await self._collect_garbage()
         try:
             image = await self.images.ensure_image(
                 run.payload.image,
@@ -218,27 +312,42 @@ class DockerExecutor(TaskExecutor):
                 task_scopes=run.scopes,
                 download=_Downloader(run),
                 log=run.log.info,
+                hold=True,
             )
         except ImageError as exc:
-            run.log.error(f"Pulling docker image has failed.\nError: {exc}")
-            raise Failure(f"Pulling docker image has failed: {exc}") from None
+            raise Failure(f"Pulling docker image has failed.\nError: {exc}") from None
+        state.image = image.name
         run.facts["docker_image"] = image.name
         run.facts["docker_image_id"] = image.image_id
         if image.artifact_hash:
             run.facts["docker_image_artifact_hash"] = image.artifact_hash
 
+    async def _collect_garbage(self) -> None:
+        """Retry failed container removals, then drop idle images (all of them when disk is short)."""
+        for container_id in list(self._leftovers):
+            if await self._remove_container(container_id):
+                self._leftovers.discard(container_id)
+        min_free = self.worker.config.requiredDiskSpaceMegabytes * 1024 * 1024
+        try:
+            removed = await self.images.gc(max_idle=self.settings.imageExpirationSeconds, min_free_bytes=min_free)
+        except (docker.errors.DockerException, OSError) as exc:  # never a task's fault
+            log.warning("image garbage collection failed: %s", exc)
+            return
+        if removed:
+            log.info("removed unused images: %s", ", ".join(removed))
+
     def _has(self, run: TaskRun, *alternatives: str) -> bool:
         return any(scope_satisfied(run.scopes, s) for s in alternatives)
 
-    def _docker_config_error(self, run: TaskRun, reason: str) -> Failure:
-        message = (
+    @staticmethod
+    def _docker_config_error(reason: str) -> Failure:
+        return Failure(
             "Docker configuration could not be created.  This may indicate an authentication error when "
             f"validating scopes necessary for running the task.\n{reason}"
         )
-        run.log.error(message)
-        return Failure(message)
 
     def environment(self, run: TaskRun) -> dict[str, str]:
+        """Feature env, then the payload's, then docker-worker's forced variables (never overridable)."""
         config = self.worker.config
         env = dict(run.env)
         env.update(run.payload.env or {})
@@ -257,60 +366,70 @@ class DockerExecutor(TaskExecutor):
         )
         return env
 
-    def host_config(self, run: TaskRun) -> dict[str, Any]:
-        """Scope and config checks in docker-worker's order, then the container's HostConfig."""
+    def _devices(self, run: TaskRun, binds: list[str]) -> list[str]:
+        """Scope, then presence, of each requested device; a device the host lacks is an error, not a skip."""
+        caps = run.payload.capabilities
+        if not caps or not caps.devices:
+            return []
+        pool = self.worker.config.task_queue_id
+        devices: list[str] = []
+        for key, wanted in caps.devices.model_dump(by_alias=True, exclude_none=True).items():
+            if not wanted:
+                continue
+            if not self._has(
+                run, f"docker-worker:capability:device:{key}", f"docker-worker:capability:device:{key}:{pool}"
+            ):
+                raise self._docker_config_error(f"Insufficient scopes to attach device {key!r}.")
+            if key == "kvm":
+                if not os.path.exists("/dev/kvm"):
+                    raise MalformedPayload("Device 'kvm' was requested but /dev/kvm does not exist on this worker")
+                devices.append("/dev/kvm:/dev/kvm:rwm")
+            elif key == "hostSharedMemory":
+                binds.append("/dev/shm:/dev/shm")
+            else:
+                raise MalformedPayload(
+                    f"Device {key!r} was requested but this worker has no {key} device (loopback devices need "
+                    "kernel modules this host does not provide)"
+                )
+        return devices
+
+    def host_config(self, run: TaskRun, state: _RunState) -> dict[str, Any]:
+        """Scope and config checks in docker-worker's order, then the container's HostConfig.
+
+        Caches are acquired last, once every check passed, and recorded in ``state`` so cleanup gives them
+        back whatever happens next.
+        """
         payload = run.payload
         pool = self.worker.config.task_queue_id
         caps = payload.capabilities
         binds: list[str] = []
-        devices: list[str] = []
         privileged = bool(caps and caps.privileged)
         if privileged:
             if not self._has(run, "docker-worker:capability:privileged", f"docker-worker:capability:privileged:{pool}"):
-                raise self._docker_config_error(run, "Insufficient scopes to run task in privileged mode.")
+                raise self._docker_config_error("Insufficient scopes to run task in privileged mode.")
             if not self.settings.allowPrivileged:
                 raise self._docker_config_error(
-                    run,
                     "Cannot run task using docker privileged mode.  Worker config dockerConfig.allowPrivileged "
-                    "is false.",
+                    "is false."
                 )
         security_opt: list[str] = []
         if caps and caps.disable_seccomp:
             if not self._has(run, "docker-worker:capability:disableSeccomp"):
-                raise self._docker_config_error(run, "Insufficient scopes to disable seccomp.")
+                raise self._docker_config_error("Insufficient scopes to disable seccomp.")
             security_opt.append("seccomp=unconfined")
-        if caps and caps.devices:
-            for key, value in caps.devices.model_dump(by_alias=True, exclude_none=True).items():
-                if not value:
-                    continue
-                if not self._has(
-                    run, f"docker-worker:capability:device:{key}", f"docker-worker:capability:device:{key}:{pool}"
-                ):
-                    raise self._docker_config_error(run, f"Insufficient scopes to attach device {key!r}.")
-                if key == "kvm":
-                    if not os.path.exists("/dev/kvm"):
-                        raise MalformedPayload("Device 'kvm' was requested but /dev/kvm does not exist on this worker")
-                    devices.append("/dev/kvm:/dev/kvm:rwm")
-                elif key == "hostSharedMemory":
-                    binds.append("/dev/shm:/dev/shm")
-                else:
-                    raise MalformedPayload(
-                        f"Device {key!r} was requested but this worker has no {key} device (loopback devices need "
-                        "kernel modules this host does not provide)"
-                    )
+        devices = self._devices(run, binds)
         cap_add: list[str] = []
         if payload.effective_features.allow_ptrace:
             if not self._has(run, "docker-worker:feature:allowPtrace"):
-                raise self._docker_config_error(run, "Insufficient scopes to use feature allowPtrace.")
+                raise self._docker_config_error("Insufficient scopes to use feature allowPtrace.")
             cap_add.append("SYS_PTRACE")
-        held: list[CacheInstance] = self._held.setdefault(self._key(run), [])
         for cache_name in payload.cache or {}:
             CachePool.check_name(cache_name)
             if not self._has(run, f"docker-worker:cache:{cache_name}", f"docker-worker:cache:{cache_name}:{pool}"):
-                raise self._docker_config_error(run, "Insufficient scopes to attach cache volumes.")
+                raise self._docker_config_error("Insufficient scopes to attach cache volumes.")
         for cache_name, mount in (payload.cache or {}).items():
             instance = self.caches.acquire(cache_name)
-            held.append(instance)
+            state.caches.append(instance)
             run.log.info(f'using cache "{cache_name}" -> {instance.path}')
             binds.append(f"{instance.path}:{mount}")
         return {
@@ -325,43 +444,49 @@ class DockerExecutor(TaskExecutor):
 
     # -- running -------------------------------------------------------------------------------------------
     async def run(self, run: TaskRun) -> None:
-        started = time.monotonic()
-        host = self.host_config(run)
         key = self._key(run)
+        state = self._runs[key]
+        host = self.host_config(run, state)
         api = self.client.api
         command = list(run.payload.command) or None
         env = [f"{k}={v}" for k, v in self.environment(run).items()]
-        config = self.worker.config
-        created = await self._call(
-            api.create_container,
-            image=run.facts["docker_image"],
-            command=command,
-            environment=env,
-            tty=True,
-            stdin_open=False,
-            labels={LABEL: key, LABEL_WORKER: f"{config.workerGroup}/{config.workerId}"},
-            name=f"megalodon-{run.task_id}-{run.run_id}-{os.urandom(3).hex()}",
-            host_config=api.create_host_config(**host),
-        )
-        container_id = created["Id"]
-        container = await self._call(self.client.containers.get, container_id)
-        self._containers[key] = container
+        try:
+            created = await self._call(
+                api.create_container,
+                image=state.image,
+                command=command,
+                environment=env,
+                tty=True,
+                stdin_open=False,
+                labels={LABEL: key, LABEL_WORKER: self.label_worker, LABEL_OWNER: str(os.getpid())},
+                name=f"megalodon-{run.task_id}-{run.run_id}-{os.urandom(3).hex()}",
+                host_config=api.create_host_config(**host),
+            )
+        except docker.errors.APIError as exc:
+            raise Failure(f"Failure to create the task container: {exc.explanation or exc}") from None
+        container_id: str = created["Id"]
+        state.container_id = container_id
         run.facts["docker_container_id"] = container_id
         run.log.info("=== Task Starting ===")
         exit_code = -1
         try:
-            # Attach before starting: an attach to an already-exited container never ends.
-            stream = await self._call(container.attach, stdout=True, stderr=True, stream=True, logs=True)
+            # Attach before starting: output printed before an attach would be lost, and an attach to an
+            # already-exited container never ends.
+            stream = await self._call(
+                self.stream_api.attach, container_id, stdout=True, stderr=True, stream=True, logs=True
+            )
             try:
-                await self._call(container.start)
+                await self._call(api.start, container_id)
             except docker.errors.APIError as exc:
-                run.log.error(f"Failure to properly start execution environment.\n{exc.explanation or exc}")
-                raise Failure("Failure to properly start execution environment.") from None
-            exit_code = await self._stream_and_wait(run, container, stream)
+                await self._call(stream.close)
+                raise Failure(f"Failure to properly start execution environment.\n{exc.explanation or exc}") from None
+            exit_code = await self._stream_and_wait(run, container_id, stream)
         finally:
+            if run.aborted.is_set():
+                exit_code = -1  # docker-worker's footer for aborted runs
             run.log.info("=== Task Finished ===")
-            verdict = "Successful" if exit_code == 0 and not run.aborted.is_set() else "Unsuccessful"
-            seconds = time.monotonic() - started
+            verdict = "Successful" if exit_code == 0 else "Unsuccessful"
+            seconds = time.monotonic() - state.started
             run.log.info(f"{verdict} task run with exit code: {exit_code} completed in {seconds:.3f} seconds")
         if run.aborted.is_set():
             return
@@ -374,7 +499,12 @@ class DockerExecutor(TaskExecutor):
                 )
             raise Failure(f"Task exited with code {exit_code}")
 
-    async def _stream_and_wait(self, run: TaskRun, container: Any, stream: Any) -> int:
+    async def _stream_and_wait(self, run: TaskRun, container_id: str, stream: Any) -> int:
+        """Copy the container's pty output into the task log while waiting for its exit or an abort.
+
+        A pool thread reads the stream and hands chunks over through a bounded queue, so memory stays
+        bounded whatever the task prints and the event loop only ever appends to the log file.
+        """
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
@@ -383,73 +513,93 @@ class DockerExecutor(TaskExecutor):
                 for chunk in stream:
                     asyncio.run_coroutine_threadsafe(queue.put(chunk), loop).result()
             except Exception as exc:  # the stream ends with the container; errors only shorten the log
-                log.debug("log stream of %s ended: %s", container.id, exc)
+                log.debug("output stream of %s ended: %s", container_id[:12], exc)
             finally:
                 asyncio.run_coroutine_threadsafe(queue.put(None), loop).result()
-
-        pumping = loop.run_in_executor(self.pool, pump)
 
         async def copy() -> None:
             while (chunk := await queue.get()) is not None:
                 run.log.write(chunk)
 
+        pumping = loop.run_in_executor(self.pool, pump)
         copying = asyncio.create_task(copy())
-        waiting = asyncio.ensure_future(self._call(container.wait))
+        waiting = asyncio.ensure_future(self._call(self.stream_api.wait, container_id))
         aborted = asyncio.create_task(run.aborted.wait())
         try:
             await asyncio.wait({waiting, aborted}, return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
-                with contextlib.suppress(docker.errors.APIError):
-                    await self._call(container.kill)
-            result = await waiting
+                await self._kill(container_id)
+            result: dict[str, Any] = await waiting
+        except BaseException:
+            await self._kill(container_id)
+            await self._call(stream.close)
+            raise
         finally:
             aborted.cancel()
-        await pumping
-        await copying
+            try:
+                await asyncio.wait_for(asyncio.shield(pumping), self.STREAM_DRAIN_SECONDS)
+            except TimeoutError:
+                log.warning("output stream of %s outlived its container: cut", container_id[:12])
+                await self._call(stream.close)
+                await pumping
+            await copying
         return int(result.get("StatusCode", -1))
+
+    async def _kill(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.APIError):  # 409: it exited meanwhile
+            await self._call(self.client.api.kill, container_id)
 
     def result(self, run: TaskRun) -> Artifacts:
         payload = run.payload
-        container = self._containers.get(self._key(run))
-        if payload is None or container is None or run.aborted.is_set():
+        state = self._runs.get(self._key(run))
+        if payload is None or state is None or state.container_id is None or state.work is None:
+            return NoArtifacts()
+        if run.aborted.is_set():
             return NoArtifacts()  # docker-worker uploads nothing for aborted or cancelled runs
         if not payload.artifacts or not payload.effective_features.artifacts:
             return NoArtifacts()
+
+        async def runner(fn: Callable[[], list[ArtifactEntry]]) -> list[ArtifactEntry]:
+            result: list[ArtifactEntry] = await self._call(fn)
+            return result
+
         return DockerArtifacts(
-            ArchiveFetcher(container),
+            ArchiveFetcher(self.client.api, state.container_id),
             dict(payload.artifacts),
             run.expires,
-            self._work[self._key(run)],
+            state.work,
             run.log.error,
-            docker.errors.NotFound,
+            docker.errors.APIError,
+            runner,
         )
 
     async def cleanup(self, run: TaskRun) -> None:
-        key = self._key(run)
-        container = self._containers.pop(key, None)
-        if container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
-                await self._call(container.remove, force=True, v=True)
+        """Remove the container, give caches back (purging on request), drop the work dir and image hold."""
+        state = self._runs.pop(self._key(run), None)
+        if state is None:
+            return
+        if state.container_id is not None and not await self._remove_container(state.container_id):
+            self._leftovers.add(state.container_id)
         purge = self._should_purge(run)
-        for instance in self._held.pop(key, []):
+        for instance in state.caches:
             doomed = self.caches.release(instance, purge=purge)
             if doomed is not None:
                 run.log.info(f'purging cache "{instance.name}" ({doomed})')
                 await asyncio.to_thread(delete_tree, doomed)
-        work = self._work.pop(key, None)
-        if work is not None:
-            await asyncio.to_thread(shutil.rmtree, work, True)
-        if "docker_image" in run.facts:
-            self.images.touch(run.facts["docker_image"])
+        if state.work is not None:
+            await asyncio.to_thread(shutil.rmtree, state.work, True)
+        if state.image is not None:
+            self.images.release(state.image)
 
     @staticmethod
     def _should_purge(run: TaskRun) -> bool:
+        """docker-worker evaluates ``onExitStatus.purgeCaches`` only for unsuccessful exits."""
         payload = run.payload
         if payload is None:
             return False
         code = run.facts.get("exit_code")
         on_exit = payload.on_exit_status
-        return bool(on_exit and on_exit.purge_caches and code is not None and code in on_exit.purge_caches)
+        return bool(on_exit and on_exit.purge_caches and code and code in on_exit.purge_caches)
 
 
 __all__ = ["DockerExecutor", "backing_log_name"]

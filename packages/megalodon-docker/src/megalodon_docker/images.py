@@ -1,8 +1,8 @@
 """docker-worker's image handling (registry pulls, task/indexed image artifacts, GC) on the docker SDK.
 
-The docker SDK is synchronous; every call to it runs in a worker thread (``asyncio.to_thread``) so that one
-slow pull or a multi-gigabyte ``docker load`` never stalls the worker's event loop (reclaims, live logs
-and other tasks keep running).
+The docker SDK is synchronous; every call to it runs in a worker thread (the executor's own pool when one is
+given in :class:`ImageOptions`, else ``asyncio.to_thread``) so that one slow pull or a multi-gigabyte
+``docker load`` never stalls the worker's event loop (reclaims, live logs and other tasks keep running).
 
 Behaviour follows docker-worker (``src/docker/*.js`` at a32a0be37f) where a task could notice it:
 
@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -37,7 +38,8 @@ import shutil
 import tarfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Executor
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Protocol, runtime_checkable
 
@@ -126,7 +128,9 @@ class ImageOptions:
     ``default_registry`` is the host assumed for two-part names like ``user/img`` when looking up
     credentials.  ``pull_attempts``, ``pull_base_delay`` (seconds) and ``pull_jitter`` drive the pull retry
     backoff ``base * 2**(n-1) * (1 ± jitter)``.  ``clock`` (for last-used times) and ``disk_free`` (free
-    bytes where images live; default: the work dir's file system) are injectable for tests.
+    bytes where images live; default: the work dir's file system) are injectable for tests.  ``executor``
+    runs the engine calls (the docker executor passes its own pool, so image work and container streams
+    share one bounded set of threads and never starve the default pool that file operations use).
     """
 
     default_registry: str = "registry.hub.docker.com"
@@ -135,6 +139,7 @@ class ImageOptions:
     pull_jitter: float = 0.25
     clock: Callable[[], float] = time.monotonic
     disk_free: Callable[[], int] | None = None
+    executor: Executor | None = None
 
 
 @dataclasses.dataclass
@@ -301,12 +306,45 @@ class ImageManager:
         self._pull_jitter = opts.pull_jitter
         self._clock = opts.clock
         self._disk_free = opts.disk_free or (lambda: shutil.disk_usage(self._work_dir).free)
+        self._executor = opts.executor
         # One shared job per image key: concurrent ensures of the same image await the same task.
         self._inflight: dict[str, asyncio.Task[ResolvedImage]] = {}
         # sha256 of downloaded artifact files, by md5 image name, so a cached image still reports it.
         self._artifact_hashes: dict[str, str] = {}
         # Images this manager handed out, by the reference they run as; the basis for gc().
         self._usage: dict[str, _Usage] = {}
+        # References being ensured right now, and references held by running tasks: gc() keeps both, so an
+        # image is never removed between the moment a task resolved it and the moment its container exists.
+        self._ensuring: dict[str, int] = {}
+        self._holds: dict[str, int] = {}
+
+    async def _engine(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run one blocking docker SDK call in the engine thread pool."""
+        if self._executor is None:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def release(self, name: str) -> None:
+        """Undo the hold ``ensure_image(..., hold=True)`` took once the task's container is gone."""
+        count = self._holds.get(name, 0) - 1
+        if count > 0:
+            self._holds[name] = count
+        else:
+            self._holds.pop(name, None)
+        self.touch(name)
+
+    @contextlib.contextmanager
+    def _ensuring_name(self, name: str) -> Iterator[None]:
+        self._ensuring[name] = self._ensuring.get(name, 0) + 1
+        try:
+            yield
+        finally:
+            count = self._ensuring[name] - 1
+            if count > 0:
+                self._ensuring[name] = count
+            else:
+                del self._ensuring[name]
 
     @property
     def artifact_hashes(self) -> Mapping[str, str]:
@@ -332,6 +370,7 @@ class ImageManager:
         task_scopes: list[str],
         download: ArtifactDownloader,
         log: Callable[[str], None],
+        hold: bool = False,
     ) -> ResolvedImage:
         """Make the payload's image available locally and say what to run.
 
@@ -339,21 +378,29 @@ class ImageManager:
         log messages without timestamp or newline.  For ``indexed-image``, ``download`` must also be an
         :class:`IndexedArtifactDownloader`.  Raises :class:`ImageError` (or its subclass
         :class:`ImageNotAuthorizedError`) with docker-worker's messages.
+
+        With ``hold=True`` the image is protected from :meth:`gc` until :meth:`release` is called with the
+        returned name: the hold is taken before this coroutine returns, so no collection can slip in
+        between the ensure and the creation of the task's container.
         """
         del task_id  # The requesting task shows up through ``log``; the key is the image, not the task.
         if isinstance(spec, str):
             spec = DockerImage(type="docker-image", name=spec)
         if isinstance(spec, DockerImage):
-            return await self._ensure_registry_image(spec, task_scopes, log)
-        if not isinstance(spec, IndexedImage | TaskImage):
-            raise ImageError(f"Unrecognized image type. Image Type: {getattr(spec, 'type', spec)}")
-        if isinstance(spec, IndexedImage):
-            source_task = await self._find_task(spec.namespace, download)
+            resolved = await self._ensure_registry_image(spec, task_scopes, log)
+        elif isinstance(spec, IndexedImage | TaskImage):
+            if isinstance(spec, IndexedImage):
+                source_task = await self._find_task(spec.namespace, download)
+            else:
+                source_task = spec.task_id
+            resolved = await self._ensure_artifact_image(
+                spec, source_task=source_task, task_scopes=task_scopes, download=download, log=log
+            )
         else:
-            source_task = spec.task_id
-        return await self._ensure_artifact_image(
-            spec, source_task=source_task, task_scopes=task_scopes, download=download, log=log
-        )
+            raise ImageError(f"Unrecognized image type. Image Type: {getattr(spec, 'type', spec)}")
+        if hold:
+            self._holds[resolved.name] = self._holds.get(resolved.name, 0) + 1
+        return resolved
 
     @staticmethod
     async def _find_task(namespace: str, download: ArtifactDownloader) -> str:
@@ -389,7 +436,7 @@ class ImageManager:
 
     async def _inspect_id(self, name: str, log: Callable[[str], None] | None = None) -> str | None:
         try:
-            image = await asyncio.to_thread(self._client.images.get, name)
+            image = await self._engine(self._client.images.get, name)
         except docker.errors.ImageNotFound:
             return None
         except docker.errors.APIError as exc:
@@ -426,20 +473,26 @@ class ImageManager:
             if not _scope_satisfied(task_scopes, required):
                 raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
 
-        image_id = await self._inspect_id(spec.name)
+        with self._ensuring_name(spec.name):
+            image_id = await self._inspect_id(spec.name)
         if image_id is not None:
             return self._record_use(ResolvedImage(image_id=image_id, name=spec.name))
 
         reference = f"{repo}@{digest}" if digest else f"{repo}:{tag or 'latest'}"
 
         async def job() -> ResolvedImage:
+            # Look again inside the shared job: a concurrent ensure may have pulled it since our look.
+            present_id = await self._inspect_id(spec.name)
+            if present_id is not None:
+                return ResolvedImage(image_id=present_id, name=spec.name)
             await self._pull_with_retries(reference, credentials, log)
             pulled_id = await self._inspect_id(reference, log)
             if pulled_id is None:
                 raise ImageError(f"image missing after pulling: {reference}")
             return ResolvedImage(image_id=pulled_id, name=reference)
 
-        return self._record_use(await self._shared(f"registry:{reference}", job))
+        with self._ensuring_name(reference):
+            return self._record_use(await self._shared(f"registry:{reference}", job))
 
     async def _pull_with_retries(
         self, reference: str, credentials: RegistryCredentials | None, log: Callable[[str], None]
@@ -452,7 +505,7 @@ class ImageManager:
         for attempt in range(1, self._pull_attempts + 1):
             log(f"Pulling docker image {reference}")
             try:
-                await asyncio.to_thread(self._pull_once, reference, credentials, thread_log)
+                await self._engine(self._pull_once, reference, credentials, thread_log)
                 return
             except (docker.errors.DockerException, ImageError, OSError) as exc:
                 error = str(exc)
@@ -508,16 +561,22 @@ class ImageManager:
         name = hashlib.md5(f"{source_task}{path}".encode()).hexdigest()
         reference = f"{name}:latest"
 
-        image_id = await self._inspect_id(reference, log)
-        if image_id is None:
-            self._artifact_hashes.pop(name, None)
+        with self._ensuring_name(reference):
+            image_id = await self._inspect_id(reference, log)
+            if image_id is None:
 
-            async def job() -> ResolvedImage:
-                return await self._download_and_load(source_task, path, name, download, log)
+                async def job() -> ResolvedImage:
+                    # Look again inside the shared job: a concurrent ensure may have loaded it meanwhile
+                    # (its job ended between our look and this call), and one load per image is the rule.
+                    loaded_id = await self._inspect_id(reference, log)
+                    if loaded_id is not None:
+                        return ResolvedImage(loaded_id, reference, self._artifact_hashes.get(name))
+                    self._artifact_hashes.pop(name, None)
+                    return await self._download_and_load(source_task, path, name, download, log)
 
-            resolved = await self._shared(f"artifact:{name}", job)
-        else:
-            resolved = ResolvedImage(image_id, reference, self._artifact_hashes.get(name))
+                resolved = await self._shared(f"artifact:{name}", job)
+            else:
+                resolved = ResolvedImage(image_id, reference, self._artifact_hashes.get(name))
         log(f"Image '{path}' from task '{source_task}' loaded.  Using image ID {resolved.image_id}.")
         return self._record_use(resolved)
 
@@ -556,7 +615,7 @@ class ImageManager:
                 edited = tmp_dir / "image-edited.tar"
                 await asyncio.to_thread(_retag_archive, tarball, edited, name)
                 await asyncio.to_thread(tarball.unlink)
-                await asyncio.to_thread(_load_archive, self._client, edited)
+                await self._engine(_load_archive, self._client, edited)
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp_dir, True)
 
@@ -583,12 +642,12 @@ class ImageManager:
 
         An image goes when it has been unused for ``max_idle`` seconds (docker-worker: 2 h), or, while
         free disk space (``disk_free()``) is below ``min_free_bytes``, regardless of age, least recently
-        used first, until enough space is free.  Images being ensured right now are kept.  Callers should
-        :meth:`touch` an image while a task created from it still runs, or only collect when idle.
+        used first, until enough space is free.  Images being ensured right now, and images held by a
+        running task (``ensure_image(..., hold=True)``), are kept.
         """
-        containers: list[dict[str, Any]] = await asyncio.to_thread(self._client.api.containers, all=True)
+        containers: list[dict[str, Any]] = await self._engine(self._client.api.containers, all=True)
         in_use = {c.get("ImageID") for c in containers} | {c.get("Image") for c in containers}
-        busy = {key.split(":", 1)[1] for key in self._inflight}
+        busy = {key.split(":", 1)[1] for key in self._inflight} | set(self._ensuring) | set(self._holds)
         now = self._clock()
         removed: list[str] = []
 
@@ -603,7 +662,7 @@ class ImageManager:
             if now - usage.last_used < max_idle and not await under_pressure():
                 continue
             try:
-                await asyncio.to_thread(self._client.images.remove, name)
+                await self._engine(self._client.images.remove, name)
             except docker.errors.ImageNotFound:
                 pass
             except docker.errors.APIError as exc:

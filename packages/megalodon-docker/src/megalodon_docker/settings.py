@@ -35,3 +35,6 @@ class DockerConfig(BaseModel):
     imageExpirationSeconds: int = Field(default=7200, ge=0)
     #: Docker daemon URL (default: the environment, i.e. DOCKER_HOST or the local socket).
     baseUrl: str = ""
+    #: Timeout of one engine API call (the docker SDK's default).  Container output streams and waits
+    #: are exempt: a task may stay silent for longer than any timeout.
+    apiTimeoutSeconds: float = Field(default=60.0, gt=0)

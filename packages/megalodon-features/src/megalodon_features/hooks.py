@@ -15,10 +15,16 @@ from megalodon_core.contracts import CommandInfo, FeatureInfo
 #: (feature name, module, class, summary) in start order.
 FEATURES: list[tuple[str, str, str, str]] = [
     # -- live log and taskcluster-proxy --
+    ("liveLog", "livelog", "LiveLogFeature", "task log streamed over HTTP while the task runs"),
+    ("taskclusterProxy", "proxy", "TaskclusterProxyFeature", "signs API calls with task credentials; masks secrets"),
     # -- osGroups --
+    ("osGroups", "os_groups", "OSGroupsFeature", "refuses osGroups the worker's user lacks (insecure engine)"),
     # -- mounts --
+    ("mounts", "mounts", "MountsFeature", "file, readOnlyDirectory and writableDirectoryCache mounts (native)"),
     # -- resource monitor --
+    ("resourceMonitor", "resource_monitor", "ResourceMonitorFeature", "memory lines per command, OOM abort"),
     # -- chain of trust --
+    ("chainOfTrust", "chain_of_trust", "ChainOfTrustFeature", "ed25519-signed chain-of-trust.json and certified.log"),
 ]
 
 
@@ -38,7 +44,10 @@ def megalodon_register_features() -> list[FeatureInfo]:
 def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
     fields: dict[str, tuple[Any, Any]] = {}
     # -- config: live log and taskcluster-proxy --
+    fields["livelogBindAddress"] = (str, "")  # live log server address ("" = 0.0.0.0 with publicIP, else loopback)
     # -- config: mounts --
+    # most bytes one mount may write when decompressing or extracting (archives.DEFAULT_MAX_EXTRACTED_BYTES)
+    fields["mountsMaxExtractedBytes"] = (int, 50 * 1024**3)
     # -- config: resource monitor, chain of trust, osGroups --
     return fields
 
@@ -47,4 +56,13 @@ def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
 def megalodon_cli_commands() -> list[CommandInfo]:
     commands: list[CommandInfo] = []
     # -- commands --
+    from .chain_of_trust import new_ed25519_keypair
+
+    commands.append(
+        CommandInfo(
+            name="new-ed25519-keypair",
+            callback=new_ed25519_keypair,
+            help="Write a new chain-of-trust signing key (ed25519SigningKeyLocation); print its public key.",
+        )
+    )
     return commands

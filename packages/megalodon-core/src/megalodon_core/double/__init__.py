@@ -5,6 +5,6 @@ the unmodified ``taskcluster`` client. See :mod:`.server` for usage.
 """
 
 from .faults import Fault, FaultSet
-from .server import TaskclusterDouble
+from .server import PUBLIC_ARTIFACTS, TaskclusterDouble
 
-__all__ = ["Fault", "FaultSet", "TaskclusterDouble"]
+__all__ = ["PUBLIC_ARTIFACTS", "Fault", "FaultSet", "TaskclusterDouble"]

@@ -82,9 +82,11 @@ def _decode_ext(ext: str) -> dict[str, Any]:
 class Authenticator:
     """Holds every client the double knows and validates incoming Hawk headers."""
 
-    def __init__(self) -> None:
+    def __init__(self, anonymous_scopes: tuple[str, ...] = ()) -> None:
         self.clients: dict[str, Client] = {}
         self._nonces: set[tuple[str, str, str]] = set()
+        #: The ``anonymous`` role: what requests without credentials may do (e.g. read public artifacts).
+        self.anonymous = Identity(None, tuple(anonymous_scopes))
 
     def _seen_nonce(self, sender_id: str, nonce: str, timestamp: str) -> bool:
         """Hawk replay protection; the cache is simply reset when it grows large."""
@@ -185,7 +187,7 @@ class Authenticator:
     def authenticate(self, header: str | None, url: str, method: str, content: bytes, content_type: str) -> Identity:
         """Verify a Hawk ``Authorization`` header; raise 401-shaped errors like the auth service."""
         if not header:
-            return ANONYMOUS
+            return self.anonymous
         try:
             parsed = mohawk.util.parse_authorization_header(header)
         except mohawk.exc.HawkFail as exc:
@@ -227,4 +229,7 @@ class Authenticator:
             if not all(has_scope(scopes, s) for s in authorized):
                 raise _auth_failed("ext.authorizedScopes oversteps your scopes")
             scopes = authorized
+        else:
+            # Every client also holds the anonymous role's scopes, as in the real auth service.
+            scopes = [*scopes, *self.anonymous.scopes]
         return Identity(hawk_id, tuple(scopes))

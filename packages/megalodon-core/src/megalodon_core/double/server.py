@@ -47,6 +47,10 @@ WORKER_MANAGER_ISSUER = "static/taskcluster/worker-manager"
 MAX_API_BODY = 16 * 1024 * 1024
 
 
+#: The anonymous scopes most deployments grant: anyone may read public artifacts.
+PUBLIC_ARTIFACTS = ("queue:get-artifact:public/*",)
+
+
 class TaskclusterDouble:
     """In-process Taskcluster (queue, object, index, secrets, auth) for tests and local runs."""
 
@@ -59,13 +63,17 @@ class TaskclusterDouble:
         host: str = "127.0.0.1",
         port: int = 0,
         storage_dir: Path | None = None,
+        anonymous_scopes: tuple[str, ...] = (),
     ) -> None:
+        """``anonymous_scopes`` are the ``anonymous`` role's: none by default, like the deployment the
+        reference transcripts were recorded against; real deployments usually grant
+        ``queue:get-artifact:public/*`` (see :data:`PUBLIC_ARTIFACTS`)."""
         self.host = host
         self.port = port
         self.resolver_interval = resolver_interval
         self.faults = FaultSet()
         self.calls = CallCounter()
-        self.auth = Authenticator()
+        self.auth = Authenticator(anonymous_scopes)
         self.root_credentials = {"clientId": ROOT_CLIENT_ID, "accessToken": secrets.token_urlsafe(33)}
         self.auth.add_client(ROOT_CLIENT_ID, self.root_credentials["accessToken"], ["*"])
         for issuer in (QUEUE_ISSUER, WORKER_MANAGER_ISSUER):

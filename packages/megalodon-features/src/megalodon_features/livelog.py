@@ -1,0 +1,392 @@
+"""Live log: the task log streamed over HTTP while the task runs, by the worker itself.
+
+generic-worker spawns a ``livelog`` binary per task and tees the log into it through a local PUT; docker-worker
+runs a livelog container.  Here one aiohttp server per worker serves every running task, each under an
+unguessable secret path (``GET /log/<secret>``), so there is no extra process, no PUT hop and no port per task.
+
+Artifact sequence (as generic-worker): when the feature starts, the live log name (``logs.live`` for native
+tasks, ``log`` for docker tasks) becomes a ``reference`` artifact to ``<base>/log/<secret>``; when the task's
+log is closed the core uploads the backing log and re-creates the name as a ``link`` to it.
+
+Memory stays bounded whatever the log size: readers read the backing file from disk with ``os.pread`` (in a
+thread).  The only bytes kept in memory are a tail of the most recent log bytes, because the task log writes
+through a 1 MiB user-space buffer and bytes still in that buffer are not in the file yet; the tail always holds
+at least :data:`TAIL_KEEP` bytes (more than the buffer), so every byte is either on disk or in the tail.
+
+Best effort, like generic-worker: a server that cannot start, or a reference artifact that cannot be created,
+only costs a warning in the task log; the task runs on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import logging
+import os
+import secrets
+import threading
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from aiohttp import web
+
+from megalodon_core.contracts import Feature, TaskFeature
+from megalodon_core.errors import ExecutionError
+from megalodon_core.pipeline import LOG_CONTENT_TYPE, publisher_for
+from megalodon_core.timefmt import utcnow
+
+if TYPE_CHECKING:
+    from megalodon_core.errors import ExecutionErrors
+    from megalodon_core.task import TaskRun
+    from megalodon_core.worker_context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+#: Bytes of the most recent log output always kept in memory: twice the task log's 1 MiB write buffer.
+TAIL_KEEP = 2 << 20
+#: Bytes sent to a reader per write.
+CHUNK = 64 << 10
+#: How long a finished task's stream is still served (full log, then EOF) to readers that hold its URL.
+FINISHED_RETENTION = 60.0
+#: How often a stopped task's log is checked for being closed (the task log has no close notification).
+CLOSE_POLL = 0.05
+#: generic-worker: the reference artifact outlives the task's maxRunTime by this much.
+REFERENCE_GRACE = dt.timedelta(seconds=900)
+
+#: Config key (megalodon): the address the live log server listens on ("" = see :func:`bind_address`).
+BIND_ADDRESS_KEY = "livelogBindAddress"
+CONFIG_FIELDS: dict[str, tuple[Any, Any]] = {BIND_ADDRESS_KEY: (str, "")}
+
+
+def bind_address(config: Any) -> str:
+    """Where the server listens: the configured address, else every interface when the worker has a public
+    IP (on clouds that IP is often NAT'd and not on any interface), else loopback only."""
+    configured = str(config.extra(BIND_ADDRESS_KEY, "") or "")
+    if configured:
+        return configured
+    return "0.0.0.0" if config.publicIP else "127.0.0.1"
+
+
+def public_host(config: Any, bound: str) -> str:
+    """The host readers use in the URL: ``publicIP`` as generic-worker, else the bound address if specific."""
+    host = config.publicIP or ""
+    if not host:
+        host = bound if bound not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    with contextlib.suppress(ValueError):
+        if ipaddress.ip_address(host).version == 6:
+            return f"[{host}]"
+    return host
+
+
+class LiveStream:
+    """One task's log as readers see it: bytes ``[0, end)``, from the backing file or the in-memory tail.
+
+    The task log's sink appends every byte it emits (after secret masking) to the tail; readers wait on
+    :attr:`changed` when they have caught up.  :meth:`finish` is called once the task log is closed: the file
+    is then complete, the tail is dropped, and readers that catch up get EOF.
+    """
+
+    def __init__(self, secret: str, fd: int, start: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.secret = secret
+        self._fd: int | None = fd
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._tail = bytearray()
+        self._tail_start = start
+        self.end = start
+        self.finished = False
+        self._changed = asyncio.Event()
+        self.readers = 0
+
+    # -- writer side (the task log's sink) --------------------------------------------------------------
+    def append(self, data: bytes) -> None:
+        """TaskLog sink: keep the newest bytes and wake readers (safe from any thread)."""
+        with self._lock:
+            if self.finished:
+                return
+            self._tail += data
+            self.end += len(data)
+            # Trim in bulk, so small writes never pay for moving the whole tail.
+            if len(self._tail) > 2 * TAIL_KEEP:
+                drop = len(self._tail) - TAIL_KEEP
+                del self._tail[:drop]
+                self._tail_start += drop
+        if _on_loop(self._loop):
+            self._notify()
+        else:
+            self._loop.call_soon_threadsafe(self._notify)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def finish(self, end: int | None = None) -> None:
+        """The log is closed: everything is in the file now; readers get the rest, then EOF."""
+        with self._lock:
+            self.finished = True
+            if end is not None:
+                self.end = max(self.end, end)
+            self._tail = bytearray()
+            self._tail_start = self.end
+        self._notify()
+
+    def close(self) -> None:
+        """Release the file (readers still running get EOF at their next read)."""
+        self.finish()
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    # -- reader side -------------------------------------------------------------------------------------
+    async def read(self, pos: int, size: int = CHUNK) -> bytes:
+        """Up to ``size`` bytes at ``pos``, waiting for them while the log is open; ``b""`` means EOF."""
+        while True:
+            changed = self._changed
+            with self._lock:
+                end, finished = self.end, self.finished
+                if self._tail_start <= pos < end:
+                    offset = pos - self._tail_start
+                    return bytes(self._tail[offset : offset + size])
+                tail_start = self._tail_start
+            fd = self._fd
+            if pos < end and fd is not None:
+                want = min(size, tail_start - pos)
+                try:
+                    data = await asyncio.to_thread(os.pread, fd, want, pos)
+                except OSError:
+                    return b""  # the stream was closed under us
+                if data:
+                    return data
+                # Not on disk yet (cannot happen while the tail is larger than the write buffer): wait.
+                if finished:
+                    return b""
+            elif finished or fd is None:
+                return b""
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 1.0)
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+class LiveLogServer:
+    """The worker's single live log HTTP server: ``GET /log/<secret>`` for every registered stream."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.streams: dict[str, LiveStream] = {}
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("GET", "/log/{secret}", self._get)
+        app.router.add_route("OPTIONS", "/log/{secret}", self._options)
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self.port = int(runner.addresses[0][1])
+        self._runner = runner
+
+    async def stop(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.close()
+        self.streams.clear()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    def register(self, stream: LiveStream) -> None:
+        self.streams[stream.secret] = stream
+
+    def unregister(self, stream: LiveStream) -> None:
+        if self.streams.get(stream.secret) is stream:
+            del self.streams[stream.secret]
+        stream.close()
+
+    @staticmethod
+    def _cors(headers: dict[str, str]) -> dict[str, str]:
+        # The Taskcluster UI reads live logs from the browser: livelog allows every origin, and so do we.
+        headers["Access-Control-Allow-Origin"] = "*"
+        headers["Access-Control-Expose-Headers"] = "Transfer-Encoding"
+        return headers
+
+    async def _options(self, request: web.Request) -> web.Response:
+        return web.Response(
+            status=204, headers=self._cors({"Access-Control-Allow-Methods": "GET", "Access-Control-Max-Age": "600"})
+        )
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
+        stream = self.streams.get(request.match_info["secret"])
+        if stream is None:
+            return web.Response(
+                status=404,
+                text="No live log here: the task has finished (read its log artifact) or the URL is wrong.\n",
+                headers=self._cors({}),
+            )
+        response = web.StreamResponse(headers=self._cors({"Content-Type": LOG_CONTENT_TYPE}))
+        response.enable_chunked_encoding()
+        stream.readers += 1
+        try:
+            await response.prepare(request)
+            pos = 0
+            while data := await stream.read(pos):
+                await response.write(data)
+                pos += len(data)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the reader went away: nothing to tell anyone
+        finally:
+            stream.readers -= 1
+        return response
+
+
+class LiveLogFeature(Feature):
+    """Worker-lifetime half: owns the HTTP server (started in :meth:`initialise`, retried lazily)."""
+
+    name: ClassVar[str] = "liveLog"
+
+    def __init__(self, worker: WorkerContext) -> None:
+        super().__init__(worker)
+        config = worker.config
+        self.server = LiveLogServer(bind_address(config), int(config.livelogExposePort))
+        self.start_error: str | None = None
+        self._lock = asyncio.Lock()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def is_enabled(self) -> bool:
+        return bool(self.worker.config.enableLiveLog)
+
+    def is_requested(self, run: TaskRun) -> bool:
+        return live_log_name(run) is not None
+
+    def new_task_feature(self, run: TaskRun) -> TaskFeature:
+        return LiveLogTask(self, run)
+
+    async def initialise(self) -> None:
+        if self.is_enabled():
+            await self.ensure_server()
+            if self.start_error is not None:
+                log.warning("live log server could not start (tasks will retry): %s", self.start_error)
+
+    async def ensure_server(self) -> bool:
+        """Start the server if it is not running; False (with :attr:`start_error`) if it cannot."""
+        async with self._lock:
+            if self.server.running:
+                return True
+            try:
+                await self.server.start()
+            except OSError as exc:
+                self.start_error = f"could not listen on {self.server.host}:{self.server.port}: {exc}"
+                return False
+            self.start_error = None
+            log.info("live log server listening on %s:%s", self.server.host, self.server.port)
+            return True
+
+    def base_url(self) -> str:
+        config = self.worker.config
+        return f"http://{public_host(config, self.server.host)}:{self.server.port}"
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` in the background until it ends or the worker shuts down."""
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def shutdown(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        for task in list(self._background):
+            with contextlib.suppress(BaseException):
+                await task
+        await self.server.stop()
+
+
+def live_log_name(run: TaskRun) -> str | None:
+    """The live log artifact name the payload asks for, or None when the task turned the live log off."""
+    payload = run.payload
+    executor = run.facts.get("executor")
+    if payload is None:
+        return None
+    if executor == "native":
+        return str(payload.logs.live) if payload.features.live_log else None
+    if executor == "docker":
+        return str(payload.log) if payload.effective_features.local_live_log else None
+    return None
+
+
+class LiveLogTask(TaskFeature):
+    """One task's stream: registered at start, finished when the task log closes, dropped a minute later."""
+
+    def __init__(self, feature: LiveLogFeature, run: TaskRun) -> None:
+        self.feature = feature
+        self.run = run
+        self.stream: LiveStream | None = None
+        self.url: str | None = None
+
+    def _reference_expiry(self) -> dt.datetime:
+        run = self.run
+        if run.facts.get("executor") == "docker":
+            return run.expires  # docker-worker: the reference expires with the task
+        expiry = utcnow() + dt.timedelta(seconds=int(run.payload.max_run_time)) + REFERENCE_GRACE
+        # The queue refuses artifacts outliving their task, and the link replacing it must not expire earlier.
+        return min(expiry, run.expires)
+
+    async def start(self) -> None:
+        run = self.run
+        name = live_log_name(run)
+        if name is None:
+            return
+        if not await self.feature.ensure_server():
+            run.log.warn(f"Could not start live log: {self.feature.start_error}")
+            return
+        # generic-worker copies the log so far into livelog, then tees: flush so the file holds it all.
+        run.log.flush()
+        try:
+            fd = await asyncio.to_thread(os.open, run.log.path, os.O_RDONLY)
+        except OSError as exc:
+            run.log.warn(f"Could not start live log: cannot read the task log: {exc}")
+            return
+        stream = LiveStream(secrets.token_urlsafe(32), fd, run.log.bytes_written, asyncio.get_running_loop())
+        self.stream = stream
+        self.feature.server.register(stream)
+        run.log.add_sink(stream.append)
+        self.url = f"{self.feature.base_url()}/log/{stream.secret}"
+        try:
+            await publisher_for(run).reference(
+                run.task_id, run.run_id, name, self.url, LOG_CONTENT_TYPE, self._reference_expiry()
+            )
+        except ExecutionError as exc:
+            run.log.warn(f"Could not publish live log artifact {name}: {exc.message}")
+
+    async def stop(self, errors: ExecutionErrors) -> None:
+        if self.stream is not None:
+            # The core writes its last lines (first error) after the features stop: keep streaming until the
+            # task log is closed, then serve the finished log for a while.
+            self.feature.spawn(self._finish_when_closed(self.stream))
+
+    async def _finish_when_closed(self, stream: LiveStream) -> None:
+        try:
+            while not self.run.log.closed:  # noqa: ASYNC110 - TaskLog.close() notifies nobody
+                await asyncio.sleep(CLOSE_POLL)
+            self.run.log.remove_sink(stream.append)
+            stream.finish(self.run.log.bytes_written)
+            await asyncio.sleep(FINISHED_RETENTION)
+        finally:
+            self.run.log.remove_sink(stream.append)
+            self.feature.server.unregister(stream)

@@ -1,0 +1,80 @@
+"""osGroups (native tasks, insecure engine): a task may only ask for groups it will actually have.
+
+In generic-worker's insecure engine (``os_groups_insecure.go``) tasks run as the worker's own user, so
+nothing is added to any group: a task listing ``osGroups`` is accepted when the worker's user already
+belongs to every one of them, and refused as malformed-payload otherwise, with generic-worker's message
+naming the missing groups and the ones that would be accepted.
+
+The groups checked are the worker *process's* (effective gid plus supplementary groups): task commands
+inherit exactly those, whereas the group database may list memberships the running process never got
+(added after login).  Unlike generic-worker, a group named after the user is accepted too: generic-worker
+drops it because a multiuser task user's own group is unpredictable, but the insecure engine's user is the
+pool's fixed account, so its group is as predictable as any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from megalodon_core.contracts import Feature, TaskFeature
+from megalodon_core.errors import InternalError, MalformedPayload
+
+if TYPE_CHECKING:
+    from megalodon_core.task import TaskRun
+
+log = logging.getLogger(__name__)
+
+
+def current_groups() -> set[str]:
+    """Names of the groups this process (hence every task command) runs with.  Blocking: NSS may be remote."""
+    gids = {os.getegid(), *os.getgroups()}
+    names: set[str] = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            log.warning("osGroups: group id %d has no name; it cannot be requested by name", gid)
+    return names
+
+
+def go_list(values: list[str]) -> str:
+    """Go's ``%v`` of a ``[]string``: ``[a b c]``."""
+    return "[" + " ".join(values) + "]"
+
+
+class OSGroupsFeature(Feature):
+    """Config gate ``enableOSGroups``; requested when ``payload.osGroups`` is not empty."""
+
+    name = "osGroups"
+    executors = frozenset({"native"})
+
+    def is_enabled(self) -> bool:
+        return bool(self.worker.config.enableOSGroups)
+
+    def is_requested(self, run: TaskRun) -> bool:
+        return bool(run.payload.os_groups)
+
+    def new_task_feature(self, run: TaskRun) -> TaskFeature:
+        return OSGroupsTask(run)
+
+
+class OSGroupsTask(TaskFeature):
+    def __init__(self, run: TaskRun) -> None:
+        self.run = run
+
+    async def start(self) -> None:
+        requested: list[str] = list(self.run.payload.os_groups)
+        try:
+            groups = await asyncio.to_thread(current_groups)
+        except OSError as exc:
+            raise InternalError(f"failed to get user groups: {exc}") from None
+        missing = [name for name in requested if name not in groups]
+        if missing:
+            raise MalformedPayload(
+                f"task payload contains unsupported osGroups: {go_list(missing)}\n"
+                f"allowed values (on this worker pool): {go_list(sorted(groups))}"
+            )

@@ -1,0 +1,249 @@
+"""Live log: the task log streamed by the worker while the task runs, then replaced by a link to the backing log."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from megalodon_core.config import parse_config
+from megalodon_core.tasklog import TaskLog
+from megalodon_core.testing import Harness
+from megalodon_core.timefmt import parse_iso, utcnow
+from megalodon_features import livelog
+from megalodon_features.livelog import LiveLogServer, LiveStream, bind_address, public_host
+
+LIVE = "public/logs/live.log"
+BACKING = "public/logs/live_backing.log"
+
+
+def sh(script: str) -> list[str]:
+    return ["sh", "-c", script]
+
+
+async def wait_for_reference(harness: Harness, task_id: str, name: str = LIVE) -> dict[str, Any]:
+    """The live log artifact's metadata once the worker has published it."""
+    for _ in range(400):
+        try:
+            _, meta = harness.double.artifact_content(task_id, 0, name)
+        except KeyError:
+            await asyncio.sleep(0.025)
+            continue
+        return meta
+    raise AssertionError(f"{name} was never published")
+
+
+async def read_all(
+    session: aiohttp.ClientSession, url: str, seen: asyncio.Event | None = None, marker: bytes = b"\nfirst\n"
+) -> bytes:
+    """Read a live log to EOF; set ``seen`` as soon as ``marker`` (the task's first line) has arrived."""
+    out = bytearray()
+    async with session.get(url) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"] == "text/plain; charset=utf-8"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+        async for chunk in resp.content.iter_any():
+            out += chunk
+            if seen is not None and marker in out:
+                seen.set()
+    return bytes(out)
+
+
+def run_state(harness: Harness, task_id: str) -> str:
+    return str(harness.double.task_state(task_id)["runs"][0]["state"])
+
+
+async def test_readers_follow_a_running_task_then_get_a_link(harness: Harness) -> None:
+    """Concurrent readers see output before the task ends; a late reader gets the past then follows; a wrong
+    secret is a 404; the reference is replaced by a link to the backing log at the end."""
+    got: dict[str, Any] = {}
+
+    async def during(task_id: str) -> None:
+        meta = await wait_for_reference(harness, task_id)
+        got["reference"] = meta
+        url = meta["url"]
+        async with aiohttp.ClientSession() as session:
+            seen = [asyncio.Event() for _ in range(3)]
+            early = [asyncio.create_task(read_all(session, url, ev)) for ev in seen]
+            await asyncio.wait_for(asyncio.gather(*(ev.wait() for ev in seen)), 20)
+            got["running_when_seen"] = run_state(harness, task_id)
+            got["late_seen"] = asyncio.Event()
+            late = asyncio.create_task(read_all(session, url, got["late_seen"]))
+            await asyncio.wait_for(got["late_seen"].wait(), 10)
+            got["running_when_late_seen"] = run_state(harness, task_id)
+            base, _, secret = url.rpartition("/")
+            async with session.get(f"{base}/{secret[:-1]}x") as resp:
+                got["wrong_secret"] = resp.status
+            async with session.get(f"{base}/") as resp:
+                got["no_secret"] = resp.status
+            got["early"] = await asyncio.wait_for(asyncio.gather(*early), 30)
+            got["late"] = await asyncio.wait_for(late, 30)
+
+    started = utcnow()
+    out = await harness.run({"command": [sh("echo first; sleep 2; echo second")], "maxRunTime": 60}, during=during)
+    assert out.state == "completed", out.log
+    reference = got["reference"]
+    assert reference["storageType"] == "reference"
+    assert reference["contentType"] == "text/plain; charset=utf-8"
+    expires = parse_iso(reference["expires"])
+    assert started + dt.timedelta(seconds=60 + 900) <= expires <= utcnow() + dt.timedelta(seconds=60 + 900)
+    assert reference["url"].startswith("http://127.0.0.1:")
+    assert got["running_when_seen"] == "running"
+    assert got["running_when_late_seen"] == "running"
+    assert got["wrong_secret"] == 404
+    assert got["no_secret"] == 404
+    # Every reader, early or late, got the whole log: exactly the backing log.
+    backing = out.log.encode()
+    for content in [*got["early"], got["late"]]:
+        assert content == backing
+    assert b"\nfirst\n" in backing and b"\nsecond\n" in backing
+    link = out.artifacts[LIVE]
+    assert link["storageType"] == "link"
+    _, meta = harness.double.artifact_content(out.task_id, 0, LIVE)
+    assert meta["artifact"] == BACKING
+
+
+async def test_custom_live_log_name_and_disabled_feature(harness: Harness) -> None:
+    out = await harness.run({"command": [["true"]], "maxRunTime": 30, "logs": {"live": "public/logs/mine.log"}})
+    assert out.state == "completed", out.log
+    assert out.artifacts["public/logs/mine.log"]["storageType"] == "link"
+    # Config gate off: no reference was ever published, the core's link is the only live log artifact.
+    out = await harness.run({"command": [["true"]], "maxRunTime": 30}, enableLiveLog=False)
+    assert out.state == "completed", out.log
+    meta = harness.double.queue.task(out.task_id).artifacts
+    assert all(a.storage_type != "reference" for a in meta.values())
+
+
+async def test_unstartable_server_only_warns(harness: Harness) -> None:
+    # The live log port is taken: the task still runs, with a warning instead of a live log.
+    blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = blocker.sockets[0].getsockname()[1]
+    try:
+        out = await harness.run({"command": [["echo", "ran"]], "maxRunTime": 30}, livelogExposePort=port)
+    finally:
+        blocker.close()
+        await blocker.wait_closed()
+    assert out.state == "completed", out.log
+    assert "ran\n" in out.log
+    assert "Could not start live log: could not listen on 127.0.0.1:" in out.log
+
+
+async def test_docker_task_streams_its_live_log(harness: Harness) -> None:
+    got: dict[str, Any] = {}
+
+    async def during(task_id: str) -> None:
+        meta = await wait_for_reference(harness, task_id)
+        got["reference"] = meta
+        async with aiohttp.ClientSession() as session:
+            seen = asyncio.Event()
+            reader = asyncio.create_task(read_all(session, meta["url"], seen, b"first\r\n"))  # a pty
+            await asyncio.wait_for(seen.wait(), 60)
+            got["running"] = run_state(harness, task_id)
+            got["content"] = await asyncio.wait_for(reader, 60)
+
+    payload = {
+        "image": "megalodon-test/busybox:latest",
+        "command": sh("echo first; sleep 2; echo second"),
+        "maxRunTime": 60,
+    }
+    out = await harness.run(payload, during=during)
+    assert out.state == "completed", out.log
+    assert got["running"] == "running"
+    # docker-worker: the reference expires with the task.
+    assert got["reference"]["expires"] == out.status["expires"]
+    assert got["content"] == out.log.encode()
+    assert out.artifacts[LIVE]["storageType"] == "link"
+
+
+# -- the stream itself ---------------------------------------------------------------------------------------
+async def _serve(stream: LiveStream) -> tuple[LiveLogServer, str]:
+    server = LiveLogServer("127.0.0.1", 0)
+    await server.start()
+    server.register(stream)
+    return server, f"http://127.0.0.1:{server.port}/log/{stream.secret}"
+
+
+async def test_bytes_still_in_the_write_buffer_are_served_and_memory_stays_bounded(tmp_path: Path) -> None:
+    """The task log buffers 1 MiB before the file sees it: readers still get every byte, in order, while the
+    in-memory tail never grows past its bound."""
+    tasklog = TaskLog(tmp_path / "live_backing.log")
+    tasklog.write(b"before the live log started\n")
+    tasklog.flush()
+    fd = os.open(tasklog.path, os.O_RDONLY)
+    stream = LiveStream("s3cr3t-for-test", fd, tasklog.bytes_written, asyncio.get_running_loop())
+    tasklog.add_sink(stream.append)
+    server, url = await _serve(stream)
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = asyncio.create_task(read_all(session, url))
+            # Small writes stay in the 1 MiB buffer: not on disk, yet readers must see them.
+            tasklog.write(b"small\n")
+            assert os.path.getsize(tasklog.path) < tasklog.bytes_written
+            assert await stream.read(tasklog.bytes_written - 6) == b"small\n"
+            peak = 0
+            for i in range(3000):
+                tasklog.write(f"{i:06d} ".encode() * (1 + i % 700) + b"\n")
+                peak = max(peak, len(stream._tail))
+                if i % 100 == 0:
+                    await asyncio.sleep(0)
+            second = asyncio.create_task(read_all(session, url))
+            await asyncio.sleep(0.05)
+            tasklog.close()
+            stream.finish(tasklog.bytes_written)
+            expected = tasklog.path.read_bytes()
+            assert len(expected) > 3 * livelog.TAIL_KEEP
+            assert await asyncio.wait_for(first, 30) == expected
+            assert await asyncio.wait_for(second, 30) == expected
+            # A reader of the finished log gets all of it, then EOF.
+            assert await asyncio.wait_for(read_all(session, url), 30) == expected
+    finally:
+        await server.stop()
+    assert peak <= 2 * livelog.TAIL_KEEP + 8000
+    assert stream._tail == bytearray()
+
+
+async def test_finished_stream_is_dropped_and_shutdown_ends_readers(tmp_path: Path) -> None:
+    path = tmp_path / "log"
+    path.write_bytes(b"line\n")
+    stream = LiveStream("abc", os.open(path, os.O_RDONLY), 5, asyncio.get_running_loop())
+    server, url = await _serve(stream)
+    try:
+        async with aiohttp.ClientSession() as session:
+            reader = asyncio.create_task(read_all(session, url))
+            await asyncio.sleep(0.1)
+            assert stream.readers == 1
+            await server.stop()  # worker shutdown: open readers end
+            assert await asyncio.wait_for(reader, 10) == b"line\n"
+    finally:
+        await server.stop()
+    other = LiveStream("abc", os.open(path, os.O_RDONLY), 5, asyncio.get_running_loop())
+    server, url = await _serve(other)
+    try:
+        server.unregister(other)
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            assert resp.status == 404
+    finally:
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "bound", "host"),
+    [
+        ({}, "127.0.0.1", "127.0.0.1"),
+        ({"publicIP": "203.0.113.7"}, "0.0.0.0", "203.0.113.7"),
+        ({"publicIP": "2001:db8::1"}, "0.0.0.0", "[2001:db8::1]"),
+        ({"livelogBindAddress": "10.1.2.3"}, "10.1.2.3", "10.1.2.3"),
+        ({"livelogBindAddress": "0.0.0.0"}, "0.0.0.0", "127.0.0.1"),
+    ],
+)
+def test_listen_address_and_url_host(harness: Harness, overrides: dict[str, Any], bound: str, host: str) -> None:
+    from megalodon_core.plugins import PluginHost
+
+    config = parse_config(harness.config("x", **overrides), PluginHost().config_fields())
+    assert bind_address(config) == bound
+    assert public_host(config, bound) == host
