@@ -184,8 +184,9 @@ class _FakeRunner:
         self.shutdowns += 1
         return True
 
-    async def error_report(self, description: str, extra: dict[str, Any] | None = None) -> None:
+    async def error_report(self, description: str, extra: Any = None, **kwargs: Any) -> bool:
         self.reports.append(description)
+        return True
 
 
 async def test_worker_manager_terminate_exits_70_and_asks_runner_to_shut_down(harness: Harness) -> None:

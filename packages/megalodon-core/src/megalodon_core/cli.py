@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -175,21 +176,95 @@ def run(
     config: Annotated[Path, typer.Option("--config", help="Worker config file (generic-worker's keys).")] = Path(
         "generic-worker.config"
     ),
+    with_worker_runner: Annotated[
+        bool, typer.Option("--with-worker-runner", help="Speak worker-runner's protocol on stdin/stdout.")
+    ] = False,
+    protocol_pipe: Annotated[
+        str | None,
+        typer.Option(
+            "--worker-runner-protocol-pipe",
+            help="With --with-worker-runner: use the FIFOs PIPE-input / PIPE-output instead of stdin/stdout.",
+        ),
+    ] = None,
 ) -> None:
     """Run the worker: claim, run and resolve tasks until a stop condition."""
-    from .worker import EXIT_INVALID_CONFIG, Worker
+    from .worker import EXIT_INVALID_CONFIG
 
     host = _plugins()
     raw = json.loads(config.read_text()) if config.is_file() else {}
-    _use_log_format(raw.get("logFormat", "text") if isinstance(raw, dict) else "text")
+    log_format = raw.get("logFormat", "text") if isinstance(raw, dict) else "text"
+    _use_log_format(log_format)
     cfg, _ = _load_config_or_exit(config, host)
-    worker = Worker(cfg, host)
     try:
-        code = asyncio.run(worker.run(handle_signals=True))
+        code = asyncio.run(_serve_worker(cfg, host, with_worker_runner, protocol_pipe, log_format))
     except LookupError as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(EXIT_INVALID_CONFIG) from None
     raise typer.Exit(code)
+
+
+#: generic-worker waits forever for worker-runner's welcome; megalodon carries on without capabilities.
+HANDSHAKE_TIMEOUT = 60.0
+EXIT_CANT_CONNECT_PROTOCOL_PIPE = 78
+
+
+async def _serve_worker(
+    cfg: Any, host: Any, with_worker_runner: bool, protocol_pipe: str | None, log_format: str
+) -> int:
+    """The worker with its worker-runner link, log routing and metrics endpoint around it."""
+    from . import __version__
+    from .metrics import Metrics, serve
+    from .worker import Worker
+    from .workerrunner import HandshakeTimeout, ProtocolClosed, RunnerLogHandler, WorkerRunnerError, connect
+
+    try:
+        proto = await connect(with_worker_runner=with_worker_runner, protocol_pipe=protocol_pipe)
+    except WorkerRunnerError as exc:
+        err_console.print(f"cannot connect to worker-runner: {exc}", markup=False)
+        return EXIT_CANT_CONNECT_PROTOCOL_PIPE
+    root = logging.getLogger()
+    if with_worker_runner:
+        # The worker's own log goes to worker-runner when it can take it, else to stderr as before.
+        handler = RunnerLogHandler(proto)
+        previous = root.handlers[0].formatter if root.handlers else None
+        handler.setFormatter(previous or logging.Formatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
+        for old in list(root.handlers):
+            root.removeHandler(old)
+        root.addHandler(handler)
+    metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
+    worker = Worker(cfg, host, runner=proto if with_worker_runner else None, metrics=metrics)
+    proto.on("graceful-termination", lambda m: worker.stop(finish_tasks=bool(m.get("finish-tasks"))))
+    proto.on(
+        "new-credentials",
+        lambda m: worker.update_credentials(
+            {"clientId": m["client-id"], "accessToken": m["access-token"], "certificate": m.get("certificate", "")}
+        ),
+    )
+    proto.start()
+    if with_worker_runner:
+        try:
+            await proto.wait_ready(HANDSHAKE_TIMEOUT)
+        except (HandshakeTimeout, ProtocolClosed) as exc:
+            logging.getLogger(__name__).warning("no welcome from worker-runner (%s): running without it", exc)
+    server = None
+    if cfg.metricsPort is not None:
+
+        def health() -> dict[str, Any]:
+            return {
+                "status": "ok",
+                "runningTasks": sorted(r.task_id for r in worker.running.values() if r is not None),
+                "lastClaimAgeSeconds": round(time.monotonic() - worker.last_claim_at, 3),
+                "resolvedTasks": worker.resolved,
+            }
+
+        server = await serve(metrics, cfg.metricsAddress, cfg.metricsPort, health=health)
+        logging.getLogger(__name__).info("metrics on %s", server.url)
+    try:
+        return await worker.run(handle_signals=True)
+    finally:
+        if server is not None:
+            await server.stop()
+        await proto.close()
 
 
 @app.command("run-task")

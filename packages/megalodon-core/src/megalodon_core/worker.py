@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -67,7 +68,9 @@ class RunnerLink(Protocol):
 
     async def shutdown(self) -> bool: ...
 
-    async def error_report(self, description: str, extra: dict[str, Any] | None = None) -> None: ...
+    async def error_report(
+        self, description: str, extra: Mapping[str, Any] | None = None, *, title: str = ..., kind: str = ...
+    ) -> bool: ...
 
 
 class MetricsSink(Protocol):
@@ -153,8 +156,12 @@ class Worker:
 
     def update_credentials(self, credentials: dict[str, str]) -> None:
         """worker-runner's new-credentials: later worker calls use them; running tasks keep their own."""
-        assert self.ctx is not None
-        self.ctx.credentials = {k: v for k, v in credentials.items() if v}
+        if self.ctx is None:  # before run(): the context will be built from the config
+            self.config.clientId = credentials["clientId"]
+            self.config.accessToken = credentials["accessToken"]
+            self.config.certificate = credentials.get("certificate", "")
+        else:
+            self.ctx.credentials = {k: v for k, v in credentials.items() if v}
         self.runtime_config.update(
             {
                 "clientId": credentials.get("clientId"),
