@@ -180,3 +180,55 @@ async def test_protocol_pipe_fifos(double: TaskclusterDouble, tmp_path: Path) ->
             proc.kill()
         to_worker.close()
         from_worker.close()
+
+
+async def test_metrics_and_healthz_endpoint(double: TaskclusterDouble, tmp_path: Path) -> None:
+    import re
+
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    worker_type = "metrics"
+    config = write_config(tmp_path, double, worker_type, metricsPort=0, idleTimeoutSecs=4)
+    queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
+    task_id = taskcluster.slugId()
+    await asyncio.to_thread(
+        queue.createTask, task_id, make_task({"command": [["/bin/sh", "-c", "exit 3"]], "maxRunTime": 60}, worker_type)
+    )
+    proc = await asyncio.create_subprocess_exec(
+        *MEGALODON, "-v", "run", "--config", str(config), cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
+    assert proc.stderr is not None
+    url = None
+    try:
+        while url is None:
+            line = (await asyncio.wait_for(proc.stderr.readline(), 30)).decode()
+            assert line, "worker exited before announcing its metrics endpoint"
+            if m := re.search(r"metrics on (http://[^/\s]+)", line):
+                url = m.group(1)
+        deadline = time.monotonic() + 30
+        while double.task_state(task_id)["state"] != "failed":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/metrics") as resp:
+                text = await resp.text()
+            async with session.get(f"{url}/healthz") as resp:
+                assert resp.status == 200
+                health = await resp.json()
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+        assert samples[("megalodon_tasks_claimed_total", ())] == 1
+        assert samples[("megalodon_tasks_resolved_total", (("reason", "failed"), ("state", "failed")))] == 1
+        assert samples[("megalodon_task_duration_seconds_count", ())] == 1
+        assert samples[("megalodon_bytes_uploaded_total", ())] > 0
+        assert any(name == "megalodon_queue_call_seconds_count" for name, _ in samples)
+        assert health["status"] == "ok" and health["runningTasks"] == [] and health["resolvedTasks"] == 1
+        assert await asyncio.wait_for(proc.wait(), 30) == 68
+    finally:
+        if proc.returncode is None:
+            proc.kill()
