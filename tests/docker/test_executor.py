@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import aiohttp
+import docker
 import docker.errors
 import lz4.frame
 import pytest
@@ -39,7 +40,6 @@ import taskcluster
 import taskcluster.aio
 import zstandard
 
-import docker
 from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
 from megalodon_core.contracts import ExecutorInfo

@@ -197,6 +197,9 @@ class TaskExecutor(ABC):
         """Disk is short before a claim: evict what this executor keeps and no running task uses
         (unused images, idle caches)."""
 
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Once, when the worker stops after its last task: release connections and threads."""
+
 
 # -- registration records ------------------------------------------------------------------------------------
 @dataclass(frozen=True)

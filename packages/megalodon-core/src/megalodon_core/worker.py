@@ -19,8 +19,8 @@ import shutil
 import signal
 import sys
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -350,6 +350,11 @@ class Worker:
                         await feature.shutdown()
                     except Exception:
                         log.exception("feature %s failed to shut down", feature.name)
+                for executor in self.executors.values():
+                    try:
+                        await executor.close()
+                    except Exception:
+                        log.exception("executor %s failed to close", executor.name)
                 await self._save_state()
             await self._after_exit(code)
             return code

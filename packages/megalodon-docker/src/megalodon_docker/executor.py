@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import docker
 import docker.errors
 import taskcluster.aio.download
 
-import docker
 from megalodon_core import __version__
 from megalodon_core.artifacts import check_artifact_name
 from megalodon_core.contracts import ArtifactEntry, Artifacts, NoArtifacts, TaskExecutor
-from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, MalformedPayload
+from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, InternalError, MalformedPayload
 from megalodon_core.scopes import scope_satisfied
 from megalodon_core.task import TaskRun
 from megalodon_core.timefmt import parse_iso
@@ -117,6 +117,7 @@ class _RunState:
     work: Path | None = None
     image: str | None = None
     container_id: str | None = None
+    network_id: str | None = None
     caches: list[CacheInstance] = field(default_factory=list)
 
 
@@ -317,10 +318,53 @@ class DockerExecutor(TaskExecutor):
         except ImageError as exc:
             raise Failure(f"Pulling docker image has failed.\nError: {exc}") from None
         state.image = image.name
+        if run.payload.effective_features.taskcluster_proxy:
+            await self._create_network(run, state)
         run.facts["docker_image"] = image.name
         run.facts["docker_image_id"] = image.image_id
         if image.artifact_hash:
             run.facts["docker_image_artifact_hash"] = image.artifact_hash
+
+    async def _create_network(self, run: TaskRun, state: _RunState) -> None:
+        """A bridge network of the task's own, whose gateway (an address of this host) the taskcluster
+        proxy feature listens on at port 80, so the container reaches it as ``http://taskcluster`` like
+        docker-worker's linked proxy container, and concurrent tasks never share a proxy."""
+        name = f"megalodon-{run.task_id[:12]}-{run.run_id}-{os.urandom(3).hex()}"
+        labels = {LABEL: self._key(run), LABEL_WORKER: self.label_worker, LABEL_OWNER: str(os.getpid())}
+        try:
+            created = await self._call(self.client.api.create_network, name, driver="bridge", labels=labels)
+            state.network_id = created["Id"]
+            info = await self._call(self.client.api.inspect_network, state.network_id)
+        except docker.errors.APIError as exc:
+            raise InternalError(f"could not create the task's docker network: {exc.explanation or exc}") from None
+        configs = (info.get("IPAM") or {}).get("Config") or []
+        gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
+        if not gateway:
+            raise InternalError(f"docker network {name} has no gateway address for the taskcluster proxy")
+        run.facts["docker_proxy_gateway"] = gateway.split("/")[0]
+        run.facts["docker_network"] = name
+
+    async def _remove_network(self, network_id: str) -> None:
+        try:
+            await self._call(self.client.api.remove_network, network_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("could not remove network %s: %s", network_id[:12], exc)
+
+    async def free_disk_space(self) -> None:
+        """Disk is short before a claim: unused images first, then idle cache instances."""
+        await self._collect_garbage()
+        for path in self.caches.detach_idle():
+            await asyncio.to_thread(delete_tree, path)
+
+    async def close(self) -> None:
+        """Worker stops: release the engine connections and the thread pool."""
+        with contextlib.suppress(Exception):
+            await self._call(self.client.close)
+        with contextlib.suppress(Exception):
+            await self._call(self.stream_api.close)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def _collect_garbage(self) -> None:
         """Retry failed container removals, then drop idle images (all of them when disk is short)."""
@@ -435,7 +479,8 @@ class DockerExecutor(TaskExecutor):
         return {
             "privileged": privileged,
             "shm_size": self.settings.shmSize,
-            "extra_hosts": {"localhost.localdomain": "127.0.0.1"},
+            "extra_hosts": {"localhost.localdomain": "127.0.0.1", **run.facts.get("docker_extra_hosts", {})},
+            "network_mode": run.facts.get("docker_network"),
             "binds": binds,
             "devices": devices,
             "cap_add": cap_add or None,
@@ -580,6 +625,8 @@ class DockerExecutor(TaskExecutor):
             return
         if state.container_id is not None and not await self._remove_container(state.container_id):
             self._leftovers.add(state.container_id)
+        if state.network_id is not None:
+            await self._remove_network(state.network_id)
         purge = self._should_purge(run)
         for instance in state.caches:
             doomed = self.caches.release(instance, purge=purge)
