@@ -14,6 +14,7 @@ process and kill it when it fires.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -214,6 +215,28 @@ class ExecutorInfo:
     accepts: Callable[[Any], bool] | None = None
     #: Check one payload without a worker; returns ``(field, message)`` errors (``validate-payload``).
     validate: Callable[[Any], list[tuple[str, str]]] | None = None
+
+
+def payload_module_hooks(module: str) -> tuple[Callable[[], dict[str, Any]], Callable[[Any], list[tuple[str, str]]]]:
+    """``payload_schema`` and ``validate`` callables for an :class:`ExecutorInfo`, importing ``module`` lazily.
+
+    The module follows the executors' convention: ``payload_json_schema()`` and ``validate_payload(data)``
+    raising an exception whose ``errors`` attribute lists ``(field, message)`` pairs.
+    """
+
+    def schema() -> dict[str, Any]:
+        result: dict[str, Any] = importlib.import_module(module).payload_json_schema()
+        return result
+
+    def validate(payload: Any) -> list[tuple[str, str]]:
+        mod = importlib.import_module(module)
+        try:
+            mod.validate_payload(payload)
+        except mod.PayloadError as exc:
+            return list(exc.errors)
+        return []
+
+    return schema, validate
 
 
 @dataclass(frozen=True)

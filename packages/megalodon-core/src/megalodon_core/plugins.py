@@ -91,23 +91,21 @@ class PluginHost:
         self.pm.register(plugin, name=name)
         self.records.append(PluginRecord(name, "(in-process)", __version__, "loaded"))
 
-    def _collect_executors(self) -> dict[str, ExecutorInfo]:
-        out: dict[str, ExecutorInfo] = {}
-        for plugin_name, infos in self._per_plugin("megalodon_register_executors"):
+    def _collect_unique(self, hook: str, kind: str) -> dict[str, Any]:
+        """Flatten a registration hook's records by name; a name registered twice fails loudly."""
+        out: dict[str, Any] = {}
+        for plugin_name, infos in self._per_plugin(hook):
             for info in infos:
                 if info.name in out:
-                    raise PluginError(f"executor {info.name!r} registered twice (again by {plugin_name})")
+                    raise PluginError(f"{kind} {info.name!r} registered twice (again by {plugin_name})")
                 out[info.name] = info
         return out
 
+    def _collect_executors(self) -> dict[str, ExecutorInfo]:
+        return self._collect_unique("megalodon_register_executors", "executor")
+
     def _collect_features(self) -> dict[str, FeatureInfo]:
-        out: dict[str, FeatureInfo] = {}
-        for plugin_name, infos in self._per_plugin("megalodon_register_features"):
-            for info in infos:
-                if info.name in out:
-                    raise PluginError(f"feature {info.name!r} registered twice (again by {plugin_name})")
-                out[info.name] = info
-        return out
+        return self._collect_unique("megalodon_register_features", "feature")
 
     def _per_plugin(self, hook: str) -> list[tuple[str, Any]]:
         """Call ``hook`` on each plugin separately, so results can be attributed (pluggy merges them)."""
@@ -147,13 +145,7 @@ class PluginHost:
         return fields
 
     def commands(self) -> list[CommandInfo]:
-        out: dict[str, CommandInfo] = {}
-        for plugin_name, infos in self._per_plugin("megalodon_cli_commands"):
-            for info in infos:
-                if info.name in out:
-                    raise PluginError(f"command {info.name!r} registered twice (again by {plugin_name})")
-                out[info.name] = info
-        return list(out.values())
+        return list(self._collect_unique("megalodon_cli_commands", "command").values())
 
     def executor_for_payload(self, payload: Any) -> ExecutorInfo | None:
         """The executor whose ``accepts`` recognises ``payload`` (docker payloads have ``image``)."""

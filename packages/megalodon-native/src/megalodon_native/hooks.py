@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from megalodon_core import hookimpl
-from megalodon_core.contracts import ExecutorInfo
+from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
 
 
 def _factory(worker: Any) -> Any:
@@ -14,25 +14,12 @@ def _factory(worker: Any) -> Any:
     return NativeExecutor(worker)
 
 
-def _schema() -> dict[str, Any]:
-    from .payload import payload_json_schema
-
-    return payload_json_schema()
-
-
-def _validate(payload: Any) -> list[tuple[str, str]]:
-    from .payload import PayloadError, validate_payload
-
-    try:
-        validate_payload(payload)
-    except PayloadError as exc:
-        return list(exc.errors)
-    return []
-
-
 def _accepts(payload: Any) -> bool:
     # generic-worker's rule: a payload with a top-level ``image`` is a docker-worker payload.
     return isinstance(payload, dict) and "image" not in payload
+
+
+_schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
 
 @hookimpl
