@@ -195,6 +195,9 @@ def run(
     log_format = raw.get("logFormat", "text") if isinstance(raw, dict) else "text"
     _use_log_format(log_format)
     cfg, _ = _load_config_or_exit(config, host)
+    if hasattr(cfg, "workerConfigFile") and not cfg.workerConfigFile:
+        # The multiuser engine checks that task users cannot read the file the worker was started with.
+        cfg.workerConfigFile = str(config.resolve())
     try:
         code = asyncio.run(_serve_worker(cfg, host, with_worker_runner, protocol_pipe, log_format))
     except LookupError as exc:

@@ -207,7 +207,7 @@ class Worker:
         meta = dict(self.config.workerTypeMetadata)
         meta["megalodon"] = {
             "version": __version__,
-            "engine": "insecure",
+            "engine": str(self.config.extra("nativeEngine", "insecure")),
             "executors": sorted(self.executors),
             "python-version": platform.python_version(),
             "os": sys.platform,

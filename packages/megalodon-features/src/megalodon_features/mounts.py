@@ -402,6 +402,20 @@ def _classify(index: int, model: Any) -> _Mount:
     return _Mount(index, "file", model.file, content, fmt)
 
 
+def chown_to(target: Path, task_dir: Path, uid: int, gid: int) -> None:
+    """``chown -R`` without following symlinks (a cache may hold links to root's files), plus the parents
+    between ``target`` and ``task_dir`` that mounting created as root."""
+    os.lchown(target, uid, gid)
+    if target.is_dir() and not target.is_symlink():
+        for root, dirs, files in os.walk(target, followlinks=False):
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), uid, gid)
+    parent = target.parent
+    while parent != task_dir and task_dir in parent.parents:
+        os.lchown(parent, uid, gid)
+        parent = parent.parent
+
+
 class TaskMounts(TaskFeature):
     """The mounts of one task run: checks, mounts in payload order, and returns caches at the end."""
 
@@ -502,6 +516,13 @@ class TaskMounts(TaskFeature):
         if mounting in done:
             mounting.result()
 
+    async def _give_to_task_user(self, m: _Mount) -> None:
+        """Multiuser engine: the mount is the task user's (generic-worker chowns -R), including new parents."""
+        user = self.run.facts.get("task_user")
+        if user is None:
+            return
+        await self.thread(chown_to, self.resolve(m.path), self.run.task_dir, int(user["uid"]), int(user["gid"]))
+
     async def _mount_all(self) -> None:
         for m in self.mounts:
             try:
@@ -511,6 +532,7 @@ class TaskMounts(TaskFeature):
                     await self._mount_directory(m)
                 else:
                     await self._mount_file(m)
+                await self._give_to_task_user(m)
             except (MountError, ArchiveError) as exc:
                 raise Failure(f"[mounts] {exc}") from None
             except OSError as exc:

@@ -5,6 +5,11 @@ nothing is added to any group: a task listing ``osGroups`` is accepted when the 
 belongs to every one of them, and refused as malformed-payload otherwise, with generic-worker's message
 naming the missing groups and the ones that would be accepted.
 
+Multiuser engine (``nativeEngine: multiuser``, ``os_groups_multiuser*.go``): each group needs scope
+``generic-worker:os-group:<provisionerId>/<workerType>/<group>``; the task user (``run.facts["task_user"]``,
+set by the executor's prepare) is added with ``gpasswd -a`` before the commands and removed with
+``gpasswd -d`` after, so membership lasts exactly one task.
+
 The groups checked are the worker *process's* (effective gid plus supplementary groups): task commands
 inherit exactly those, whereas the group database may list memberships the running process never got
 (added after login).  Unlike generic-worker, a group named after the user is accepted too: generic-worker
@@ -21,7 +26,7 @@ import os
 from typing import TYPE_CHECKING
 
 from megalodon_core.contracts import Feature, TaskFeature
-from megalodon_core.errors import InternalError, MalformedPayload
+from megalodon_core.errors import ExecutionErrors, InternalError, MalformedPayload
 
 if TYPE_CHECKING:
     from megalodon_core.task import TaskRun
@@ -62,11 +67,37 @@ class OSGroupsFeature(Feature):
         return OSGroupsTask(run)
 
 
+async def _gpasswd(*args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        "gpasswd",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode(errors="replace").strip()
+
+
 class OSGroupsTask(TaskFeature):
     def __init__(self, run: TaskRun) -> None:
         self.run = run
+        self.added: list[str] = []
+
+    @property
+    def multiuser(self) -> bool:
+        return bool(self.run.worker.config.extra("nativeEngine", "insecure") == "multiuser")
+
+    def required_scopes(self) -> list[list[str]]:
+        if not self.multiuser:
+            return []
+        pool = self.run.worker.config.task_queue_id
+        return [[f"generic-worker:os-group:{pool}/{group}" for group in self.run.payload.os_groups]]
 
     async def start(self) -> None:
+        if self.multiuser:
+            await self._add_task_user()
+            return
         requested: list[str] = list(self.run.payload.os_groups)
         try:
             groups = await asyncio.to_thread(current_groups)
@@ -78,3 +109,21 @@ class OSGroupsTask(TaskFeature):
                 f"task payload contains unsupported osGroups: {go_list(missing)}\n"
                 f"allowed values (on this worker pool): {go_list(sorted(groups))}"
             )
+
+    async def _add_task_user(self) -> None:
+        user = self.run.facts.get("task_user")
+        if user is None:
+            raise InternalError("osGroups: the multiuser engine created no task user")
+        for group in self.run.payload.os_groups:
+            code, out = await _gpasswd("-a", str(user["name"]), group)
+            if code != 0:
+                raise MalformedPayload(f"osGroups: could not add task user {user['name']} to group {group}: {out}")
+            self.added.append(group)
+
+    async def stop(self, errors: ExecutionErrors) -> None:
+        user = self.run.facts.get("task_user")
+        for group in self.added:
+            code, out = await _gpasswd("-d", str(user["name"] if user else ""), group)
+            if code != 0:
+                errors.add(InternalError(f"osGroups: could not remove task user from group {group}: {out}"))
+        self.added.clear()

@@ -78,10 +78,10 @@ class NativeExecutor(TaskExecutor):
         if self.worker.config.disableNativePayloads:
             raise MalformedPayload("Native payloads are disabled on this worker pool (disableNativePayloads)")
         try:
-            payload = validate_payload(raw)
+            payload = self.parse_payload(raw)
         except PayloadError as exc:
             run.log.error("Task payload for this worker type must conform to the following jsonschema:")
-            run.log.error(json.dumps(payload_json_schema(), indent=2))
+            run.log.error(json.dumps(self.payload_schema(), indent=2))
             run.log.error("TASK FAIL since the task payload is invalid. See errors:")
             for field, message in exc.errors:
                 run.log.error(f"- {field}: {message}")
@@ -96,6 +96,17 @@ class NativeExecutor(TaskExecutor):
         check_artifact_name(payload.logs.live, "logs.live")
         check_artifact_name(payload.logs.backing, "logs.backing")
         run.payload = payload
+
+    def parse_payload(self, raw: Any) -> Any:
+        """The engine's payload model (the multiuser engine's schema adds two feature flags)."""
+        return validate_payload(raw)
+
+    def payload_schema(self) -> dict[str, Any]:
+        return payload_json_schema()
+
+    async def command_identity(self, run: TaskRun) -> dict[str, Any]:
+        """``run_command`` keyword arguments choosing who a command runs as: the worker itself here."""
+        return {}
 
     def requested_features(self, run: TaskRun) -> list[str]:
         payload = run.payload
@@ -145,6 +156,7 @@ class NativeExecutor(TaskExecutor):
         try:
             for i, argv in enumerate(run.payload.command):
                 run.log.info(f"Executing command {i}: {shlex.join(argv)}")
+                identity = await self.command_identity(run)
                 result = await run_command(
                     argv,
                     cwd=run.task_dir,
@@ -152,6 +164,7 @@ class NativeExecutor(TaskExecutor):
                     output=run.log.write,
                     abort=run.aborted,
                     started=groups.add,
+                    **identity,
                 )
                 extra = [row for rows in run.result_rows for row in rows()]
                 run.log.info(result_block(result, extra))

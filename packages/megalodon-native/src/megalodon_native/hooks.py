@@ -1,17 +1,42 @@
-"""Entry point of megalodon-native: registers the ``native`` executor (imported only when used)."""
+"""Entry point of megalodon-native: registers the ``native`` executor (imported only when used).
+
+Config key ``nativeEngine`` picks generic-worker's engine: ``insecure`` (default; tasks run as the worker's
+own user) or ``multiuser`` (a fresh OS user per task, see :mod:`megalodon_native.multiuser`).  The
+``multiuserEngine`` feature carries the multiuser engine's start-up checks; it is inert with ``insecure``.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from megalodon_core import hookimpl
-from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
+from megalodon_core.contracts import ExecutorInfo, FeatureInfo
 
 
 def _factory(worker: Any) -> Any:
+    if worker.config.extra("nativeEngine", "insecure") == "multiuser":
+        from .multiuser import MultiuserExecutor
+
+        return MultiuserExecutor(worker)
     from .executor import NativeExecutor
 
     return NativeExecutor(worker)
+
+
+def _schema() -> dict[str, Any]:
+    from .payload import payload_json_schema
+
+    return payload_json_schema()
+
+
+def _validate(payload: Any) -> list[tuple[str, str]]:
+    from .payload import PayloadError, validate_payload
+
+    try:
+        validate_payload(payload)
+    except PayloadError as exc:
+        return list(exc.errors)
+    return []
 
 
 def _accepts(payload: Any) -> bool:
@@ -19,7 +44,10 @@ def _accepts(payload: Any) -> bool:
     return isinstance(payload, dict) and "image" not in payload
 
 
-_schema, _validate = payload_module_hooks(f"{__package__}.payload")
+def _engine_feature(worker: Any) -> Any:
+    from .multiuser import MultiuserEngineFeature
+
+    return MultiuserEngineFeature(worker)
 
 
 @hookimpl
@@ -28,9 +56,30 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
         ExecutorInfo(
             name="native",
             factory=_factory,
-            summary="generic-worker payloads (insecure posix engine), run on the host",
+            summary="generic-worker payloads (insecure or multiuser posix engine, config nativeEngine)",
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
         )
     ]
+
+
+@hookimpl
+def megalodon_register_features() -> list[FeatureInfo]:
+    return [
+        FeatureInfo(
+            name="multiuserEngine",
+            factory=_engine_feature,
+            summary="multiuser engine start-up checks: worker secrets unreadable by task users, stale users swept",
+        )
+    ]
+
+
+@hookimpl
+def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    return {
+        # which generic-worker engine native payloads run under
+        "nativeEngine": (Literal["insecure", "multiuser"], "insecure"),
+        # path of this worker's config file, checked to be unreadable by task users (multiuser engine)
+        "workerConfigFile": (str, ""),
+    }

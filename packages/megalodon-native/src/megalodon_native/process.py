@@ -102,8 +102,15 @@ async def run_command(
     output: Callable[[bytes], None],
     abort: asyncio.Event,
     started: Callable[[int], None] = lambda pgid: None,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: list[int] | None = None,
 ) -> CommandResult:
-    """Run ``argv`` to completion or until ``abort`` is set (then its whole process group is killed)."""
+    """Run ``argv`` to completion or until ``abort`` is set (then its whole process group is killed).
+
+    ``user``, ``group`` and ``extra_groups`` (the multiuser engine's task user) are applied in the child
+    between fork and exec, so the command never runs a single instruction with the worker's identity.
+    """
     loop = asyncio.get_running_loop()
     result = CommandResult()
     begin = time.monotonic()
@@ -119,6 +126,9 @@ async def run_command(
             stderr=write_fd,
             start_new_session=True,
             close_fds=True,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
         )
     except OSError as exc:
         os.close(read_fd)
