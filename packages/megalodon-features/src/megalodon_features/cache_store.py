@@ -265,6 +265,22 @@ class CacheStore:
         else:
             await asyncio.to_thread(remove_path, Path(entry.location))
 
+    async def evict_idle(self) -> int:
+        """Disk is short: delete every download no task holds, then every idle writable cache, least
+        recently used first; returns how many entries went.  State is saved afterwards."""
+        evicted = 0
+        for entry in sorted(self.files.values(), key=lambda e: e.last_used):
+            if not self._leases.get(entry.location):
+                await self.evict_file(entry)
+                evicted += 1
+        idle = [e for pool in self.directories.values() for e in pool if not e.in_use]
+        for entry in sorted(idle, key=lambda e: e.last_used):
+            await self.evict_directory(entry)
+            evicted += 1
+        if evicted:
+            await self.save()
+        return evicted
+
     # -- writable caches -----------------------------------------------------------------------------------
     def acquire_directory(self, name: str) -> CacheEntry | None:
         """The most recently used idle directory of cache ``name``, now marked in use, or None."""

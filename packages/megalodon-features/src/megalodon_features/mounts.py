@@ -798,5 +798,12 @@ class MountsFeature(Feature):
     def is_requested(self, run: TaskRun) -> bool:
         return bool(getattr(run.payload, "mounts", None))
 
+    async def free_disk_space(self) -> None:
+        """Before a claim with disk short: downloads and writable caches no running task holds go."""
+        if self._store is not None:
+            evicted = await self._store.evict_idle()
+            if evicted:
+                log.warning("[mounts] disk space short: evicted %d idle downloads and caches", evicted)
+
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return TaskMounts(self, run)
