@@ -276,3 +276,24 @@ async def test_stale_task_users_are_swept_at_start(harness: Harness, shared: dic
         assert stale not in task_users()
     finally:
         await cmd("userdel", stale, check=False)
+
+
+async def test_writable_cache_and_mounts_are_owned_by_the_task_user(harness: Harness, shared: dict[str, Path]) -> None:
+    mounts = [
+        {"cacheName": "mu-cache", "directory": "cache"},
+        {"file": "inputs/data.txt", "content": {"raw": "mounted content"}},
+    ]
+    script = (
+        "stat -c OWNER=%U cache inputs/data.txt; echo written > cache/new.txt && echo CACHE-WRITABLE; "
+        "cat inputs/data.txt"
+    )
+    out = await harness.run(
+        {"command": [sh(script)], "maxRunTime": 60, "mounts": mounts},
+        task={"scopes": ["generic-worker:cache:mu-cache"]},
+        **mu(shared, cachesDir=str(shared["base"] / "caches"), downloadsDir=str(shared["base"] / "downloads")),
+    )
+    assert out.state == "completed", out.log
+    owners = re.findall(r"^OWNER=(\S+)$", out.log, re.M)
+    assert len(owners) == 2 and all(re.fullmatch(r"task_[0-9]+", o) for o in owners), out.log
+    assert "CACHE-WRITABLE" in out.log
+    assert "mounted content" in out.log
