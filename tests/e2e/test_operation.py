@@ -303,3 +303,18 @@ async def test_json_worker_log_lines(double: TaskclusterDouble, tmp_path: Path) 
     lines = [json.loads(line) for line in err.decode().splitlines() if line.strip()]
     assert lines and all({"time", "level", "logger", "message"} <= set(line) for line in lines)
     assert any("idle" in line["message"] for line in lines)
+
+
+async def test_internal_error_exits_69_and_reports_to_the_runner(harness: Harness, monkeypatch: Any) -> None:
+    worker_type = harness.worker_type()
+    runner = _FakeRunner()
+    config = harness.config(worker_type, numberOfTasksToRun=0, shutdownMachineOnInternalError=True)
+    worker = Worker(parse_config(config), PluginHost(), runner=runner)
+
+    async def broken_loop() -> int:
+        raise RuntimeError("simulated worker bug")
+
+    monkeypatch.setattr(worker, "_loop", broken_loop)
+    assert await asyncio.wait_for(worker.run(), 30) == 69
+    assert runner.reports == ["RuntimeError: simulated worker bug"]
+    assert runner.shutdowns == 1

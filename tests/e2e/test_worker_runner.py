@@ -108,6 +108,14 @@ async def test_handshake_new_credentials_and_graceful_termination(double: Taskcl
     )  # fmt: skip
     await runner.send({"type": "new-credentials", "client-id": new["clientId"], "access-token": new["accessToken"]})
     await asyncio.sleep(0.5)
+    explain = await asyncio.create_subprocess_exec(
+        *MEGALODON, "config", "explain", "--config", str(tmp_path / "worker.json"), "--json",
+        stdout=asyncio.subprocess.PIPE, cwd=tmp_path,
+    )  # fmt: skip
+    rows = {r["key"]: r for r in json.loads((await explain.communicate())[0])}
+    assert rows["clientId"] == {"key": "clientId", "value": "worker/rotated", "source": "worker-runner"}
+    assert rows["accessToken"]["value"] == "<set>" and rows["workerType"]["source"] == "file"
+    assert new["accessToken"] not in (tmp_path / "state" / "worker-runner-config.json").read_text()
     del double.auth.clients[old_client]
     queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
     task_id = taskcluster.slugId()

@@ -335,12 +335,20 @@ def config_explain(
     config: Annotated[Path, typer.Option("--config", help="Worker config file.")] = Path("generic-worker.config"),
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Show the effective config: every key, its value and where it came from (file or default)."""
+    """Show the effective config: every key, its value and where it came from (file, worker-runner, default).
+
+    Values a running worker received from worker-runner (new credentials) are read from its stateDir.
+    """
     from .config import explain
+    from .worker import RUNTIME_CONFIG_FILE
 
     host = _plugins()
-    _, data = _load_config_or_exit(config, host)
-    rows = explain(data, host.config_fields())
+    cfg, data = _load_config_or_exit(config, host)
+    runtime: dict[str, Any] = {}
+    runtime_file = Path(cfg.stateDir) / RUNTIME_CONFIG_FILE
+    if runtime_file.is_file():
+        runtime = json.loads(runtime_file.read_text())
+    rows = explain(data, host.config_fields(), runtime)
     if as_json:
         print(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows], indent=2, default=str))
         return

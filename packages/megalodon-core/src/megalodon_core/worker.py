@@ -56,6 +56,8 @@ CLAIM_ERROR_BACKOFF = 5.0
 TERMINATE_CHECK_INTERVAL = 5.0
 
 RESOLVED_COUNT_FILE = "tasks-resolved-count.txt"
+#: Config values the running worker received from worker-runner, for ``megalodon config explain``.
+RUNTIME_CONFIG_FILE = "worker-runner-config.json"
 STATUS_FILE = "worker-status.json"
 METADATA_FILE = "generic-worker-metadata.json"
 JOURNAL_DIR = "megalodon-claims"
@@ -134,6 +136,9 @@ class Worker:
         self.journal: ClaimJournal | None = None
         #: Config values received at run time (worker-runner's new-credentials), for ``config explain``.
         self.runtime_config: dict[str, Any] = {}
+        # What a previous worker process received from its runner does not describe this one.
+        with contextlib.suppress(OSError):
+            (self.state_dir / RUNTIME_CONFIG_FILE).unlink()
 
     # -- stopping ----------------------------------------------------------------------------------------
     def stop(self, *, finish_tasks: bool) -> None:
@@ -166,9 +171,12 @@ class Worker:
             {
                 "clientId": credentials.get("clientId"),
                 "accessToken": "<set>",
-                "certificate": credentials.get("certificate", ""),
+                "certificate": "<set>" if credentials.get("certificate") else "",
             }
         )
+        # Secrets are never written: only which keys came from worker-runner, and the clientId.
+        path = self.state_dir / RUNTIME_CONFIG_FILE
+        path.write_text(json.dumps(self.runtime_config) + "\n")  # a few bytes, on the loop: fine
         log.info("worker credentials replaced (clientId %s)", credentials.get("clientId"))
 
     # -- setup -------------------------------------------------------------------------------------------
