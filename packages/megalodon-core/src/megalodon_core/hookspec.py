@@ -38,7 +38,6 @@ class MegalodonSpec:
 
         :return: the executors this plugin provides (may be empty).
         """
-        raise NotImplementedError  # pragma: no cover - specification only
 
     @hookspec
     def megalodon_register_features(self) -> list[FeatureInfo]:
@@ -51,7 +50,6 @@ class MegalodonSpec:
 
         :return: the features this plugin provides (may be empty).
         """
-        raise NotImplementedError  # pragma: no cover - specification only
 
     @hookspec
     def megalodon_config_fields(self) -> dict[str, tuple[Any, Any]]:
@@ -63,7 +61,6 @@ class MegalodonSpec:
 
         :return: the config keys this plugin adds (may be empty).
         """
-        raise NotImplementedError  # pragma: no cover - specification only
 
     @hookspec
     def megalodon_cli_commands(self) -> list[CommandInfo]:
@@ -76,7 +73,6 @@ class MegalodonSpec:
 
         :return: the commands this plugin adds (may be empty).
         """
-        raise NotImplementedError  # pragma: no cover - specification only
 
     @hookspec
     def megalodon_task_claimed(self, task_id: str, run_id: int, task: dict[str, Any]) -> None:
