@@ -70,12 +70,17 @@ class TaskLog:
         for secret in self._secrets:
             data = data.replace(secret, REDACTED)
         # Hold back the longest tail that is the beginning of a secret: the next write may complete it.
+        # Only positions holding the secret's first byte can start one, so look at those alone.
         hold = 0
+        end = len(data)
         for secret in self._secrets:
-            for n in range(min(len(secret) - 1, len(data)), hold, -1):
-                if data.endswith(secret[:n]):
-                    hold = n
+            first = secret[:1]
+            at = data.find(first, max(0, end - len(secret) + 1), end - hold)
+            while at != -1:
+                if secret.startswith(data[at:]):
+                    hold = end - at  # the earliest match is the longest tail
                     break
+                at = data.find(first, at + 1, end - hold)
         if hold:
             self._held = data[-hold:]
             data = data[:-hold]

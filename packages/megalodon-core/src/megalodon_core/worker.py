@@ -230,11 +230,18 @@ class Worker:
         except (OSError, ValueError):
             return 0
 
-    def _write_state(self) -> None:
-        """tasks-resolved-count.txt and worker-status.json, as generic-worker keeps them."""
-        (self.state_dir / RESOLVED_COUNT_FILE).write_text(f"{self.resolved}\n")
+    def _current_ids(self) -> list[str]:
+        return sorted(r.task_id for r in self.running.values() if r is not None)
+
+    def _write_state(self, resolved: int | None = None, current: list[str] | None = None) -> None:
+        """tasks-resolved-count.txt and worker-status.json, as generic-worker keeps them.
+
+        Runs in a thread: callers pass values read on the loop rather than let the thread read live state.
+        """
+        resolved = self.resolved if resolved is None else resolved
+        current = self._current_ids() if current is None else current
+        (self.state_dir / RESOLVED_COUNT_FILE).write_text(f"{resolved}\n")
         status = self.state_dir / STATUS_FILE
-        current = sorted(r.task_id for r in self.running.values() if r is not None)
         if current:
             status.write_text(json.dumps({"currentTaskIds": current}) + "\n")
         else:
@@ -242,7 +249,7 @@ class Worker:
                 status.unlink()
 
     async def _save_state(self) -> None:
-        await asyncio.to_thread(self._write_state)
+        await asyncio.to_thread(self._write_state, self.resolved, self._current_ids())
 
     # -- crash recovery ----------------------------------------------------------------------------------
     async def recover(self) -> int:
@@ -504,11 +511,17 @@ class Worker:
         run_id = int(claim["runId"])
         current = asyncio.current_task()
         task_dir = self.task_dir_for(task_id, run_id)
-        task_dir.mkdir(parents=True)
-        await asyncio.to_thread(
-            self.journal.record,
-            ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], str(task_dir)),
-        )
+        record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], str(task_dir))
+        current_ids = sorted({*self._current_ids(), task_id})
+        journal = self.journal
+
+        def start_files() -> None:
+            # One thread hop for the claim's bookkeeping: task directory, journal record, status file.
+            task_dir.mkdir(parents=True)
+            journal.record(record)
+            self._write_state(self.resolved, current_ids)
+
+        await asyncio.to_thread(start_files)
         if self.metrics is not None:
             self.metrics.task_claimed()
             self.metrics.set_running(len(self.running))
@@ -527,10 +540,8 @@ class Worker:
         run.facts["worker_metadata"] = self.metadata()
         if current is not None:
             self.running[current] = run
-        await self._save_state()
         if self._exit_code == EXIT_WORKER_SHUTDOWN:
             run.abort(WorkerShutdown("Task aborted: worker is shutting down (worker-shutdown)"))
-        journal = self.journal
 
         def remember(credentials: dict[str, str]) -> None:
             entry = ClaimRecord(task_id, run_id, credentials, run.taken_until.isoformat(), str(task_dir))
@@ -547,22 +558,33 @@ class Worker:
             with contextlib.suppress(BaseException):
                 await reclaimer
         await self._report(run, state, reason)
-        await asyncio.to_thread(self.journal.remove, task_id, run_id)
+        if current is not None:
+            self.running[current] = None
+        resolved = self.resolved + 1  # _task_done counts it once this coroutine returns
+        remaining_ids = self._current_ids()
+        metadata = (
+            json.dumps({"lastTaskUrl": f"{self.config.rootURL}/tasks/{task_id}/runs/{run_id}"}) + "\n"
+            if self.config.enableMetadata
+            else None
+        )
+        clean = self.config.cleanUpTaskDirs
+
+        def end_files() -> None:
+            # One thread hop: forget the claim, persist the count (survives a kill), tidy up.
+            journal.remove(task_id, run_id)
+            self._write_state(resolved, remaining_ids)
+            if metadata is not None:
+                (self.state_dir / METADATA_FILE).write_text(metadata)
+            if clean:
+                shutil.rmtree(task_dir, True)
+
+        await asyncio.to_thread(end_files)
         if self.metrics is not None:
             self.metrics.task_resolved(state, reason if not run.canceled else "canceled", time.monotonic() - started)
             self.metrics.bytes_uploaded(sum(a.size for a in run.uploaded.values()))
             for error in run.errors.errors:
                 if isinstance(error, ResourceUnavailable):
                     self.metrics.upload_error()
-        if self.config.enableMetadata:
-            url = f"{self.config.rootURL}/tasks/{task_id}/runs/{run_id}"
-            await asyncio.to_thread(
-                (self.state_dir / METADATA_FILE).write_text, json.dumps({"lastTaskUrl": url}) + "\n"
-            )
-        if self.config.cleanUpTaskDirs:
-            await asyncio.to_thread(shutil.rmtree, task_dir, True)
-        if current is not None:
-            self.running[current] = None
 
     async def _report(self, run: TaskRun, state: State, reason: str) -> None:
         if run.canceled:
