@@ -129,9 +129,14 @@ class NativeExecutor(TaskExecutor):
         return live, backing
 
     # -- running -----------------------------------------------------------------------------------------
+    def base_environment(self, run: TaskRun) -> dict[str, str]:
+        """The insecure engine's starting point: the worker's environment minus its access token."""
+        return {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
+
     def environment(self, run: TaskRun) -> dict[str, str]:
+        """Base environment, then payload env, then feature env, then the variables the worker forces."""
         config = self.worker.config
-        env = {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
+        env = self.base_environment(run)
         env.update(run.payload.env)
         env.update(run.env)
         env.update(

@@ -92,12 +92,12 @@ async def copy_as(uid: int, gid: int, groups: list[int], source: Path, dest: Pat
     return err.decode(errors="replace").strip() or f"cat exited with code {proc.returncode}"
 
 
-async def readable_by_others(path: Path) -> bool:
-    """Whether a user with no account, no group and no privilege could open ``path`` for reading."""
+async def _probe(script: str, path: Path) -> bool:
+    """Run ``script`` (with ``$1`` = path) as a user with no account, no group and no privilege."""
     proc = await asyncio.create_subprocess_exec(
         "/bin/sh",
         "-c",
-        'test -r "$1"',
+        script,
         "probe",
         str(path),
         user=PROBE_ID,
@@ -110,26 +110,16 @@ async def readable_by_others(path: Path) -> bool:
         stderr=asyncio.subprocess.DEVNULL,
     )
     return await proc.wait() == 0
+
+
+async def readable_by_others(path: Path) -> bool:
+    """Whether such an outsider could open ``path`` for reading."""
+    return await _probe('test -r "$1"', path)
 
 
 async def reachable_by_others(path: Path) -> bool:
-    """Whether such a user could traverse ``path`` (needed for tasksDir: task dirs live below it)."""
-    proc = await asyncio.create_subprocess_exec(
-        "/bin/sh",
-        "-c",
-        'cd "$1"',
-        "probe",
-        str(path),
-        user=PROBE_ID,
-        group=PROBE_ID,
-        extra_groups=[],
-        cwd="/",
-        env={"PATH": TASK_PATH},
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    return await proc.wait() == 0
+    """Whether such an outsider could traverse ``path`` (needed for tasksDir: task dirs live below it)."""
+    return await _probe('cd "$1"', path)
 
 
 async def check_worker_secrets(config: Any) -> list[str]:
@@ -278,31 +268,13 @@ class MultiuserExecutor(NativeExecutor):
         return info.st_dev, info.st_ino
 
     # -- running ------------------------------------------------------------------------------------------
-    def environment(self, run: TaskRun) -> dict[str, str]:
+    def base_environment(self, run: TaskRun) -> dict[str, str]:
         """multiuser_posix.go's EnvVars: a clean environment, never the worker's own."""
-        config = self.worker.config
         user = self._users.get(self._key(run))
         if self._as_current_user(run) or user is None:
             me = pwd.getpwuid(os.getuid())
-            env = {"HOME": me.pw_dir, "PATH": TASK_PATH, "USER": me.pw_name}
-        else:
-            env = {"HOME": str(user.home), "PATH": TASK_PATH, "USER": user.name}
-        env.update(run.payload.env)
-        env.update(run.env)
-        env.update(
-            {
-                "TASK_ID": run.task_id,
-                "RUN_ID": str(run.run_id),
-                "TASK_WORKDIR": str(run.task_dir),
-                "TASK_GROUP_ID": run.task.get("taskGroupId", ""),
-                "TASKCLUSTER_ROOT_URL": config.rootURL,
-            }
-        )
-        if config.workerLocation:
-            env["TASKCLUSTER_WORKER_LOCATION"] = config.workerLocation
-        if config.instanceType:
-            env["TASKCLUSTER_INSTANCE_TYPE"] = config.instanceType
-        return env
+            return {"HOME": me.pw_dir, "PATH": TASK_PATH, "USER": me.pw_name}
+        return {"HOME": str(user.home), "PATH": TASK_PATH, "USER": user.name}
 
     async def command_identity(self, run: TaskRun) -> dict[str, Any]:
         user = self._users.get(self._key(run))
