@@ -12,7 +12,6 @@ import taskcluster.aio
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.double.scopes import expand, remove_given, satisfies
 
-NOW = dt.datetime.now(dt.UTC)
 MIN = dt.timedelta(minutes=1)
 
 
@@ -44,23 +43,26 @@ async def test_root_and_clients(double: TaskclusterDouble) -> None:
 @pytest.mark.parametrize(
     ("start", "expiry", "expected"),
     [
-        (NOW - 10 * MIN, NOW + 10 * MIN, 200),
-        (NOW - 10 * MIN, NOW - 4 * MIN, 200),  # within the 5 minute grace
-        (NOW - 10 * MIN, NOW - 6 * MIN, 401),  # ext.certificate.expiry < now
-        (NOW + 6 * MIN, NOW + 10 * MIN, 401),  # ext.certificate.start > now
+        (-10 * MIN, 10 * MIN, 200),
+        (-10 * MIN, -4 * MIN, 200),  # within the 5 minute grace
+        (-10 * MIN, -6 * MIN, 401),  # ext.certificate.expiry < now
+        (6 * MIN, 10 * MIN, 401),  # ext.certificate.start > now
     ],
 )
 async def test_certificate_validity_window(
-    double: TaskclusterDouble, start: dt.datetime, expiry: dt.datetime, expected: int
+    double: TaskclusterDouble, start: dt.timedelta, expiry: dt.timedelta, expected: int
 ) -> None:
-    creds = double.temporary_credentials(["auth:current-scopes"], start, expiry)
+    # Relative to the moment the test runs, not to import time: a long suite must not shift the window.
+    now = dt.datetime.now(dt.UTC)
+    creds = double.temporary_credentials(["auth:current-scopes"], now + start, now + expiry)
     assert await status_code(auth_client(double, creds).currentScopes()) == expected
 
 
 async def test_client_minted_certificates(double: TaskclusterDouble) -> None:
     """Certificates made by the real client library (named and unnamed) verify."""
     root = double.root_credentials
-    start, expiry = NOW - MIN, NOW + 10 * MIN
+    now = dt.datetime.now(dt.UTC)
+    start, expiry = now - MIN, now + 10 * MIN
     unnamed = taskcluster.createTemporaryCredentials(
         root["clientId"], root["accessToken"], start, expiry, ["auth:current-scopes"]
     )

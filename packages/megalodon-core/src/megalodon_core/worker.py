@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import platform
@@ -20,6 +21,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -134,6 +136,10 @@ class Worker:
         self.executors: dict[str, TaskExecutor] = {}
         self.features: list[Feature] = []
         self.journal: ClaimJournal | None = None
+        #: One thread for claim bookkeeping (journal, state files, task dir removal): writes stay ordered,
+        #: and the end-of-task part need not hold up the next claim.
+        self._books = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
+        self._books_pending: set[asyncio.Future[None]] = set()
         #: Config values received at run time (worker-runner's new-credentials), for ``config explain``.
         self.runtime_config: dict[str, Any] = {}
         # What a previous worker process received from its runner does not describe this one.
@@ -211,7 +217,8 @@ class Worker:
         assert self.ctx is not None
         return NoExecutor(self.ctx)
 
-    def metadata(self) -> dict[str, Any]:
+    @functools.cached_property
+    def _metadata(self) -> dict[str, Any]:
         meta = dict(self.config.workerTypeMetadata)
         meta["megalodon"] = {
             "version": __version__,
@@ -222,6 +229,10 @@ class Worker:
             "arch": platform.machine(),
         }
         return meta
+
+    def metadata(self) -> dict[str, Any]:
+        """What the task log header shows about this worker (computed once: it cannot change)."""
+        return self._metadata
 
     # -- state files -------------------------------------------------------------------------------------
     def _read_resolved_count(self) -> int:
@@ -370,6 +381,9 @@ class Worker:
                         await executor.close()
                     except Exception:
                         log.exception("executor %s failed to close", executor.name)
+                if self._books_pending:
+                    await asyncio.wait(set(self._books_pending))
+                self._books.shutdown(wait=True)
                 await self._save_state()
             await self._after_exit(code)
             return code
@@ -521,7 +535,7 @@ class Worker:
             journal.record(record)
             self._write_state(self.resolved, current_ids)
 
-        await asyncio.to_thread(start_files)
+        await asyncio.get_running_loop().run_in_executor(self._books, start_files)
         if self.metrics is not None:
             self.metrics.task_claimed()
             self.metrics.set_running(len(self.running))
@@ -578,7 +592,9 @@ class Worker:
             if clean:
                 shutil.rmtree(task_dir, True)
 
-        await asyncio.to_thread(end_files)
+        pending = asyncio.get_running_loop().run_in_executor(self._books, end_files)
+        self._books_pending.add(pending)
+        pending.add_done_callback(self._books_pending.discard)
         if self.metrics is not None:
             self.metrics.task_resolved(state, reason if not run.canceled else "canceled", time.monotonic() - started)
             self.metrics.bytes_uploaded(sum(a.size for a in run.uploaded.values()))
