@@ -189,6 +189,8 @@ async def run_task(
                 "cachesDir": str(Path(tmp) / "caches"),
                 "downloadsDir": str(Path(tmp) / "downloads"),
                 "numberOfTasksToRun": 1,
+                # No signing key exists for a local run; --config can enable it with one.
+                "enableChainOfTrust": False,
             }
             if worker_creds.get("certificate"):
                 raw_config["certificate"] = worker_creds["certificate"]
