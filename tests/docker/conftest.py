@@ -7,11 +7,15 @@ image path untested.  Start the engine with ``.ci/docker-setup.sh``.
 from __future__ import annotations
 
 import os
+import shutil
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import docker.errors
+import lz4.frame
 import pytest
+import zstandard
 
 #: Built by .ci/docker-setup.sh from tests/docker/images/busybox; present locally and in the registry.
 BUSYBOX_IMAGE = "megalodon-test/busybox:latest"
@@ -60,3 +64,32 @@ def docker_client() -> Iterator[docker.DockerClient]:
         raise RuntimeError(f"test image {BUSYBOX_IMAGE} missing; run .ci/docker-setup.sh") from exc
     yield client
     client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_id(docker_client: docker.DockerClient) -> str:
+    image_id: str = docker_client.images.get(BUSYBOX_IMAGE).id
+    return image_id
+
+
+@pytest.fixture(scope="session")
+def image_files(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """``docker save`` of the busybox test image as .tar, .tar.zst and .tar.lz4 (plus a v1.0 archive)."""
+    root = tmp_path_factory.mktemp("image-files")
+    tar_path = root / "image.tar"
+    with tar_path.open("wb") as out:
+        for chunk in docker_client.images.get(BUSYBOX_IMAGE).save(named=True):
+            out.write(chunk)
+    zst_path = root / "image.tar.zst"
+    with tar_path.open("rb") as fin, zst_path.open("wb") as fout:
+        zstandard.ZstdCompressor().copy_stream(fin, fout)
+    lz4_path = root / "image.tar.lz4"
+    with tar_path.open("rb") as fin, lz4.frame.open(lz4_path, "wb") as lout:
+        shutil.copyfileobj(fin, lout)
+    # Format v1.0: the same archive without manifest.json, so only `repositories` names the image.
+    v1_path = root / "image-v1.tar"
+    with tarfile.open(tar_path) as src, tarfile.open(v1_path, "w") as dst:
+        for member in src.getmembers():
+            if member.name != "manifest.json":
+                dst.addfile(member, src.extractfile(member) if member.isfile() else None)
+    return {".tar": tar_path, ".tar.zst": zst_path, ".tar.lz4": lz4_path, "v1": v1_path}

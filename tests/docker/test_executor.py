@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -34,11 +33,9 @@ from typing import Any, ClassVar
 import aiohttp
 import docker
 import docker.errors
-import lz4.frame
 import pytest
 import taskcluster
 import taskcluster.aio
-import zstandard
 
 from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
@@ -220,29 +217,6 @@ def image_tags(docker_client: docker.DockerClient) -> Iterator[list[str]]:
             docker_client.images.remove(tag)
         except docker.errors.APIError:
             pass
-
-
-@pytest.fixture(scope="session")
-def busybox_id(docker_client: docker.DockerClient) -> str:
-    image_id: str = docker_client.images.get(BUSYBOX).id
-    return image_id
-
-
-@pytest.fixture(scope="session")
-def image_files(docker_client: docker.DockerClient, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """``docker save`` of the busybox test image, as .tar, .tar.zst and .tar.lz4."""
-    root = tmp_path_factory.mktemp("docker-image-files")
-    tar_path = root / "image.tar"
-    with tar_path.open("wb") as out:
-        for chunk in docker_client.images.get(BUSYBOX).save(named=True):
-            out.write(chunk)
-    zst_path = root / "image.tar.zst"
-    with tar_path.open("rb") as fin, zst_path.open("wb") as fout:
-        zstandard.ZstdCompressor().copy_stream(fin, fout)
-    lz4_path = root / "image.tar.lz4"
-    with tar_path.open("rb") as fin, lz4.frame.open(lz4_path, "wb") as lout:
-        shutil.copyfileobj(fin, lout)
-    return {".tar": tar_path, ".tar.zst": zst_path, ".tar.lz4": lz4_path}
 
 
 @pytest.fixture
