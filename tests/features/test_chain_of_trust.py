@@ -148,16 +148,18 @@ async def test_missing_key_stops_the_worker_with_exit_82(
     assert "Missing ED25519 Private Key" in err and str(missing) in err
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
-async def test_key_readable_by_others_stops_the_worker(
-    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str], mode: int
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o666])
+async def test_key_readable_by_others_is_set_to_0600_and_the_worker_runs(
+    harness: Harness, tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
 ) -> None:
     key_file = tmp_path / "cot.key"
-    new_key(key_file)
+    public = new_key(key_file)
     key_file.chmod(mode)
-    assert await start_worker(harness, ed25519SigningKeyLocation=str(key_file)) == 82
-    err = capsys.readouterr().err
-    assert f"ed25519 signing key file {key_file} is readable by other users (mode {mode:04o})" in err
+    assert await start_worker(harness, ed25519SigningKeyLocation=str(key_file)) == 68  # idle timeout: it ran
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(f"ed25519 signing key file {key_file} had mode {mode:04o}" in w for w in warnings), warnings
+    assert load_signing_key(key_file).public_key() == public
 
 
 @pytest.mark.parametrize("content", [b"not base64!", base64.b64encode(b"x" * 31), b""])

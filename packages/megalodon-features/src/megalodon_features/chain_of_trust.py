@@ -12,7 +12,8 @@ After the payload artifacts are uploaded, the feature publishes three artifacts 
 The signing key is the file named by config ``ed25519SigningKeyLocation``: base64 of the 32-byte ed25519
 seed, the format ``generic-worker new-ed25519-keypair`` writes (``megalodon new-ed25519-keypair`` writes
 the same).  The worker refuses to start (exit code 82, generic-worker's MISSING_ED25519_PRIVATE_KEY) when
-chain of trust is enabled and the key is missing, invalid or readable by other users.
+chain of trust is enabled and the key is missing or invalid; a key other users may read is set to 0600
+with a warning, as generic-worker does.
 
 Security note for the insecure engine: tasks run as the worker's own user, so a task can always read a key
 file the worker can read; file modes only keep *other* users out.  Pools that need the key hidden from
@@ -63,8 +64,8 @@ SIGNED_CERT_NAME = "public/chain-of-trust.json.sig"
 ADDITIONAL_DATA_FILE = "chain-of-trust-additional-data.json"
 #: The task-written additional data is read into memory whole; past this size it is refused.
 MAX_ADDITIONAL_DATA_BYTES = 8 << 20
-#: Owner-only: any group/other read bit means a user other than the worker's may read the key.
-_READABLE_BY_OTHERS = stat.S_IRGRP | stat.S_IROTH
+#: Any group/other bit means a user other than the worker's may read (or replace) the key.
+_READABLE_BY_OTHERS = stat.S_IRWXG | stat.S_IRWXO
 
 
 # -- the key -----------------------------------------------------------------------------------------------
@@ -73,22 +74,21 @@ class SigningKeyError(Exception):
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:
-    """Read generic-worker's key format (base64 of the 32-byte seed) and check nobody else may read it.
+    """Read generic-worker's key format (base64 of the 32-byte seed), then lock the file down to its owner.
 
-    Blocking (file system): call it in a worker thread.
+    As generic-worker's ``fileutil.SecureFiles`` does after reading the key: a key other users may read, or
+    one owned by another user, is chowned to the worker's uid/gid and chmodded 0600, with a warning naming
+    the file, and the worker runs (generic-worker's own test suite starts with a 0644 key).  A missing or
+    invalid key, or one whose mode cannot be fixed, is refused.  Blocking (file system): call it in a
+    worker thread.
     """
     try:
-        info = path.stat()
         raw = path.read_bytes()
+        info = path.stat()
     except OSError as exc:
         raise SigningKeyError(f"cannot read ed25519 signing key file {path}: {exc.strerror or exc}") from None
     if not stat.S_ISREG(info.st_mode):
         raise SigningKeyError(f"ed25519 signing key {path} is not a regular file")
-    if info.st_mode & _READABLE_BY_OTHERS:
-        raise SigningKeyError(
-            f"ed25519 signing key file {path} is readable by other users (mode "
-            f"{stat.S_IMODE(info.st_mode):04o}); restrict it to its owner, e.g. `chmod 600 {path}`"
-        )
     try:
         # Go's base64 decoder skips CR and LF; any other whitespace is as invalid there as here.
         seed = base64.b64decode(raw.replace(b"\r", b"").replace(b"\n", b""), validate=True)
@@ -99,7 +99,34 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
             f"ed25519 signing key file {path} holds {len(seed)} bytes, not a 32-byte ed25519 seed "
             "(create one with `megalodon new-ed25519-keypair --file PATH`)"
         )
-    return Ed25519PrivateKey.from_private_bytes(seed)
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    secure_key_file(path, info)
+    return key
+
+
+def secure_key_file(path: Path, info: os.stat_result) -> None:
+    """Make the worker's uid/gid own the key with mode 0600 when it does not already (generic-worker's rule)."""
+    uid, gid = os.getuid(), os.getgid()
+    mode = stat.S_IMODE(info.st_mode)
+    if not (mode & _READABLE_BY_OTHERS or info.st_uid != uid or info.st_gid != gid):
+        return
+    log.warning(
+        "ed25519 signing key file %s had mode %04o and owner %d:%d; setting it to 0600 and %d:%d (as "
+        "generic-worker does): fix the provisioning so other users never see the key",
+        path,
+        mode,
+        info.st_uid,
+        info.st_gid,
+        uid,
+        gid,
+    )
+    try:
+        os.chown(path, uid, gid)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise SigningKeyError(
+            f"could not change owner/mode of ed25519 signing key file {path} to {uid}/{gid} 0600: {exc.strerror or exc}"
+        ) from None
 
 
 def public_key_base64(key: Ed25519PrivateKey) -> str:
