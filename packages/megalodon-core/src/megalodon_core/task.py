@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import Canceled, ExecutionError, ExecutionErrors
+from .rundata import RunData
 
 if TYPE_CHECKING:
     from .tasklog import TaskLog
@@ -50,6 +51,8 @@ class TaskRun:
     uploaded: dict[str, UploadedArtifact] = field(default_factory=dict)
     #: Free-form facts executors record for features (e.g. ``image_id`` for chain of trust).
     facts: dict[str, Any] = field(default_factory=dict)
+    #: Typed data the executor, the pipeline and the features exchange (:mod:`megalodon_core.rundata`).
+    data: RunData = field(default_factory=RunData)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
     abort_error: ExecutionError | None = None
     #: Rows added to each command's result block (the resource monitor's memory lines), as (label, value).
