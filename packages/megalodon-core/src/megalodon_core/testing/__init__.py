@@ -1,8 +1,31 @@
-"""Pytest fixtures for megalodon and its plugins: the Taskcluster double on loopback and a real worker.
+"""Pytest plugin for megalodon and its plugins: the Taskcluster double on loopback and a real worker.
 
-Shipped with the core (like devpi's fixtures) so third-party executor and feature test suites can reuse
-them: ``pytest_plugins = ["megalodon_core.testing"]`` in a root ``conftest.py``.  Everything goes through
-real HTTP with the unmodified ``taskcluster`` client.
+Shipped with the core (like devpi's fixtures, or pytest's own ``pytester``) so third-party executor and
+feature test suites reuse what the repository's own tests use.  Install it with the ``testing`` extra::
+
+    pip install 'megalodon-core[testing]'     # brings pytest and pytest-asyncio
+
+The extra registers this module as a pytest plugin (entry point ``megalodon_core.testing`` in group
+``pytest11``), so its fixtures are available in any test suite of that environment without a
+``conftest.py`` line.  (``pytest_plugins = ["megalodon_core.testing"]`` still works and is a no-op then.)
+
+Fixtures:
+
+- ``double``: a :class:`~megalodon_core.double.TaskclusterDouble` served on 127.0.0.1 (queue, auth, object,
+  secrets, index, worker-manager) with a 1 s claimWork wait; artifacts under ``public/`` are anonymous.
+- ``harness``: a :class:`Harness` on that double: create a task with the real ``taskcluster`` client, run an
+  unmodified :class:`~megalodon_core.worker.Worker` (every installed plugin loaded) until it has resolved
+  the task, and read back the :class:`Outcome` (status, backing log, artifacts) over HTTP.
+- ``executor_kit`` is *yours*: :mod:`megalodon_core.testing.conformance` runs the executor conformance
+  suite against the executor it describes.
+
+asyncio setup: the fixtures and the conformance tests are declared with pytest-asyncio's explicit markers
+(``@pytest_asyncio.fixture``, ``@pytest.mark.asyncio``), so they work in both ``asyncio_mode = "strict"``
+(pytest-asyncio's default) and ``"auto"`` (what this repository uses).  Every fixture and test runs on a
+**function-scoped** event loop: a test gets a fresh loop, a fresh double on a fresh port and a fresh worker,
+so nothing leaks between tests.  Keep your own async fixtures function-scoped too
+(``asyncio_default_fixture_loop_scope = "function"`` in your pytest configuration silences
+pytest-asyncio's warning), or they will live on a different loop than the double.
 """
 
 from __future__ import annotations
@@ -27,6 +50,22 @@ from megalodon_core.timefmt import iso, utcnow
 from megalodon_core.worker import Worker
 
 PROVISIONER = "megalodon-test"
+
+try:
+    from pytest_asyncio import fixture as async_fixture
+except ImportError:  # the entry point loads this module wherever pytest and megalodon-core are installed
+
+    def async_fixture(func: Any) -> Any:  # type: ignore[no-redef]
+        """Without pytest-asyncio the fixtures cannot run: say how to get it instead of breaking pytest."""
+
+        @pytest.fixture(name=func.__name__)
+        def missing() -> None:
+            raise pytest.UsageError(
+                f"fixture {func.__name__!r} of megalodon_core.testing needs pytest-asyncio: "
+                "pip install 'megalodon-core[testing]'"
+            )
+
+        return missing
 
 
 @dataclass
@@ -145,13 +184,13 @@ class Harness:
         return await self.outcome(task_id, code)
 
 
-@pytest.fixture
+@async_fixture
 async def double() -> AsyncIterator[TaskclusterDouble]:
     async with TaskclusterDouble(claim_work_wait=1.0, resolver_interval=0.2, anonymous_scopes=PUBLIC_ARTIFACTS) as d:
         yield d
 
 
-@pytest.fixture
+@async_fixture
 async def harness(double: TaskclusterDouble, tmp_path: Path) -> AsyncIterator[Harness]:
     async with aiohttp.ClientSession() as session:
         yield Harness(double, tmp_path, session)
