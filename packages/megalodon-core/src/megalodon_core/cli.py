@@ -86,7 +86,8 @@ def _executor_info(host: Any, name: str) -> Any:
     info = host.executors.get(name)
     if info is None:
         err_console.print(
-            f"No executor named {name!r} is installed (installed: {', '.join(sorted(host.executors)) or 'none'})"
+            f"No executor named {name!r} is installed (installed: {', '.join(sorted(host.executors)) or 'none'})",
+            markup=False,
         )
         raise typer.Exit(2)
     return info
@@ -109,15 +110,18 @@ def validate_payload(
     ] = None,
 ) -> None:
     """Check a payload against an executor's schema and print field-level errors."""
-    from .runtask import load_task_file
+    from .taskfile import load_task_file
 
     host = _plugins()
     try:
         data = load_task_file(file)
     except ValueError as exc:
-        err_console.print(str(exc))
+        err_console.print(str(exc), markup=False)
         raise typer.Exit(2) from None
     payload = data.get("payload", data) if "payload" in data else data
+    if not isinstance(payload, dict):
+        console.print(f"- payload: must be an object, not {type(payload).__name__}", markup=False)
+        raise typer.Exit(1)
     info = _executor_info(host, executor) if executor else host.executor_for_payload(payload)
     if info is None or info.validate is None:
         err_console.print("No installed executor can validate this payload")

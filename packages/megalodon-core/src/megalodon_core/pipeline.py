@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from .artifacts import check_artifact_name
 from .contracts import Feature, TaskExecutor, TaskFeature
 from .errors import ExecutionError, Failure, InternalError, MalformedPayload, ResourceUnavailable, State
+from .payload_limits import PayloadLimitError, check_payload_limits
 from .scopes import describe, satisfies
 from .upload import Publisher
 
@@ -42,6 +43,15 @@ def _check_max_run_time(run: TaskRun, executor: TaskExecutor) -> int:
             f"(config maxTaskRunTime) of {limit} seconds"
         )
     return max_run_time
+
+
+def _check_payload_limits(run: TaskRun) -> None:
+    """Bound the payload's depth and size before any executor validates it (see :mod:`.payload_limits`)."""
+    try:
+        check_payload_limits(run.task.get("payload"))
+    except PayloadLimitError as exc:
+        run.log.error(f"TASK FAIL since the task payload is invalid: {exc}")
+        raise MalformedPayload(f"Validation of payload failed for task {run.task_id}: {exc}") from None
 
 
 def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> list[TaskFeature]:
@@ -174,6 +184,7 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
     run.facts["executor"] = executor.name
     try:
         executor.write_header(run)
+        _check_payload_limits(run)
         executor.validate_payload(run)
         max_run_time = _check_max_run_time(run, executor)
         live_name, backing_name = executor.log_artifact_names(run)

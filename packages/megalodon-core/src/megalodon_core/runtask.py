@@ -21,13 +21,13 @@ from typing import Any
 import aiohttp
 import taskcluster.aio
 import taskcluster.aio.download
-import yaml
 from taskcluster.exceptions import TaskclusterArtifactError, TaskclusterFailure
 
 from .artifacts import check_artifact_name
 from .config import ConfigError, parse_config
 from .errors import MalformedPayload
 from .plugins import PluginHost
+from .taskfile import load_task_file
 from .timefmt import iso, utcnow
 from .worker import Worker
 
@@ -86,17 +86,6 @@ class RunTaskResult:
             "log": self.log_path,
             "artifacts": [a.as_json() for a in self.artifacts],
         }
-
-
-def load_task_file(path: Path) -> dict[str, Any]:
-    """A task definition (with ``payload``) or a bare payload, in YAML or JSON."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"cannot read task file {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"task file {path} must hold a mapping (a task definition or a payload)")
-    return data
 
 
 def task_definition(data: dict[str, Any], task_queue_id: str) -> dict[str, Any]:
