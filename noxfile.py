@@ -1,13 +1,18 @@
 """Development sessions for the megalodon monorepo.
 
-Every session installs the distributions it needs in one pip call (editable installs freeze entry
-points, so a session always reinstalls).  `.ci/run` runs `nox -s lint typecheck tests build`.
+`lint`, `typecheck` and the `tests` sessions run in the environment nox itself runs in (`./dev` creates it as
+`.venv` with every distribution installed editable and every tool below, in one pip call, and skips that call
+when nothing changed): a nox session per venv reinstalled everything for each of the five test suites and
+made CI spend most of its time in pip.  `build` keeps a fresh venv of its own: it checks that the built wheels
+install by path.  `.ci/run` runs `nox -s lint typecheck tests build`.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import nox
@@ -17,7 +22,12 @@ nox.options.error_on_missing_interpreters = False
 
 ROOT = Path(__file__).parent
 DISTRIBUTIONS = ["megalodon-core", "megalodon-native", "megalodon-docker", "megalodon-features"]
-TEST_DEPS = ["pytest>=8", "pytest-asyncio>=0.24", "jsonschema>=4.18", "psutil>=5.9"]
+#: The development environment's tools and test dependencies (also what `./dev` installs).
+DEV_REQUIREMENTS = [
+    line.strip()
+    for line in (ROOT / "requirements-dev.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+]
 
 
 def _install_all(session: nox.Session, *extra: str) -> None:
@@ -27,27 +37,34 @@ def _install_all(session: nox.Session, *extra: str) -> None:
     session.install(*args, *extra)
 
 
-@nox.session
+def _require_dev_env(session: nox.Session, *modules: str) -> None:
+    """Sessions without a venv of their own need the `./dev` environment: say so instead of failing obscurely."""
+    missing = [m for m in ("megalodon_core", *modules) if importlib.util.find_spec(m) is None]
+    if missing:
+        session.error(f"{', '.join(missing)} not importable by {sys.executable}: run nox through ./dev (./dev nox ...)")
+
+
+@nox.session(venv_backend="none")
 @nox.parametrize("suite", ["core", "native", "docker", "features", "e2e"])
 def tests(session: nox.Session, suite: str) -> None:
     """Run one distribution's test folder (tests/<suite>) against real HTTP and, for docker, a real engine."""
-    _install_all(session, *TEST_DEPS)
-    session.run("pytest", f"tests/{suite}", *session.posargs)
+    _require_dev_env(session, "pytest", "pytest_asyncio", "hypothesis")
+    session.run(sys.executable, "-m", "pytest", f"tests/{suite}", *session.posargs)
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
-    session.install("ruff>=0.6")
-    session.run("ruff", "check", "packages", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "packages", "tests", "benchmarks", "noxfile.py")
+    _require_dev_env(session, "ruff")
+    session.run(sys.executable, "-m", "ruff", "check", "packages", "tests", "benchmarks", "noxfile.py")
+    session.run(sys.executable, "-m", "ruff", "format", "--check", "packages", "tests", "benchmarks", "noxfile.py")
 
 
-@nox.session
+@nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every distribution's sources."""
-    _install_all(session, "mypy>=1.10", "types-PyYAML", *TEST_DEPS)
-    session.run("mypy", *[f"packages/{d}/src" for d in DISTRIBUTIONS])
+    _require_dev_env(session, "mypy")
+    session.run(sys.executable, "-m", "mypy", *[f"packages/{d}/src" for d in DISTRIBUTIONS])
 
 
 @nox.session
@@ -83,6 +100,6 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Benchmarks: per-task overhead, upload memory, log throughput (figures printed, never asserted)."""
-    _install_all(session, "psutil>=5.9")
+    _install_all(session, *DEV_REQUIREMENTS)
     env = {"MEGALODON_BENCH_QUICK": os.environ.get("MEGALODON_BENCH_QUICK", "")}
     session.run("python", "benchmarks/run.py", *session.posargs, env=env)
