@@ -69,7 +69,17 @@ def mu(shared: dict[str, Path], **extra: Any) -> dict[str, Any]:
 
 
 def task_users() -> set[str]:
-    return {p.pw_name for p in pwd.getpwall() if re.fullmatch(r"task_[0-9]+", p.pw_name)}
+    """Task accounts made by the worker in this test process: their comment names our pid (users.py).
+
+    Other processes on the machine (another worker, a parallel test run) may create and remove ``task_*``
+    accounts of their own at any moment; counting those made these tests flaky on a busy machine.
+    """
+    mine = re.compile(rf"megalodon pid {os.getpid()} started \d*")
+    return {
+        p.pw_name
+        for p in pwd.getpwall()
+        if re.fullmatch(r"task_[0-9]+", p.pw_name) and mine.fullmatch(p.pw_gecos.split(",", maxsplit=1)[0])
+    }
 
 
 def alive(pid: int) -> bool:
@@ -273,7 +283,7 @@ async def test_stale_task_users_are_swept_at_start(harness: Harness, shared: dic
     try:
         out = await harness.run({"command": [["true"]], "maxRunTime": 30}, **mu(shared))
         assert out.state == "completed", out.log
-        assert stale not in task_users()
+        assert stale not in {p.pw_name for p in pwd.getpwall()}
     finally:
         await cmd("userdel", stale, check=False)
 
