@@ -20,7 +20,7 @@ from megalodon_core.timefmt import go_duration, parse_iso
 
 from .artifacts import NativeArtifacts
 from .payload import PayloadError, payload_json_schema, validate_payload
-from .process import CommandResult, kill_group, run_command
+from .process import CommandResult, TaskProcesses, memory_limit_message, run_command
 
 #: Payload features that need a feature plugin; requesting one that is absent is malformed-payload.
 _PLUGIN_FEATURES = {
@@ -63,7 +63,8 @@ class NativeExecutor(TaskExecutor):
 
     def __init__(self, worker: Any) -> None:
         super().__init__(worker)
-        self._groups: dict[str, set[int]] = {}
+        #: Each run's process boundary (its cgroup): every process the task started dies with the run.
+        self._processes: dict[str, TaskProcesses] = {}
 
     # -- validation --------------------------------------------------------------------------------------
     def write_header(self, run: TaskRun) -> None:
@@ -156,7 +157,9 @@ class NativeExecutor(TaskExecutor):
 
     async def run(self, run: TaskRun) -> None:
         env = self.environment(run)
-        groups = self._groups.setdefault(run.task_id + "/" + str(run.run_id), set())
+        processes = TaskProcesses(run.task_id, run.run_id, self.worker.config)
+        self._processes[run.task_id + "/" + str(run.run_id)] = processes
+        await processes.create()
         started = time.monotonic()
         try:
             for i, argv in enumerate(run.payload.command):
@@ -168,7 +171,8 @@ class NativeExecutor(TaskExecutor):
                     env=env,
                     output=run.log.write,
                     abort=run.aborted,
-                    started=groups.add,
+                    started=processes.started,
+                    cgroup=processes.cgroup,
                     **identity,
                 )
                 extra = [row for rows in run.result_rows for row in rows()]
@@ -178,6 +182,9 @@ class NativeExecutor(TaskExecutor):
                     return  # the abort error is already recorded and decides
                 if result.system_error is not None:
                     raise Failure(result.system_error)
+                if result.exit_code != 0 and await processes.hit_memory_limit():
+                    run.log.error(memory_limit_message(self.worker.config))
+                    raise Failure("task exceeded the per-task memory limit")
                 if result.exit_code != 0:
                     if result.exit_code in run.payload.on_exit_status.retry:
                         raise IntermittentTask(
@@ -188,6 +195,7 @@ class NativeExecutor(TaskExecutor):
                         raise Failure(f"signal: {result.signalled}")
                     raise Failure(f"exit status {result.exit_code}")
         finally:
+            await processes.kill()  # daemons the commands left: nothing outlives the commands
             run.log.info("=== Task Finished ===")
             run.log.info(f"Task Duration: {go_duration(time.monotonic() - started)}")
 
@@ -197,6 +205,7 @@ class NativeExecutor(TaskExecutor):
         return NativeArtifacts(run.task_dir, list(run.payload.artifacts), run.expires)
 
     async def cleanup(self, run: TaskRun) -> None:
-        """Kill whatever the task's commands left running (daemons started in the background)."""
-        for pgid in self._groups.pop(run.task_id + "/" + str(run.run_id), set()):
-            kill_group(pgid)
+        """Kill whatever the task's commands left running (its cgroup, detached daemons included) and remove it."""
+        processes = self._processes.pop(run.task_id + "/" + str(run.run_id), None)
+        if processes is not None:
+            await processes.remove()

@@ -1,168 +1,116 @@
-"""Running one command the way generic-worker does: argv (no shell), own process group, stdin /dev/null,
-stdout and stderr merged into the task log, killable as a whole group.
+"""The processes of one native task: its cgroup (the kill boundary and the memory limit) and its commands.
 
-The child is reaped through a pidfd watched by the event loop, so no thread is parked per running
-command and the exit status comes with its resource usage (user and kernel time for the result block).
+Commands run through the core's :func:`megalodon_core.process.run_command` (re-exported here).  What this
+module adds is the per-run boundary: every command of a run starts inside the run's own cgroup
+(:mod:`megalodon_core.cgroup`), so when the run ends :meth:`TaskProcesses.kill` finds every process the
+task started however it detached (``setsid``, double fork, ``cd /``).  generic-worker leaves such daemons
+running; see ``docs/compatibility.md``.
+
+Hosts without usable cgroups (not root, no hierarchy mounted) fall back to killing each command's process
+group, which a daemon that called ``setsid`` escapes; the worker log says so once.
+
+The optional ``taskMemoryLimitMegabytes`` (off by default) is enforced by the same cgroup: the kernel kills
+the task's processes when they exceed it, and :meth:`TaskProcesses.hit_memory_limit` tells the executor so
+the task is resolved failed with a log line saying why, instead of the whole worker dying.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import logging
 from typing import Any
 
-#: How long to keep reading output after the command exited (a detached child may hold the pipe open).
-DRAIN_SECONDS = 0.5
+from megalodon_core import cgroup as cgroups
+from megalodon_core.cgroup import CgroupError, TaskCgroup
+from megalodon_core.errors import InternalError
+from megalodon_core.process import CommandResult, kill_group, run_command
+
+log = logging.getLogger(__name__)
+
+#: Config key of the optional per-task memory limit (MiB, 0: none); declared by the native and docker plugins.
+MEMORY_LIMIT_KEY = "taskMemoryLimitMegabytes"
+
+_warned: list[bool] = []
 
 
-@dataclass
-class CommandResult:
-    exit_code: int = -3
-    user_time: float = 0.0
-    kernel_time: float = 0.0
-    duration: float = 0.0
-    aborted: bool = False
-    system_error: str | None = None
-    signalled: int | None = None
-
-    @property
-    def succeeded(self) -> bool:
-        return not self.aborted and self.system_error is None and self.exit_code == 0
+def memory_limit_bytes(config: Any) -> int:
+    return int(config.extra(MEMORY_LIMIT_KEY, 0) or 0) * 1024 * 1024
 
 
-class _Output(asyncio.Protocol):
-    def __init__(self, write: Callable[[bytes], None]) -> None:
-        self.write = write
-        self.closed = asyncio.get_running_loop().create_future()
-
-    def data_received(self, data: bytes) -> None:
-        self.write(data)
-
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
+def memory_limit_message(config: Any) -> str:
+    """The task log line of a task the kernel killed for its memory limit (shared with the docker executor)."""
+    return (
+        f"[memory limit] The task exceeded the worker's per-task memory limit of "
+        f"{config.extra(MEMORY_LIMIT_KEY, 0)} MB ({MEMORY_LIMIT_KEY}) and was killed by the kernel"
+    )
 
 
-async def _reap(pid: int) -> tuple[int, Any] | None:
-    """Wait for ``pid`` without blocking the loop; returns (wait status, rusage)."""
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        pidfd = -1
-    if pidfd >= 0:
-        ready: asyncio.Future[None] = loop.create_future()
+class TaskProcesses:
+    """One run's process boundary; ``cgroup`` is None on hosts without cgroups (process groups then)."""
 
-        def on_exit() -> None:
-            if not ready.done():
-                ready.set_result(None)
+    def __init__(self, task_id: str, run_id: int, config: Any) -> None:
+        self.name = cgroups.task_cgroup_name(task_id, run_id)
+        self.memory_limit = memory_limit_bytes(config)
+        self.cgroup: TaskCgroup | None = None
+        self.groups: set[int] = set()
+        self._oom_seen = 0
 
-        loop.add_reader(pidfd, on_exit)
+    async def create(self) -> None:
+        """Make the run's cgroup (with the memory limit when configured)."""
+        host = await asyncio.to_thread(cgroups.host)
+        if host is None:
+            if self.memory_limit:
+                raise InternalError(
+                    f"config {MEMORY_LIMIT_KEY} is set but this host offers no usable cgroup hierarchy "
+                    "(the worker must run as root with cgroups mounted at /sys/fs/cgroup)"
+                )
+            if not _warned:
+                _warned.append(True)
+                log.warning(
+                    "no usable cgroups on this host: a task's processes are killed by process group, so daemons "
+                    "that left their process group (setsid) may survive the task"
+                )
+            return
         try:
-            await ready
-        finally:
-            loop.remove_reader(pidfd)
-            os.close(pidfd)
-        # The pidfd is readable: the child has exited, so this wait returns at once.
-        _, status, usage = os.wait4(pid, os.WNOHANG)  # noqa: ASYNC222
-        return status, usage
-    # Kernels without pidfd (< 5.3): a dedicated thread, never the shared pool, so waits cannot starve it.
-    fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+            self.cgroup = await asyncio.to_thread(host.create, self.name, memory_limit=self.memory_limit)
+        except CgroupError as exc:
+            raise InternalError(f"could not create the task's cgroup: {exc}") from exc
 
-    def wait() -> None:
-        _, status, usage = os.wait4(pid, 0)
-        loop.call_soon_threadsafe(fut.set_result, (status, usage))
+    def started(self, pgid: int) -> None:
+        self.groups.add(pgid)
 
-    import threading
+    async def kill(self) -> None:
+        """Kill every process the run started (cgroup), or at least its commands' process groups."""
+        for pgid in self.groups:
+            kill_group(pgid)
+        if self.cgroup is not None:
+            try:
+                await asyncio.to_thread(self.cgroup.kill)
+            except CgroupError as exc:
+                log.error("task cgroup %s: %s", self.name, exc)
 
-    threading.Thread(target=wait, daemon=True).start()
-    return await fut
+    async def hit_memory_limit(self) -> bool:
+        """Whether the kernel killed a process of the run for the memory limit since the last call."""
+        if self.cgroup is None or not self.memory_limit:
+            return False
+        count = await asyncio.to_thread(self.cgroup.oom_kills)
+        hit, self._oom_seen = count > self._oom_seen, count
+        return hit
+
+    async def remove(self) -> None:
+        await self.kill()
+        if self.cgroup is not None:
+            with contextlib.suppress(CgroupError):
+                await asyncio.to_thread(self.cgroup.remove)
 
 
-def kill_group(pgid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-async def run_command(
-    argv: list[str],
-    *,
-    cwd: Path,
-    env: dict[str, str],
-    output: Callable[[bytes], None],
-    abort: asyncio.Event,
-    started: Callable[[int], None] = lambda pgid: None,
-    user: int | None = None,
-    group: int | None = None,
-    extra_groups: list[int] | None = None,
-) -> CommandResult:
-    """Run ``argv`` to completion or until ``abort`` is set (then its whole process group is killed).
-
-    ``user``, ``group`` and ``extra_groups`` (the multiuser engine's task user) are applied in the child
-    between fork and exec, so the command never runs a single instruction with the worker's identity.
-    """
-    loop = asyncio.get_running_loop()
-    result = CommandResult()
-    begin = time.monotonic()
-    read_fd, write_fd = os.pipe()
-    try:
-        # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded.
-        proc = subprocess.Popen(  # noqa: ASYNC220
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            start_new_session=True,
-            close_fds=True,
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-        )
-    except OSError as exc:
-        os.close(read_fd)
-        result.system_error = f"{argv[0]}: {exc.strerror or exc}"
-        result.exit_code = -2
-        result.duration = time.monotonic() - begin
-        return result
-    finally:
-        os.close(write_fd)
-    started(proc.pid)
-    pipe = os.fdopen(read_fd, "rb", buffering=0)
-    transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
-    reaper = asyncio.create_task(_reap(proc.pid))
-    aborter = asyncio.create_task(abort.wait())
-    try:
-        await asyncio.wait({reaper, aborter}, return_when=asyncio.FIRST_COMPLETED)
-        if not reaper.done():
-            result.aborted = True
-            kill_group(proc.pid)
-        reaped = await reaper
-    finally:
-        aborter.cancel()
-    result.duration = time.monotonic() - begin
-    assert reaped is not None
-    status, usage = reaped
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: keep Popen from waiting again
-    result.user_time = usage.ru_utime
-    result.kernel_time = usage.ru_stime
-    if os.WIFSIGNALED(status):
-        result.signalled = os.WTERMSIG(status)
-        result.exit_code = -1
-    else:
-        result.exit_code = os.WEXITSTATUS(status)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(protocol.closed), DRAIN_SECONDS)
-    transport.close()
-    return result
+__all__ = [
+    "MEMORY_LIMIT_KEY",
+    "CommandResult",
+    "TaskProcesses",
+    "kill_group",
+    "memory_limit_bytes",
+    "memory_limit_message",
+    "run_command",
+]

@@ -1,0 +1,335 @@
+"""Per-task control groups: the kill boundary of a task's processes and its optional memory limit.
+
+Process groups and sessions belong to the task (``setsid``, a double fork, ``cd /`` and a daemon is out of
+reach of every walk by process group or working directory); a cgroup does not: a process cannot leave the
+cgroup it was started in without write access to another cgroup's ``cgroup.procs``, which only root has.
+So every command of a task is started inside ``megalodon/task-<taskId>-<runId>`` and, when the run ends,
+everything still in it is killed, whatever it did to detach.
+
+Both hierarchies are supported, chosen once per process by :func:`detect`:
+
+- **cgroup v2** (the unified hierarchy: ``/sys/fs/cgroup/cgroup.controllers`` exists): one directory
+  ``/sys/fs/cgroup/megalodon/<name>``; ``cgroup.kill`` (Linux 5.14+) kills the whole tree in one write,
+  otherwise ``cgroup.freeze`` then a SIGKILL loop; the memory limit is ``memory.max``, a task killed for it
+  shows as ``oom_kill`` in ``memory.events``.  The base is created at the root of the hierarchy because v2
+  forbids enabling controllers below a cgroup that holds processes (the worker's own cgroup does).
+- **cgroup v1** (separate ``freezer`` and ``memory`` hierarchies, as on the CI machines): the same name in
+  each mounted controller; the freezer stops the tree while it is killed (a fork bomb cannot outrun the
+  loop); the memory limit is ``memory.limit_in_bytes``, OOM kills are ``oom_kill`` in ``memory.oom_control``
+  (``memory.failcnt`` on kernels without that line).
+
+The v1 path is exercised by the tests against the real kernel; the v2 file protocol (which files are
+written, in which order, with what) is checked against a fake tree in a temporary directory
+(``tests/core/test_cgroup.py``), since the CI hosts have no unified hierarchy.
+
+Joining happens between fork and exec: :meth:`TaskCgroup.open_procs` opens each ``cgroup.procs`` in the
+worker (as root) and the child writes ``0`` ("myself") to those descriptors before it execs.  The kernel
+checks the opener's credentials, so this works after the child has switched to a task user, and the
+command never runs one instruction outside its cgroup.
+
+Everything here blocks on small pseudo-files: callers run it in a thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Where cgroup hierarchies are mounted.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Directory below each hierarchy that holds the task cgroups of every megalodon worker on the host.
+BASE = "megalodon"
+#: v1 controllers used: the freezer stops a tree while it is killed, memory accounts and limits it.
+V1_CONTROLLERS = ("freezer", "memory")
+#: Rounds of "read cgroup.procs, SIGKILL each" before giving up; each round sleeps a little.
+KILL_ROUNDS = 500
+KILL_PAUSE = 0.01
+#: How long to wait for a v1 freezer to report FROZEN before killing anyway.
+FREEZE_WAIT = 1.0
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+
+
+class CgroupError(Exception):
+    """A cgroup could not be created, joined or emptied; the message names the file."""
+
+
+def task_cgroup_name(task_id: str, run_id: int) -> str:
+    """The cgroup of one run: stable, so a restarted worker finds what a killed one left (crash recovery)."""
+    return f"task-{task_id}-{run_id}"
+
+
+@dataclass(frozen=True)
+class CgroupHost:
+    """What this host offers: the hierarchy version and, for v1, the mounted controllers."""
+
+    version: int
+    root: Path
+    #: v1: controller name -> its hierarchy's mount; v2: {"unified": root}.
+    mounts: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def has_memory(self) -> bool:
+        if self.version == 2:
+            return "memory" in _read(self.root / "cgroup.controllers").split()
+        return "memory" in self.mounts
+
+    def base_dirs(self) -> list[Path]:
+        return [mount / BASE for mount in self.mounts.values()]
+
+    def create(self, name: str, *, memory_limit: int = 0) -> TaskCgroup:
+        """A fresh task cgroup ``name`` (a leftover of that name is emptied and reused)."""
+        if not _NAME.fullmatch(name):
+            raise CgroupError(f"invalid cgroup name {name!r}")
+        if memory_limit and not self.has_memory:
+            raise CgroupError(f"no memory controller in the cgroup hierarchy at {self.root}")
+        if self.version == 2:
+            self._enable_v2_controllers()
+        dirs: list[Path] = []
+        for base in self.base_dirs():
+            path = base / name
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise CgroupError(f"could not create cgroup {path}: {exc.strerror or exc}") from exc
+            dirs.append(path)
+        group = TaskCgroup(self, name, dirs)
+        if memory_limit:
+            group.set_memory_limit(memory_limit)
+        return group
+
+    def existing(self, name: str) -> TaskCgroup | None:
+        """The task cgroup ``name`` if any hierarchy still has it (crash recovery)."""
+        if not _NAME.fullmatch(name):
+            return None
+        dirs = [base / name for base in self.base_dirs() if (base / name).is_dir()]
+        return TaskCgroup(self, name, dirs) if dirs else None
+
+    def _enable_v2_controllers(self) -> None:
+        """Delegate memory and pids to ``megalodon/`` and its children (best effort: the root may refuse)."""
+        base = self.root / BASE
+        base.mkdir(exist_ok=True)
+        available = set(_read(self.root / "cgroup.controllers").split())
+        wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c in available)
+        if not wanted:
+            return
+        for directory in (self.root, base):
+            current = set(_read(directory / "cgroup.subtree_control").split())
+            if all(c[1:] in current for c in wanted.split()):
+                continue
+            try:
+                (directory / "cgroup.subtree_control").write_text(wanted)
+            except OSError as exc:
+                log.warning("could not enable %s in %s/cgroup.subtree_control: %s", wanted, directory, exc)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+@dataclass
+class TaskCgroup:
+    """One task's cgroup (one directory per v1 hierarchy, one in v2)."""
+
+    host: CgroupHost
+    name: str
+    dirs: list[Path]
+
+    @property
+    def _kill_dir(self) -> Path:
+        """The directory whose ``cgroup.procs`` lists the tree: the freezer's in v1 when mounted."""
+        if self.host.version == 1 and "freezer" in self.host.mounts:
+            return self.host.mounts["freezer"] / BASE / self.name
+        return self.dirs[0]
+
+    def _memory_dir(self) -> Path | None:
+        if self.host.version == 2:
+            return self.dirs[0]
+        if "memory" not in self.host.mounts:
+            return None
+        return self.host.mounts["memory"] / BASE / self.name
+
+    # -- joining ------------------------------------------------------------------------------------------
+    def open_procs(self) -> list[int]:
+        """Write-only descriptors of each ``cgroup.procs`` (opened as the worker; close them after spawn)."""
+        fds: list[int] = []
+        try:
+            for directory in self.dirs:
+                fds.append(os.open(directory / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            raise CgroupError(f"could not open {directory}/cgroup.procs: {exc.strerror or exc}") from exc
+        return fds
+
+    @staticmethod
+    def joiner(fds: list[int]) -> Callable[[], None]:
+        """A ``preexec_fn`` moving the forked child into the cgroup (only async-signal-safe work in it)."""
+        data = b"0"
+
+        def join() -> None:
+            for fd in fds:
+                os.write(fd, data)
+
+        return join
+
+    def pids(self) -> list[int]:
+        text = _read(self._kill_dir / "cgroup.procs")
+        return [int(p) for p in text.split() if p.isdigit()]
+
+    # -- memory -------------------------------------------------------------------------------------------
+    def set_memory_limit(self, limit: int) -> None:
+        directory = self._memory_dir()
+        if directory is None:
+            raise CgroupError("no memory controller mounted")
+        name = "memory.max" if self.host.version == 2 else "memory.limit_in_bytes"
+        try:
+            (directory / name).write_text(str(limit))
+        except OSError as exc:
+            raise CgroupError(f"could not write {directory / name}: {exc.strerror or exc}") from exc
+        if self.host.version == 2:
+            # Swap would let a task exceed its limit unseen; absent without swap accounting.
+            with contextlib.suppress(OSError):
+                (directory / "memory.swap.max").write_text("0")
+        else:
+            with contextlib.suppress(OSError):
+                (directory / "memory.swappiness").write_text("0")
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for the memory limit (0 when nothing says so)."""
+        directory = self._memory_dir()
+        if directory is None:
+            return 0
+        if self.host.version == 2:
+            return _field(_read(directory / "memory.events"), "oom_kill")
+        control = _read(directory / "memory.oom_control")
+        if "oom_kill " in control:
+            return _field(control, "oom_kill")
+        text = _read(directory / "memory.failcnt").strip()  # old kernels: hits of the limit
+        return int(text) if text.isdigit() else 0
+
+    # -- killing ------------------------------------------------------------------------------------------
+    def kill(self) -> int:
+        """SIGKILL every process in the cgroup until it is empty; returns how many were signalled."""
+        if self.host.version == 2:
+            with contextlib.suppress(OSError):
+                (self.dirs[0] / "cgroup.kill").write_text("1")
+        frozen = self._freeze(True)
+        killed = 0
+        try:
+            for _ in range(KILL_ROUNDS):
+                pids = self.pids()
+                if not pids:
+                    return killed
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                        killed += 1
+                if frozen:
+                    # SIGKILL is delivered to frozen tasks only once they thaw; nothing forks meanwhile
+                    # because the signal is pending before the thaw.
+                    self._freeze(False)
+                    frozen = False
+                time.sleep(KILL_PAUSE)
+        finally:
+            if frozen:
+                self._freeze(False)
+        raise CgroupError(f"processes kept appearing in cgroup {self._kill_dir} after {KILL_ROUNDS} rounds of SIGKILL")
+
+    def _freeze(self, on: bool) -> bool:
+        """Freeze (or thaw) the tree; True when a freeze was requested and took effect (or timed out)."""
+        if self.host.version == 2:
+            path = self.dirs[0] / "cgroup.freeze"
+            value = "1" if on else "0"
+        elif "freezer" in self.host.mounts:
+            path = self._kill_dir / "freezer.state"
+            value = "FROZEN" if on else "THAWED"
+        else:
+            return False
+        try:
+            path.write_text(value)
+        except OSError:
+            return False
+        if on and self.host.version == 1:
+            deadline = time.monotonic() + FREEZE_WAIT
+            while _read(path).strip() != "FROZEN" and time.monotonic() < deadline:
+                time.sleep(KILL_PAUSE)
+        return on
+
+    def remove(self) -> None:
+        """Kill what is left, then delete the directories (a cgroup with processes cannot be removed)."""
+        self.kill()
+        for directory in self.dirs:
+            for attempt in range(50):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or attempt == 49:
+                        raise CgroupError(f"could not remove cgroup {directory}: {exc.strerror or exc}") from exc
+                    time.sleep(KILL_PAUSE)  # the last killed process is still being torn down
+
+
+def _field(text: str, key: str) -> int:
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == key and parts[1].isdigit():
+            return int(parts[1])
+    return 0
+
+
+def detect(root: Path = CGROUP_ROOT) -> CgroupHost | None:
+    """The cgroup hierarchy this process can create task cgroups in, or None (then callers fall back to
+    killing by process group and say so once in the worker log)."""
+    if os.geteuid() != 0:
+        return None
+    if (root / "cgroup.controllers").is_file():
+        host = CgroupHost(2, root, {"unified": root})
+    else:
+        mounts = {c: root / c for c in V1_CONTROLLERS if (root / c / "cgroup.procs").is_file()}
+        if not mounts:
+            return None
+        host = CgroupHost(1, root, mounts)
+    try:
+        for base in host.base_dirs():
+            base.mkdir(exist_ok=True)
+    except OSError as exc:
+        log.warning("cgroups unusable (%s): %s", root, exc)
+        return None
+    return host
+
+
+_HOST: list[CgroupHost | None] = []
+
+
+def host() -> CgroupHost | None:
+    """:func:`detect` once per process."""
+    if not _HOST:
+        _HOST.append(detect())
+    return _HOST[0]
+
+
+def kill_task_cgroup(task_id: str, run_id: int) -> int:
+    """Kill and remove what a run's cgroup still holds (a previous worker process crashed); returns the count."""
+    found = host()
+    group = found.existing(task_cgroup_name(task_id, run_id)) if found is not None else None
+    if group is None:
+        return 0
+    killed = group.kill()
+    with contextlib.suppress(CgroupError):
+        group.remove()
+    return killed

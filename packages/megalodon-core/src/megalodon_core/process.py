@@ -1,0 +1,202 @@
+"""Running one command for a task: argv (no shell), its own session, stdin ``/dev/null``, stdout and stderr
+merged into a callback (the task log), killed as a whole when the run is aborted.
+
+Any executor that runs host processes needs exactly this, so it lives in the core and third-party executors
+need not rewrite it (the native executor is its first user):
+
+- the child is reaped through a pidfd watched by the event loop, so no thread is parked per running
+  command, and the exit status comes with its resource usage (user and kernel time for the result block);
+- ``user``/``group``/``extra_groups`` are applied between fork and exec, so the command never runs one
+  instruction with the worker's identity;
+- with a :class:`~megalodon_core.cgroup.TaskCgroup` the child joins that cgroup before it execs, and an
+  abort kills the whole cgroup (detached daemons included); without one, the command's process group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .cgroup import CgroupError, TaskCgroup
+
+#: How long to keep reading output after the command exited (a detached child may hold the pipe open).
+DRAIN_SECONDS = 0.5
+
+
+@dataclass
+class CommandResult:
+    """How one command ended.  ``exit_code`` -1: killed by a signal (``signalled``), -2: never started."""
+
+    exit_code: int = -3
+    user_time: float = 0.0
+    kernel_time: float = 0.0
+    duration: float = 0.0
+    aborted: bool = False
+    system_error: str | None = None
+    signalled: int | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return not self.aborted and self.system_error is None and self.exit_code == 0
+
+
+class _Output(asyncio.Protocol):
+    def __init__(self, write: Callable[[bytes], None]) -> None:
+        self.write = write
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.write(data)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+async def reap(pid: int) -> tuple[int, Any]:
+    """Wait for child ``pid`` without blocking the loop; returns (wait status, rusage)."""
+    loop = asyncio.get_running_loop()
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = -1
+    if pidfd >= 0:
+        ready: asyncio.Future[None] = loop.create_future()
+
+        def on_exit() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+        # The pidfd is readable: the child has exited, so this wait returns at once.
+        _, status, usage = os.wait4(pid, os.WNOHANG)  # noqa: ASYNC222
+        return status, usage
+    # Kernels without pidfd (< 5.3): a dedicated thread, never the shared pool, so waits cannot starve it.
+    fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+
+    def wait() -> None:
+        _, status, usage = os.wait4(pid, 0)
+        loop.call_soon_threadsafe(fut.set_result, (status, usage))
+
+    threading.Thread(target=wait, daemon=True).start()
+    return await fut
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group (the fallback boundary when there is no cgroup)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+async def kill_tree(pgid: int, cgroup: TaskCgroup | None) -> None:
+    """Kill a command's processes: the whole cgroup when there is one, and its process group anyway."""
+    kill_group(pgid)
+    if cgroup is not None:
+        with contextlib.suppress(CgroupError):
+            await asyncio.to_thread(cgroup.kill)
+
+
+async def run_command(
+    argv: list[str],
+    *,
+    cwd: Path,
+    env: dict[str, str],
+    output: Callable[[bytes], None],
+    abort: asyncio.Event,
+    started: Callable[[int], None] = lambda pgid: None,
+    user: int | None = None,
+    group: int | None = None,
+    extra_groups: list[int] | None = None,
+    cgroup: TaskCgroup | None = None,
+) -> CommandResult:
+    """Run ``argv`` to completion or until ``abort`` is set (then its cgroup, or process group, is killed).
+
+    ``started`` gets the child's pid (= its process group id) as soon as it runs.  A command that cannot be
+    started (no such program, no permission, cgroup not joinable) is a ``system_error``, never an exception.
+    Processes the command leaves behind are not killed here when it exits normally: the caller decides when
+    the task's processes end (usually when all of its commands have run).
+    """
+    loop = asyncio.get_running_loop()
+    result = CommandResult()
+    begin = time.monotonic()
+    try:
+        cgroup_fds = await asyncio.to_thread(cgroup.open_procs) if cgroup is not None else []
+    except CgroupError as exc:
+        result.system_error = f"{argv[0]}: {exc}"
+        result.exit_code = -2
+        return result
+    read_fd, write_fd = os.pipe()
+    try:
+        # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded.
+        proc = subprocess.Popen(  # noqa: ASYNC220
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            start_new_session=True,
+            close_fds=True,
+            user=user,
+            group=group,
+            extra_groups=extra_groups,
+            # Only os.write on descriptors opened above: safe in the forked child of a threaded process.
+            preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        os.close(read_fd)
+        detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        result.system_error = f"{argv[0]}: {detail}"
+        result.exit_code = -2
+        result.duration = time.monotonic() - begin
+        return result
+    finally:
+        os.close(write_fd)
+        for fd in cgroup_fds:
+            os.close(fd)
+    started(proc.pid)
+    pipe = os.fdopen(read_fd, "rb", buffering=0)
+    transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
+    reaper = asyncio.create_task(reap(proc.pid))
+    aborter = asyncio.create_task(abort.wait())
+    try:
+        await asyncio.wait({reaper, aborter}, return_when=asyncio.FIRST_COMPLETED)
+        if not reaper.done():
+            result.aborted = True
+            await kill_tree(proc.pid, cgroup)
+        status, usage = await reaper
+    finally:
+        aborter.cancel()
+    result.duration = time.monotonic() - begin
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: keep Popen from waiting again
+    result.user_time = usage.ru_utime
+    result.kernel_time = usage.ru_stime
+    if os.WIFSIGNALED(status):
+        result.signalled = os.WTERMSIG(status)
+        result.exit_code = -1
+    else:
+        result.exit_code = os.WEXITSTATUS(status)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(protocol.closed), DRAIN_SECONDS)
+    transport.close()
+    return result
+
+
+__all__ = ["DRAIN_SECONDS", "CommandResult", "kill_group", "kill_tree", "reap", "run_command"]
