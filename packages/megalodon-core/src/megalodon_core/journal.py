@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .cgroup import CgroupError, kill_task_cgroup
+
 
 @dataclass
 class ClaimRecord:
@@ -66,6 +68,16 @@ class ClaimJournal:
                 with contextlib.suppress(OSError):
                     path.unlink()  # a torn or foreign file: nothing can be recovered from it
         return out
+
+
+def kill_leftovers(entry: ClaimRecord) -> int:
+    """Kill what a lost run left running: its cgroup (detached daemons included, see
+    :mod:`megalodon_core.cgroup`), then any process still working inside its task directory (hosts without
+    cgroups, or executors that use none).  Blocking: run it in a thread."""
+    killed = 0
+    with contextlib.suppress(CgroupError):
+        killed += kill_task_cgroup(entry.task_id, entry.run_id)
+    return killed + kill_processes_under(Path(entry.task_dir))
 
 
 def kill_processes_under(directory: Path) -> int:
