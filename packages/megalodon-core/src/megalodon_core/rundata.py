@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 #: Fields of :class:`RunData` a feature may declare it needs (:attr:`megalodon_core.contracts.Feature.needs`).
-RunDataField = Literal["proxy", "task_user", "image", "chain_of_trust_additions", "exit_code"]
+RunDataField = Literal["proxy", "task_user", "image", "chain_of_trust_additions", "exit_code", "interactive"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,36 @@ class ImageIdentity:
     artifact_hash: str | None = None
 
 
+class ShellSession(Protocol):
+    """One interactive shell in the task's environment (a pty on the host, a ``docker exec`` TTY...)."""
+
+    async def read(self) -> bytes:
+        """The next terminal output; ``b""`` once the shell has ended (or was closed)."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Keystrokes for the shell (bytes as typed, ``\r`` for Enter)."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """Set the terminal's window size (the shell sees ``SIGWINCH``)."""
+        ...
+
+    async def close(self) -> None:
+        """End the session: the shell and what it started are killed; idempotent."""
+        ...
+
+
+class ShellLauncher(Protocol):
+    """What an executor offers the interactive feature: shells started in the run's environment — as the
+    task's user, in its directory (or container), with its environment and ``TERM`` set."""
+
+    async def start(self, rows: int, cols: int, command: list[str] | None = None) -> ShellSession:
+        """A new shell on a terminal of ``rows`` x ``cols``; ``command`` replaces the default shell
+        (docker-worker's clients choose it).  Raise an ExecutionError when it cannot start."""
+        ...
+
+
 @dataclass(frozen=True)
 class LogNames:
     """The task log's artifact names as the payload asks (None: that artifact is not published)."""
@@ -134,9 +164,9 @@ class RunData:
     env: dict[str, str] = field(default_factory=dict)
     #: generic-worker's worker metadata (the "Worker Type settings" block of its log header), set by the worker.
     worker_metadata: dict[str, Any] = field(default_factory=dict)
-    #: Interactive-shell launcher, for the interactive feature (its protocol is defined with that feature);
-    #: None: this executor cannot start a shell in the task's environment.
-    interactive: Any = None
+    #: Starts interactive shells in the task's environment (the ``interactive`` feature); None: this
+    #: executor cannot.  Set in ``prepare``.
+    interactive: ShellLauncher | None = None
 
     def request(self, name: str) -> FeatureRequest | None:
         """What the payload asked of feature ``name``, or None when it did not ask."""
@@ -150,5 +180,7 @@ __all__ = [
     "ProxyPlacement",
     "RunData",
     "RunDataField",
+    "ShellLauncher",
+    "ShellSession",
     "TaskUser",
 ]
