@@ -26,10 +26,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import NonNegativeInt
+
 from .cgroup import CgroupError, TaskCgroup
 
 #: How long to keep reading output after the command exited (a detached child may hold the pipe open).
 DRAIN_SECONDS = 0.5
+
+#: Config key of the optional per-task memory limit in MiB (0: none, the default).  Executors that enforce
+#: it declare it with :data:`MEMORY_LIMIT_FIELD` in ``megalodon_config_fields`` (one key for every executor).
+MEMORY_LIMIT_KEY = "taskMemoryLimitMegabytes"
+MEMORY_LIMIT_FIELD: tuple[Any, Any] = (NonNegativeInt, 0)
+
+
+def memory_limit_bytes(config: Any) -> int:
+    """The configured per-task memory limit in bytes (0: none)."""
+    return int(config.extra(MEMORY_LIMIT_KEY, 0) or 0) * 1024 * 1024
+
+
+def memory_limit_message(config: Any) -> str:
+    """The task log line of a task the kernel killed for the memory limit (the same for every executor)."""
+    return (
+        f"[memory limit] The task exceeded the worker's per-task memory limit of "
+        f"{config.extra(MEMORY_LIMIT_KEY, 0)} MB ({MEMORY_LIMIT_KEY}) and was killed by the kernel"
+    )
 
 
 @dataclass
@@ -199,4 +219,15 @@ async def run_command(
     return result
 
 
-__all__ = ["DRAIN_SECONDS", "CommandResult", "kill_group", "kill_tree", "reap", "run_command"]
+__all__ = [
+    "DRAIN_SECONDS",
+    "MEMORY_LIMIT_FIELD",
+    "MEMORY_LIMIT_KEY",
+    "CommandResult",
+    "kill_group",
+    "kill_tree",
+    "memory_limit_bytes",
+    "memory_limit_message",
+    "reap",
+    "run_command",
+]

@@ -41,6 +41,9 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
 
 @hookimpl
 def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
+
     from .settings import DockerConfig
 
-    return {"dockerConfig": (DockerConfig, DockerConfig())}
+    # taskMemoryLimitMegabytes: the container's memory limit (the native executor's cgroup limit there)
+    return {"dockerConfig": (DockerConfig, DockerConfig()), MEMORY_LIMIT_KEY: MEMORY_LIMIT_FIELD}

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from megalodon_core import hookimpl
 from megalodon_core.contracts import ExecutorInfo, FeatureInfo
+from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
 
 
 def _factory(worker: Any) -> Any:
@@ -82,4 +83,6 @@ def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
         "nativeEngine": (Literal["insecure", "multiuser"], "insecure"),
         # path of this worker's config file, checked to be unreadable by task users (multiuser engine)
         "workerConfigFile": (str, ""),
+        # optional per-task memory limit in MiB, enforced by the task's cgroup (0: none)
+        MEMORY_LIMIT_KEY: MEMORY_LIMIT_FIELD,
     }

@@ -24,26 +24,18 @@ from typing import Any
 from megalodon_core import cgroup as cgroups
 from megalodon_core.cgroup import CgroupError, TaskCgroup
 from megalodon_core.errors import InternalError
-from megalodon_core.process import CommandResult, kill_group, run_command
+from megalodon_core.process import (
+    MEMORY_LIMIT_KEY,
+    CommandResult,
+    kill_group,
+    memory_limit_bytes,
+    memory_limit_message,
+    run_command,
+)
 
 log = logging.getLogger(__name__)
 
-#: Config key of the optional per-task memory limit (MiB, 0: none); declared by the native and docker plugins.
-MEMORY_LIMIT_KEY = "taskMemoryLimitMegabytes"
-
 _warned: list[bool] = []
-
-
-def memory_limit_bytes(config: Any) -> int:
-    return int(config.extra(MEMORY_LIMIT_KEY, 0) or 0) * 1024 * 1024
-
-
-def memory_limit_message(config: Any) -> str:
-    """The task log line of a task the kernel killed for its memory limit (shared with the docker executor)."""
-    return (
-        f"[memory limit] The task exceeded the worker's per-task memory limit of "
-        f"{config.extra(MEMORY_LIMIT_KEY, 0)} MB ({MEMORY_LIMIT_KEY}) and was killed by the kernel"
-    )
 
 
 class TaskProcesses:
