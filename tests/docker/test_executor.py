@@ -396,7 +396,7 @@ async def test_order_of_checks(runner: DockerRunner, tmp_path: Path) -> None:
                 "maxRunTime": 10,
                 "artifacts": {"public/a": {"type": "file", "path": "/a", "expires": later}},
             },
-            # image beats scopes: the pull fails (with retries) before the cache scope is looked at
+            # image beats scopes: the pull is rejected before the cache scope is looked at
             {"image": missing_image, "maxRunTime": 10, "cache": {"no-scope": "/c"}},
             # scopes: no cache directory is created
             payload("true", cache={"no-scope": "/c"}),
@@ -416,8 +416,8 @@ async def test_order_of_checks(runner: DockerRunner, tmp_path: Path) -> None:
     assert state0(expiry) == ("exception", "malformed-payload")
     assert "Artifact 'public/a' expires" in expiry.log
     assert "Pulling docker image" not in expiry.log
-    assert state0(image) == ("failed", "failed")
-    assert "(attempt 1/2)" in image.log, "the pull was not retried"
+    assert state0(image) == ("exception", "malformed-payload"), image.log
+    assert "(attempt 1/2)" not in image.log, "an unknown image was retried"
     assert "Pulling docker image has failed." in image.log
     assert "Insufficient scopes" not in image.log
     assert state0(scopes) == ("failed", "failed")

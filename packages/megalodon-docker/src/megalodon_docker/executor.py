@@ -42,7 +42,7 @@ from megalodon_core.timefmt import parse_iso
 
 from .artifacts import ArchiveFetcher, DockerArtifacts
 from .caches import CacheInstance, CachePool, delete_tree
-from .images import ImageError, ImageManager, ImageOptions
+from .images import ImageError, ImageManager, ImageOptions, resolution_error
 from .payload import PayloadError, validate_payload
 from .settings import DockerConfig
 
@@ -135,8 +135,8 @@ def _connect(settings: DockerConfig, timeout: float | None, version: str | None,
     kwargs: dict[str, Any] = {"timeout": timeout, "max_pool_size": pool_size}
     if version:
         kwargs["version"] = version
-    if settings.baseUrl:
-        return docker.DockerClient(base_url=settings.baseUrl, **kwargs)
+    if settings.host:
+        return docker.DockerClient(base_url=settings.host, **kwargs)
     return docker.from_env(**kwargs)
 
 
@@ -173,6 +173,7 @@ class DockerExecutor(TaskExecutor):
                 default_registry=self.settings.defaultRegistry,
                 pull_attempts=self.settings.pullAttempts,
                 pull_base_delay=self.settings.pullBaseDelaySeconds,
+                pull_policy=self.settings.imagePullPolicy,
                 executor=self.pool,
             ),
         )
@@ -316,7 +317,7 @@ class DockerExecutor(TaskExecutor):
                 hold=True,
             )
         except ImageError as exc:
-            raise Failure(f"Pulling docker image has failed.\nError: {exc}") from None
+            raise resolution_error(exc) from None
         state.image = image.name
         if run.payload.effective_features.taskcluster_proxy:
             await self._create_network(run, state)

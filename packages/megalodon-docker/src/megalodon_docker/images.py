@@ -7,8 +7,9 @@ given in :class:`ImageOptions`, else ``asyncio.to_thread``) so that one slow pul
 Behaviour follows docker-worker (``src/docker/*.js`` at a32a0be37f) where a task could notice it:
 
 * a registry image already present locally is used as is, never re-pulled (d2g always pulls; docker-worker
-  did not);
-* pulls are retried 5 times with exponential backoff and jitter;
+  did not) -- the ``if-not-present`` pull policy, the default; ``always`` and ``never`` are megalodon's
+  (:data:`PullPolicy`);
+* transient pull failures are retried 5 times with exponential backoff and jitter;
 * registry credentials from the worker config are only handed out to tasks holding
   ``docker-worker:image:<repo>:<tag>``;
 * artifact images are re-tagged ``<md5(taskId + path)>:latest`` before loading, which is also the cache
@@ -18,8 +19,11 @@ Behaviour follows docker-worker (``src/docker/*.js`` at a32a0be37f) where a task
 Deliberate differences: the archive is not extracted to disk and repacked, it is rewritten member by
 member (streaming, memory bounded); compressed images are decompressed in-process (``zstandard``,
 ``lz4.frame``) rather than with the ``zstd``/``lz4`` binaries; the file extension is checked *before* the
-download rather than after; and concurrent ensures of one image share a single download instead of
-docker-worker's worker-wide queue of all image ensures.
+download rather than after; concurrent ensures of one image share a single download instead of
+docker-worker's worker-wide queue of all image ensures; and a pull failure is classified
+(:func:`classify_pull_error`) instead of retried whatever it is: docker-worker retried a misspelt image
+name five times (minutes of backoff) before failing the task, megalodon rejects it at once
+(:class:`ImagePullRejected`) and keeps the retries for what a retry can cure (:class:`ImagePullUnavailable`).
 """
 
 from __future__ import annotations
@@ -41,23 +45,40 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Executor
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Literal, Protocol, get_args, runtime_checkable
 
 import docker.errors
 
+from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, MalformedPayload
+
 from .payload import DockerImage, IndexedImage, TaskImage
+from .settings import PullPolicy
 
 __all__ = [
+    "PULL_POLICIES",
     "UNSUPPORTED_FORMAT_MESSAGE",
     "ArtifactDownloader",
     "ImageError",
     "ImageManager",
     "ImageNotAuthorizedError",
+    "ImageNotPresentError",
     "ImageOptions",
+    "ImagePullRejected",
+    "ImagePullUnavailable",
     "IndexedArtifactDownloader",
+    "PullPolicy",
+    "PullReport",
     "RegistryCredentials",
     "ResolvedImage",
+    "classify_pull_error",
+    "resolution_error",
 ]
+
+#: :data:`PullPolicy` (``dockerConfig.imagePullPolicy``): when a registry image that is already present is
+#: pulled again.  ``if-not-present`` (docker-worker's behaviour): never; ``always``: before every task,
+#: falling back to the present image when the registry cannot be reached; ``never``: an absent image is
+#: not pulled at all.
+PULL_POLICIES: tuple[str, ...] = get_args(PullPolicy)
 
 UNSUPPORTED_FORMAT_MESSAGE = (
     "Unsupported image file format. Expected tarball with extension: .tar.zst, .tar.lz4 or .tar"
@@ -96,6 +117,26 @@ class ImageError(Exception):
     """The task's image could not be made available; docker-worker resolves the task as failed."""
 
 
+class ImagePullRejected(ImageError):
+    """The engine or the registry refused the reference: invalid, unknown, or not authorized.
+
+    A retry cannot change the answer, so nothing is retried and the task is ``malformed-payload``: its
+    author must fix the image name or the credentials the worker was given.
+    """
+
+
+class ImagePullUnavailable(ImageError):
+    """Every attempt failed in a way a retry may cure (rate limit, 5xx, timeout, connection error).
+
+    The task is not at fault and this worker could not reach the registry: ``intermittent-task``, so the
+    queue retries it (possibly on another worker).
+    """
+
+
+class ImageNotPresentError(ImageError):
+    """``imagePullPolicy: never`` and the image is not present on this worker: ``malformed-payload``."""
+
+
 class ImageNotAuthorizedError(ImageError):
     """The task lacks the scope that guards the image (private registry or non-public artifact)."""
 
@@ -108,17 +149,95 @@ class ImageNotAuthorizedError(ImageError):
 
 
 @dataclasses.dataclass(frozen=True)
+class PullReport:
+    """What one registry pull cost, for the task log and the worker's metrics.
+
+    ``bytes_downloaded`` is the sum of the compressed layer sizes the engine reported downloading (layers
+    already present count 0); None when the engine reports no sizes (podman's Docker-compatible API sends
+    no progress details).  ``seconds`` covers every attempt and the backoff between them.  ``fallback`` is
+    True when the pull failed transiently under ``imagePullPolicy: always`` and the present image was used.
+    """
+
+    reference: str
+    seconds: float
+    bytes_downloaded: int | None
+    attempts: int
+    fallback: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
 class ResolvedImage:
     """An image ready to run.
 
     ``image_id`` is the docker ``Id`` (``sha256:...``), recorded as ``imageHash`` in chain of trust;
     ``name`` is the reference to create the container from; ``artifact_hash`` is ``sha256:<hex>`` of the
-    downloaded artifact file for task/indexed images (``imageArtifactHash``), when known.
+    downloaded artifact file for task/indexed images (``imageArtifactHash``), when known.  ``pull`` is set
+    for the caller whose ensure pulled from a registry (not for callers that waited on its pull, so a pull
+    is counted once).
     """
 
     image_id: str
     name: str
     artifact_hash: str | None = None
+    #: Not part of the identity: two ensures of one image compare equal whoever pulled it.
+    pull: PullReport | None = dataclasses.field(default=None, compare=False)
+
+
+# Engine answers are HTTP 500 with the registry's message for nearly everything (dockerd and podman alike),
+# so the message decides.  Transient patterns are looked at first: a rate-limit text may mention
+# authentication ("...increase the limit by authenticating"), never the other way round.
+_TRANSIENT_PATTERN = re.compile(
+    r"toomanyrequests|too many requests|\b429\b|unexpected http status: 5\d\d|\b5\d\d (internal|bad|service|gateway)"
+    r"|service unavailable|bad gateway|gateway time-?out|internal server error|connection refused"
+    r"|connection reset|broken pipe|i/o timeout|timed out|timeout|no route to host|network is unreachable"
+    r"|no such host|temporary failure|unexpected eof|\beof\b|tls handshake",
+    re.IGNORECASE,
+)
+_REJECTED_PATTERN = re.compile(
+    r"invalid reference|repository name must|manifest unknown|name unknown|blob unknown|not found"
+    r"|does not exist|unauthorized|authentication required|no basic auth credentials|denied|forbidden"
+    r"|incorrect username or password|\b40[13]\b",
+    re.IGNORECASE,
+)
+
+
+def _error_text(exc: BaseException) -> str:
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc) or type(exc).__name__
+
+
+def classify_pull_error(exc: BaseException) -> Literal["rejected", "transient"]:
+    """Whether a failed pull can succeed when retried (``transient``) or never will (``rejected``).
+
+    The engine's own 400 (invalid reference format), 401/403 and 404 (manifest or repository unknown,
+    docker-hub's "pull access denied") are rejections; everything else is judged on the message, and a
+    message that matches nothing known counts as transient: retrying an unknown failure costs minutes,
+    failing a good task for it costs the task.
+    """
+    if isinstance(exc, docker.errors.APIError) and exc.status_code in (400, 401, 403, 404):
+        return "rejected"
+    text = _error_text(exc)
+    if _TRANSIENT_PATTERN.search(text):
+        return "transient"
+    if _REJECTED_PATTERN.search(text):
+        return "rejected"
+    return "transient"
+
+
+def resolution_error(exc: ImageError) -> ExecutionError:
+    """The error that resolves a task whose image could not be made available, with docker-worker's text.
+
+    Missing scopes and artifact-image problems fail the task as docker-worker did; a rejected reference
+    and ``imagePullPolicy: never`` are ``malformed-payload``; a registry that stayed unavailable through
+    every retry is ``intermittent-task``.
+    """
+    message = f"Pulling docker image has failed.\nError: {exc}"
+    if isinstance(exc, ImagePullRejected | ImageNotPresentError):
+        return MalformedPayload(message)
+    if isinstance(exc, ImagePullUnavailable):
+        return IntermittentTask(message)
+    return Failure(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,8 +246,9 @@ class ImageOptions:
 
     ``default_registry`` is the host assumed for two-part names like ``user/img`` when looking up
     credentials.  ``pull_attempts``, ``pull_base_delay`` (seconds) and ``pull_jitter`` drive the pull retry
-    backoff ``base * 2**(n-1) * (1 ± jitter)``.  ``clock`` (for last-used times) and ``disk_free`` (free
-    bytes where images live; default: the work dir's file system) are injectable for tests.  ``executor``
+    backoff ``base * 2**(n-1) * (1 ± jitter)``; ``pull_policy`` is :data:`PullPolicy`.  ``clock`` (for
+    last-used times) and ``disk_free`` (free bytes where images live; default: the work dir's file system)
+    are injectable for tests.  ``executor``
     runs the engine calls (the docker executor passes its own pool, so image work and container streams
     share one bounded set of threads and never starve the default pool that file operations use).
     """
@@ -137,6 +257,7 @@ class ImageOptions:
     pull_attempts: int = 5
     pull_base_delay: float = 15.0
     pull_jitter: float = 0.25
+    pull_policy: PullPolicy = "if-not-present"
     clock: Callable[[], float] = time.monotonic
     disk_free: Callable[[], int] | None = None
     executor: Executor | None = None
@@ -304,6 +425,9 @@ class ImageManager:
         self._pull_attempts = max(1, opts.pull_attempts)
         self._pull_base_delay = opts.pull_base_delay
         self._pull_jitter = opts.pull_jitter
+        if opts.pull_policy not in PULL_POLICIES:
+            raise ValueError(f"unknown image pull policy {opts.pull_policy!r}; expected one of {PULL_POLICIES}")
+        self._pull_policy = opts.pull_policy
         self._clock = opts.clock
         self._disk_free = opts.disk_free or (lambda: shutil.disk_usage(self._work_dir).free)
         self._executor = opts.executor
@@ -389,6 +513,9 @@ class ImageManager:
         if isinstance(spec, DockerImage):
             resolved = await self._ensure_registry_image(spec, task_scopes, log)
         elif isinstance(spec, IndexedImage | TaskImage):
+            # docker-worker's order: the artifact scope is checked before anything else, so a task without
+            # it learns nothing from the index (not even whether the namespace exists).
+            self._check_artifact_scope(spec, task_scopes)
             if isinstance(spec, IndexedImage):
                 source_task = await self._find_task(spec.namespace, download)
             else:
@@ -415,19 +542,22 @@ class ImageManager:
         """Run ``job`` once for ``key`` however many callers ask concurrently.
 
         The job is shielded: a caller cancelled mid-download (its task was aborted) must not cancel the
-        download other tasks are waiting for.
+        download other tasks are waiting for.  Only the caller that started the job gets its
+        :class:`PullReport`: the others waited for a pull, they did not make one.
         """
         task = self._inflight.get(key)
-        if task is None:
+        if task is not None:
+            resolved = await asyncio.shield(task)
+            return dataclasses.replace(resolved, pull=None)
 
-            async def run() -> ResolvedImage:
-                try:
-                    return await job()
-                finally:
-                    self._inflight.pop(key, None)
+        async def run() -> ResolvedImage:
+            try:
+                return await job()
+            finally:
+                self._inflight.pop(key, None)
 
-            task = asyncio.ensure_future(run())
-            self._inflight[key] = task
+        task = asyncio.ensure_future(run())
+        self._inflight[key] = task
         return await asyncio.shield(task)
 
     def _record_use(self, resolved: ResolvedImage) -> ResolvedImage:
@@ -473,61 +603,119 @@ class ImageManager:
             if not _scope_satisfied(task_scopes, required):
                 raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
 
+        policy = self._pull_policy
         with self._ensuring_name(spec.name):
             image_id = await self._inspect_id(spec.name)
-        if image_id is not None:
+        # A digest names immutable content: pulling it again can only download the same bytes.
+        if image_id is not None and (policy != "always" or digest):
             return self._record_use(ResolvedImage(image_id=image_id, name=spec.name))
+        if image_id is None and policy == "never":
+            raise ImageNotPresentError(
+                f"Image {spec.name} is not present on this worker and its dockerConfig.imagePullPolicy is "
+                '"never": the worker does not pull images'
+            )
 
         reference = f"{repo}@{digest}" if digest else f"{repo}:{tag or 'latest'}"
 
         async def job() -> ResolvedImage:
+            if policy == "always":
+                return await self._pull_always(reference, credentials, log)
             # Look again inside the shared job: a concurrent ensure may have pulled it since our look.
             present_id = await self._inspect_id(spec.name)
             if present_id is not None:
                 return ResolvedImage(image_id=present_id, name=spec.name)
-            await self._pull_with_retries(reference, credentials, log)
-            pulled_id = await self._inspect_id(reference, log)
-            if pulled_id is None:
-                raise ImageError(f"image missing after pulling: {reference}")
-            return ResolvedImage(image_id=pulled_id, name=reference)
+            report = await self._pull_with_retries(reference, credentials, log, attempts=self._pull_attempts)
+            return await self._pulled(reference, report, log)
 
         with self._ensuring_name(reference):
             return self._record_use(await self._shared(f"registry:{reference}", job))
 
-    async def _pull_with_retries(
+    async def _pull_always(
         self, reference: str, credentials: RegistryCredentials | None, log: Callable[[str], None]
-    ) -> None:
+    ) -> ResolvedImage:
+        """``imagePullPolicy: always``: pull; when the registry cannot be reached, run the present image.
+
+        With an image present a single attempt is made (a task should not wait minutes of backoff for an
+        update it can do without); without one, the usual retries.  A rejection (unknown image, denied
+        credentials) is never covered by the present image: the registry's answer is what ``always``
+        asks for, and a revoked credential must not keep working from the cache.
+        """
+        cached_id = await self._inspect_id(reference)
+        attempts = 1 if cached_id is not None else self._pull_attempts
+        started = time.monotonic()
+        try:
+            report = await self._pull_with_retries(reference, credentials, log, attempts=attempts)
+        except ImagePullUnavailable as exc:
+            if cached_id is None:
+                raise
+            log(
+                f"Registry unreachable, using the cached image {reference} ({cached_id}) although "
+                f'dockerConfig.imagePullPolicy is "always": {exc}'
+            )
+            fallback = PullReport(reference, time.monotonic() - started, 0, attempts, fallback=True)
+            return ResolvedImage(image_id=cached_id, name=reference, pull=fallback)
+        return await self._pulled(reference, report, log)
+
+    async def _pulled(self, reference: str, report: PullReport, log: Callable[[str], None]) -> ResolvedImage:
+        pulled_id = await self._inspect_id(reference, log)
+        if pulled_id is None:
+            raise ImageError(f"image missing after pulling: {reference}")
+        size = "size not reported by the engine"
+        if report.bytes_downloaded is not None:
+            size = f"{report.bytes_downloaded / 1024 / 1024:.3f} mb downloaded"
+        log(f"Pulled docker image {reference} in {report.seconds:.3f} seconds ({size}).  Using image ID {pulled_id}.")
+        return ResolvedImage(image_id=pulled_id, name=reference, pull=report)
+
+    async def _pull_with_retries(
+        self, reference: str, credentials: RegistryCredentials | None, log: Callable[[str], None], *, attempts: int
+    ) -> PullReport:
+        """Pull ``reference``, retrying transient failures only; raises the classified :class:`ImageError`."""
         loop = asyncio.get_running_loop()
+        started = time.monotonic()
 
         def thread_log(line: str) -> None:
             loop.call_soon_threadsafe(log, line)
 
-        for attempt in range(1, self._pull_attempts + 1):
+        for attempt in range(1, attempts + 1):
             log(f"Pulling docker image {reference}")
             try:
-                await self._engine(self._pull_once, reference, credentials, thread_log)
-                return
-            except (docker.errors.DockerException, ImageError, OSError) as exc:
-                error = str(exc)
-                if attempt >= self._pull_attempts:
-                    raise ImageError(
+                downloaded = await self._engine(self._pull_once, reference, credentials, thread_log)
+                return PullReport(reference, time.monotonic() - started, downloaded, attempt)
+            except (docker.errors.DockerException, ImageError, OSError) as exc:  # OSError: requests' errors too
+                error = _error_text(exc)
+                if classify_pull_error(exc) == "rejected":
+                    raise ImagePullRejected(f"Could not pull docker image {reference}: {error}") from exc
+                if attempt >= attempts:
+                    raise ImagePullUnavailable(
                         f"Could not pull docker image {reference} after {attempt} attempt(s): {error}"
                     ) from exc
                 jitter = 1 + self._pull_jitter * (2 * random.random() - 1)
                 delay = self._pull_base_delay * 2 ** (attempt - 1) * jitter
                 log(
-                    f"Error pulling docker image {reference} (attempt {attempt}/{self._pull_attempts}): "
+                    f"Error pulling docker image {reference} (attempt {attempt}/{attempts}): "
                     f"{error}. Next attempt in {delay:.2f} s."
                 )
                 await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
-    def _pull_once(self, reference: str, credentials: RegistryCredentials | None, log: Callable[[str], None]) -> None:
+    def _pull_once(
+        self, reference: str, credentials: RegistryCredentials | None, log: Callable[[str], None]
+    ) -> int | None:
+        """One pull through the engine, in a pool thread; returns the compressed bytes downloaded (or None).
+
+        dockerd reports each layer's size in its ``Downloading`` events (``progressDetail.total``); a layer
+        that ``Already exists`` sends none and counts 0.  podman sends no progress details at all.
+        """
         repo, tag, digest = _split_reference(reference)
         auth = None
         if credentials is not None:
             auth = {"username": credentials.get("username", ""), "password": credentials.get("password", "")}
         stream = self._client.api.pull(repo, tag=digest or tag, stream=True, decode=True, auth_config=auth)
         last_status: dict[str, str] = {}
+        layer_sizes: dict[str, int] = {}
+        # dockerd says "Already exists" for a present layer and "Digest: ..." when it is done; podman says
+        # neither, and without those or a size the bytes are unknown rather than 0.
+        sizes_known = False
         for event in stream:
             if "error" in event:
                 raise ImageError(str(event.get("errorDetail", {}).get("message") or event["error"]))
@@ -535,11 +723,19 @@ class ImageManager:
             if not status:
                 continue
             layer = event.get("id", "")
+            detail = event.get("progressDetail") or {}
+            total = detail.get("total") if isinstance(detail, dict) else None
+            if status == "Downloading" and isinstance(total, int) and total > 0:
+                layer_sizes[layer] = total
+                sizes_known = True
+            elif status == "Already exists" or status.startswith("Digest:"):
+                sizes_known = True
             # Progress ticks ("Downloading [==>  ]") would flood the log: report each state change once.
             if last_status.get(layer) == status:
                 continue
             last_status[layer] = status
             log(f"{layer}: {status}" if layer else status)
+        return sum(layer_sizes.values()) if sizes_known else None
 
     # -- artifact images ------------------------------------------------------------------------------------
 
@@ -553,10 +749,7 @@ class ImageManager:
         log: Callable[[str], None],
     ) -> ResolvedImage:
         path = spec.path
-        if not re.match(r"^/?public/", path):
-            required = f"queue:get-artifact:{path}"
-            if not _scope_satisfied(task_scopes, required):
-                raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
+        self._check_artifact_scope(spec, task_scopes)
 
         name = hashlib.md5(f"{source_task}{path}".encode()).hexdigest()
         reference = f"{name}:latest"
@@ -579,6 +772,14 @@ class ImageManager:
                 resolved = ResolvedImage(image_id, reference, self._artifact_hashes.get(name))
         log(f"Image '{path}' from task '{source_task}' loaded.  Using image ID {resolved.image_id}.")
         return self._record_use(resolved)
+
+    @staticmethod
+    def _check_artifact_scope(spec: IndexedImage | TaskImage, task_scopes: list[str]) -> None:
+        """docker-worker's ``isAuthorized`` of artifact images: non-public paths need the get-artifact scope."""
+        if not re.match(r"^/?public/", spec.path):
+            required = f"queue:get-artifact:{spec.path}"
+            if not _scope_satisfied(task_scopes, required):
+                raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
 
     async def _download_and_load(
         self,

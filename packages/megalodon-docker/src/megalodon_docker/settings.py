@@ -6,7 +6,13 @@ live under one key, validated with the rest of the config (unknown sub-keys are 
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+#: ``dockerConfig.imagePullPolicy`` (see :class:`DockerConfig`); the image manager's meaning of each value is
+#: documented in :mod:`megalodon_docker.images`.
+PullPolicy = Literal["if-not-present", "always", "never"]
 
 
 class RegistryCredentials(BaseModel):
@@ -26,15 +32,22 @@ class DockerConfig(BaseModel):
     defaultRegistry: str = "registry.hub.docker.com"
     #: Private registry credentials keyed by ``host`` or ``host/user`` (docker-worker's ``registries``).
     registries: dict[str, RegistryCredentials] = Field(default_factory=dict)
-    #: Pull attempts and the base of the exponential backoff between them (docker-worker: 5, 15 s).
+    #: When a registry image already present is pulled again: ``if-not-present`` (docker-worker's
+    #: behaviour: never), ``always`` (before each task; the present image is used, with a task log line,
+    #: when the registry cannot be reached) or ``never`` (an absent image is malformed-payload).
+    imagePullPolicy: PullPolicy = "if-not-present"
+    #: Pull attempts and the base of the exponential backoff between them (docker-worker: 5, 15 s); only
+    #: transient failures (rate limits, 5xx, timeouts, connection errors) are retried.
     pullAttempts: int = Field(default=5, ge=1)
     pullBaseDelaySeconds: float = Field(default=15.0, ge=0)
     #: ``/dev/shm`` size of task containers (docker-worker's ShmSize).
     shmSize: int = Field(default=1_800_000_000, ge=0)
     #: Unused images are removed this long after their last use (docker-worker: 2 h).
     imageExpirationSeconds: int = Field(default=7200, ge=0)
-    #: Docker daemon URL (default: the environment, i.e. DOCKER_HOST or the local socket).
-    baseUrl: str = ""
+    #: Docker-API endpoint the executor talks to, e.g. ``unix:///run/podman/podman.sock`` for podman's
+    #: Docker-compatible service (default: the docker SDK's from-environment one: ``DOCKER_HOST``, else
+    #: ``unix:///var/run/docker.sock``).
+    host: str = ""
     #: Timeout of one engine API call (the docker SDK's default).  Container output streams and waits
     #: are exempt: a task may stay silent for longer than any timeout.
     apiTimeoutSeconds: float = Field(default=60.0, gt=0)
