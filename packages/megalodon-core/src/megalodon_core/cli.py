@@ -10,13 +10,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
@@ -69,14 +71,16 @@ def list_plugins(
         print(json.dumps(records, indent=2))
         return
     table = Table("plugin", "distribution", "version", "executors", "features", "status")
+    for column in table.columns:
+        column.overflow = "fold"  # names are what a user copies: never cut them
     for r in records:
-        status = r["status"] if not r["error"] else f"[red]{r['status']}: {r['error']}[/red]"
+        status = escape(r["status"]) if not r["error"] else f"[red]{escape(r['status'])}: {escape(r['error'])}[/red]"
         table.add_row(
-            r["name"],
-            r["distribution"],
-            r["version"],
-            ", ".join(r["executors"]),
-            ", ".join(r["features"]),
+            escape(r["name"]),
+            escape(r["distribution"]),
+            escape(r["version"]),
+            escape(", ".join(r["executors"])),
+            escape(", ".join(r["features"])),
             status,
         )
     console.print(table)
@@ -135,20 +139,23 @@ def validate_payload(
     raise typer.Exit(1)
 
 
-def _load_config_or_exit(config: Path, host: Any) -> tuple[Any, dict[str, Any]]:
-    """The validated config and its raw data; exits 64 (unreadable) or 73 (invalid) naming the key."""
-    from .config import ConfigError, config_warnings, load_config
+def _config_error_exit(exc: Exception) -> NoReturn:
+    """Print a config error (no markup: it quotes the operator's text) and exit with generic-worker's code:
+    64 for a file that cannot be decoded, 73 for a missing or invalid key."""
     from .worker import EXIT_CANT_LOAD_CONFIG, EXIT_INVALID_CONFIG
 
+    err_console.print(str(exc), markup=False, soft_wrap=True)
+    raise typer.Exit(EXIT_CANT_LOAD_CONFIG if getattr(exc, "unreadable", False) else EXIT_INVALID_CONFIG)
+
+
+def _load_config_or_exit(config: Path, host: Any) -> tuple[Any, dict[str, Any]]:
+    """The validated config and its raw data; exits 64 (unreadable) or 73 (invalid) naming the key."""
+    from .config import ConfigError, config_warnings, load_config_and_data
+
     try:
-        cfg = load_config(config, host.config_fields())
+        cfg, data = load_config_and_data(config, host.config_fields())
     except ConfigError as exc:
-        err_console.print(str(exc), markup=False)
-        code = (
-            EXIT_CANT_LOAD_CONFIG if "cannot read" in str(exc) or "not valid JSON" in str(exc) else EXIT_INVALID_CONFIG
-        )
-        raise typer.Exit(code) from None
-    data: dict[str, Any] = json.loads(config.read_text())
+        _config_error_exit(exc)
     for warning in config_warnings(data):
         logging.getLogger("megalodon_core.config").warning("%s", warning)
     return cfg, data
@@ -192,13 +199,22 @@ def run(
     ] = None,
 ) -> None:
     """Run the worker: claim, run and resolve tasks until a stop condition."""
+    from .config import ConfigError, check_directories, read_config_data
     from .worker import EXIT_INVALID_CONFIG
 
     host = _plugins()
-    raw = json.loads(config.read_text()) if config.is_file() else {}
+    try:
+        raw = read_config_data(config)
+    except ConfigError as exc:
+        _config_error_exit(exc)
+    # Before the config is validated, so its warnings come out in the configured format too.
     log_format = raw.get("logFormat", "text") if isinstance(raw, dict) else "text"
     _use_log_format(log_format)
     cfg, _ = _load_config_or_exit(config, host)
+    try:
+        check_directories(cfg)
+    except ConfigError as exc:
+        _config_error_exit(exc)
     if hasattr(cfg, "workerConfigFile") and not cfg.workerConfigFile:
         # The multiuser engine checks that task users cannot read the file the worker was started with.
         cfg.workerConfigFile = str(config.resolve())
@@ -221,7 +237,7 @@ async def _serve_worker(
     """The worker with its worker-runner link, log routing and metrics endpoint around it."""
     from . import __version__
     from .metrics import Metrics, serve
-    from .worker import Worker
+    from .worker import EXIT_INVALID_CONFIG, Worker
     from .workerrunner import HandshakeTimeout, ProtocolClosed, RunnerLogHandler, WorkerRunnerError, connect
 
     try:
@@ -264,7 +280,18 @@ async def _serve_worker(
                 "resolvedTasks": worker.resolved,
             }
 
-        server = await serve(metrics, cfg.metricsAddress, cfg.metricsPort, health=health)
+        try:
+            server = await serve(metrics, cfg.metricsAddress, cfg.metricsPort, health=health)
+        except OSError as exc:
+            key = "metricsAddress" if isinstance(exc, socket.gaierror) else "metricsPort"
+            err_console.print(
+                f'Config setting "{key}" is invalid: cannot listen on {cfg.metricsAddress}:{cfg.metricsPort} '
+                f"({exc.strerror or exc}); choose a free port, or 0 for any free port",
+                markup=False,
+                soft_wrap=True,
+            )
+            await proto.close()
+            return EXIT_INVALID_CONFIG
         logging.getLogger(__name__).info("metrics on %s", server.url)
     try:
         return await worker.run(handle_signals=True)
@@ -285,39 +312,78 @@ def run_task_cmd(
 ) -> None:
     """Run one task locally through the real worker path, on the embedded Taskcluster double.
 
-    Exit code: 0 completed, 1 failed, 2 exception.
+    Exit code: 0 completed, 1 failed, 2 exception, 3 the queue rejected the task definition, 64 unreadable
+    input (task file or --config).
     """
-    from .config import ConfigError
-    from .runtask import run_task
+    from .config import ConfigError, json_kind, read_config_data
+    from .runtask import EXIT_TASK_REJECTED, TaskRejected, run_task
 
     overrides: dict[str, Any] = {}
     if config is not None:
         try:
-            overrides = json.loads(config.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            err_console.print(f"cannot read config overrides {config}: {exc}")
+            data = read_config_data(config)
+        except ConfigError as exc:
+            err_console.print(f"--config: {exc}", markup=False, soft_wrap=True)
             raise typer.Exit(64) from None
+        if not isinstance(data, dict):
+            err_console.print(
+                f"--config: {config} must hold a JSON object of worker config keys, not a JSON {json_kind(data)}",
+                markup=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(64)
+        overrides = data
     try:
         result = asyncio.run(run_task(file, out_root=out, plugins=_plugins(), config_overrides=overrides))
+    except TaskRejected as exc:
+        err_console.print(f"the queue rejected the task definition in {file}: {exc}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_TASK_REJECTED) from None
     except (ValueError, ConfigError) as exc:
-        err_console.print(str(exc), markup=False)
+        err_console.print(str(exc), markup=False, soft_wrap=True)
         raise typer.Exit(64) from None
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
-        colour = {"completed": "green", "failed": "red"}.get(result.state, "yellow")
-        console.print(
-            f"Task [bold]{result.task_id}[/bold]: [{colour}]{result.state}[/{colour}] ({result.reason}) "
-            f"in {result.duration:.2f}s"
-        )
-        table = Table("artifact", "storage", "content type", "local path / detail")
-        for a in result.artifacts:
-            detail = a.path or a.url or (f"{a.reason}: {a.message}" if a.reason else a.message or "")
-            table.add_row(a.name, a.storage_type, a.content_type, detail)
-        console.print(table)
-        if result.log_path:
-            console.print(f"Log: {result.log_path}")
+        _print_run_summary(result)
     raise typer.Exit(result.exit_code)
+
+
+def _print_run_summary(result: Any) -> None:
+    """The human summary of ``run-task``: the run the worker ran, its artifacts, and why it did not complete."""
+    colour = {"completed": "green", "failed": "red"}.get(result.state, "yellow")
+    console.print(
+        f"Task [bold]{escape(result.task_id)}[/bold] run {result.run_id}: [{colour}]{escape(result.state)}[/{colour}] "
+        f"({escape(result.reason)}) in {result.duration:.2f}s"
+    )
+    if result.next_run_id is not None:
+        console.print(
+            f"The queue scheduled run {result.next_run_id} (a retry); shown here is run {result.run_id}, "
+            "the run the worker ran.",
+            markup=False,
+        )
+    # Columns fold instead of truncating: a path cut at 80 columns is useless to copy.
+    table = Table("artifact", "storage", "content type", "local path / detail")
+    for column in table.columns:
+        column.overflow = "fold"
+    for a in result.artifacts:
+        detail = a.path or a.url or (f"{a.reason}: {a.message}" if a.reason else a.message or "")
+        table.add_row(escape(a.name), escape(a.storage_type), escape(a.content_type), escape(detail))
+    console.print(table)
+    if result.log_path:
+        console.print(f"Log: {result.log_path}", markup=False, soft_wrap=True)
+    if result.public_key:
+        console.print(
+            "Chain of trust: signed with an ephemeral ed25519 key made for this run; public key "
+            f"{result.public_key} (in {result.public_key_path})",
+            markup=False,
+            soft_wrap=True,
+        )
+    if result.state != "completed":
+        console.print(f"Reason: {result.state}/{result.reason}", markup=False)
+        if result.log_tail:
+            console.print(f"Last {len(result.log_tail)} lines of the task log:", markup=False)
+            for line in result.log_tail:
+                console.print("  " + line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("status")
@@ -327,6 +393,12 @@ def status(
     """Print the tasks the worker using STATE_DIR is running now (generic-worker's worker-status.json)."""
     from .worker import running_task_ids
 
+    if not state_dir.is_dir():
+        problem = "does not exist" if not state_dir.exists() else "is not a directory"
+        err_console.print(
+            f"--state-dir {state_dir} {problem}: give the stateDir of the worker's config", markup=False, soft_wrap=True
+        )
+        raise typer.Exit(2)
     print(json.dumps({"currentTaskIds": running_task_ids(state_dir)}))
 
 
@@ -357,8 +429,10 @@ def config_explain(
         print(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows], indent=2, default=str))
         return
     table = Table("key", "value", "source")
+    for column in table.columns:
+        column.overflow = "fold"
     for key, value, source in rows:
-        table.add_row(key, json.dumps(value, default=str), source)
+        table.add_row(escape(key), escape(json.dumps(value, default=str)), escape(source))
     console.print(table)
 
 

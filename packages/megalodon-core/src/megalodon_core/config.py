@@ -22,8 +22,12 @@ Keys generic-worker has but megalodon has no use for are accepted, with a warnin
 
 from __future__ import annotations
 
+import codecs
+import difflib
 import ipaddress
 import json
+import urllib.parse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,7 +35,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 
 class ConfigError(Exception):
-    """The config cannot be used; the message names the offending key."""
+    """The config cannot be used; the message names the offending key (or the file's problem).
+
+    ``unreadable`` distinguishes generic-worker's two exit codes: 64 (the file cannot be read or decoded)
+    and 73 (it decodes, but a key is missing or invalid).
+    """
+
+    def __init__(self, message: str, *, unreadable: bool = False) -> None:
+        super().__init__(message)
+        self.unreadable = unreadable
+
+
+#: The keys of a temporary credentials certificate (Taskcluster's ``auth`` service format).
+CERTIFICATE_FIELDS = frozenset({"version", "scopes", "start", "expiry", "seed", "signature"})
 
 
 class WorkerConfig(BaseModel):
@@ -122,6 +138,50 @@ class WorkerConfig(BaseModel):
     wstAudience: str = ""
     wstServerURL: str = ""
 
+    @field_validator("tasksDir", "cachesDir", "downloadsDir", "stateDir", "ed25519SigningKeyLocation")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("a path cannot contain a NUL byte; write the directory's path")
+        return value
+
+    @field_validator("rootURL")
+    @classmethod
+    def _root_url(cls, value: str) -> str:
+        parsed = urllib.parse.urlsplit(value)
+        try:
+            port_ok = parsed.port is None or parsed.port > 0
+        except ValueError:
+            port_ok = False
+        if (
+            parsed.scheme not in ("http", "https")
+            or not parsed.hostname
+            or not port_ok
+            or any(c.isspace() or c == "\x00" for c in value)
+        ):
+            raise ValueError(
+                f"{value!r} is not an http(s) URL; write your deployment's root URL, e.g. https://tc.example.com"
+            )
+        return value
+
+    @field_validator("certificate")
+    @classmethod
+    def _certificate(cls, value: str) -> str:
+        if not value:
+            return value
+        try:
+            cert = json.loads(value)
+        except (ValueError, RecursionError):
+            cert = None
+        missing = CERTIFICATE_FIELDS - set(cert) if isinstance(cert, dict) else CERTIFICATE_FIELDS
+        if missing:
+            raise ValueError(
+                "must be the JSON certificate of temporary credentials (with "
+                + ", ".join(sorted(CERTIFICATE_FIELDS))
+                + "), or empty for permanent credentials"
+            )
+        return value
+
     @field_validator("privateIP", "publicIP")
     @classmethod
     def _ip(cls, value: str | None) -> str | None:
@@ -161,6 +221,7 @@ NOT_APPLICABLE: dict[str, str] = {
     "enableLoopbackVideo": "loopback video is not supported (requesting it is malformed-payload)",
     "loopbackAudioDeviceNumber": "loopback audio is not supported",
     "loopbackVideoDeviceNumber": "loopback video is not supported",
+    "availabilityZone": "megalodon reports it nowhere (generic-worker only reads it into its config)",
 }
 
 
@@ -209,35 +270,110 @@ def config_model(plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> typ
     return model
 
 
-def format_validation_error(exc: ValidationError) -> str:
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """`` (did you mean "x"?)`` for the nearest known key, or ``""``."""
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if not close:
+        lowered = {k.lower(): k for k in known}
+        close = [lowered[key.lower()]] if key.lower() in lowered else []
+    return f' (did you mean "{close[0]}"?)' if close else ""
+
+
+def format_validation_error(exc: ValidationError, known: Iterable[str] = ()) -> str:
     lines = []
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"]) or "(root)"
         if err["type"] == "missing":
             lines.append(f'Config setting "{key}" has not been defined')
         elif err["type"] == "extra_forbidden":
-            lines.append(f'Config setting "{key}" is not a recognised config key')
+            lines.append(f'Config setting "{key}" is not a recognised config key{did_you_mean(key, known)}')
         else:
-            lines.append(f'Config setting "{key}" is invalid: {err["msg"]}')
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            lines.append(f'Config setting "{key}" is invalid: {msg}')
     return "\n".join(lines)
 
 
 def parse_config(data: Any, plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> WorkerConfig:
     if not isinstance(data, dict):
-        raise ConfigError("config file must hold a JSON object")
+        raise ConfigError(
+            f"config must be a JSON object of generic-worker keys, not a JSON {json_kind(data)}", unreadable=True
+        )
+    model = config_model(plugin_fields)
     try:
-        return config_model(plugin_fields).model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, model.model_fields)) from None
+
+
+def json_kind(value: Any) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+NUL = b"\x00"
+
+
+def read_config_data(path: Path) -> Any:
+    """The decoded JSON of a config file; :class:`ConfigError` (``unreadable``) with one line naming the
+    problem and the fix: a missing or unreadable file, an empty one, a byte-order mark, NUL bytes, text that is
+    not UTF-8 or not JSON."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}", unreadable=True) from None
+    problem = ""
+    if not raw.strip():
+        problem = "is empty; write a JSON object of generic-worker config keys"
+    elif raw.startswith(codecs.BOM_UTF8):
+        problem = "starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM"
+    elif NUL in raw:
+        problem = f"contains NUL bytes (first at byte {raw.index(NUL)}); it is not a JSON text file"
+    if problem:
+        raise ConfigError(f"config file {path} {problem}", unreadable=True)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 (byte {exc.start}); save it as UTF-8 JSON", unreadable=True
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            unreadable=True,
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid JSON: nested too deeply", unreadable=True) from None
+
+
+def load_config_and_data(
+    path: Path, plugin_fields: dict[str, tuple[Any, Any]] | None = None
+) -> tuple[WorkerConfig, dict[str, Any]]:
+    """The validated config of ``path`` and the file's keys: :class:`ConfigError` naming the problem or the key."""
+    data = read_config_data(path)
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file {path} must hold a JSON object of generic-worker keys, not a JSON {json_kind(data)}",
+            unreadable=True,
+        )
+    return parse_config(data, plugin_fields), data
 
 
 def load_config(path: Path, plugin_fields: dict[str, tuple[Any, Any]] | None = None) -> WorkerConfig:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: {exc}") from None
-    return parse_config(data, plugin_fields)
+    """The validated config of ``path``: :class:`ConfigError` naming the problem or the key."""
+    return load_config_and_data(path, plugin_fields)[0]
+
+
+def check_directories(config: WorkerConfig) -> None:
+    """Directories the worker will create or use must be directories (or absent): one error naming the key."""
+    for key in ("stateDir", "tasksDir", "cachesDir", "downloadsDir"):
+        path = Path(getattr(config, key))
+        # The first part of the path that exists must be a directory, or the worker could not create it.
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            where = "exists" if existing == path else f"cannot be created: {existing} exists"
+            raise ConfigError(
+                f'Config setting "{key}" is invalid: {path} {where} and is not a directory; '
+                "point it at a directory (or a path that does not exist yet)"
+            )
