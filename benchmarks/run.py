@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
 import gzip
 import json
 import os
@@ -34,10 +33,9 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,8 @@ import aiohttp
 import psutil
 import taskcluster
 import taskcluster.aio
+from common import PROVISIONER, WORKER_GROUP, WORKER_ID, make_task, ratio, scratch, stats, worker_config
+from per_task import SCENARIOS as PER_TASK_SCENARIOS
 
 from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
@@ -55,9 +55,6 @@ from megalodon_core.tasklog import TaskLog
 from megalodon_core.timefmt import iso, parse_iso, utcnow
 from megalodon_core.worker import Worker
 
-PROVISIONER = "megalodon-bench"
-WORKER_GROUP = "bench-group"
-WORKER_ID = "bench-worker"
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 MIB = 1 << 20
 #: RSS sampling period: short enough to catch a buffer that lives for a fraction of a second.
@@ -92,62 +89,6 @@ class Settings:
 
 
 # -- small helpers -----------------------------------------------------------------------------------------
-def make_task(payload: dict[str, Any], worker_type: str) -> dict[str, Any]:
-    """A task definition for ``worker_type`` (megalodon_core.testing needs pytest, absent from the bench env)."""
-    now = utcnow()
-    return {
-        "taskQueueId": f"{PROVISIONER}/{worker_type}",
-        "schedulerId": "bench-scheduler",
-        "created": iso(now),
-        "deadline": iso(now + dt.timedelta(hours=1)),
-        "expires": iso(now + dt.timedelta(days=1)),
-        "scopes": [],
-        "payload": payload,
-        "metadata": {"name": "bench", "description": "benchmark", "owner": "bench@example.com", "source": "https://x/"},
-    }
-
-
-def worker_config(double: TaskclusterDouble, worker_type: str, workdir: Path, **overrides: Any) -> dict[str, Any]:
-    """A generic-worker style config for ``worker_type``, with credentials minted by the double."""
-    creds = double.worker_credentials(PROVISIONER, worker_type, WORKER_GROUP, WORKER_ID)
-    cfg: dict[str, Any] = {
-        "rootURL": double.root_url,
-        "clientId": creds["clientId"],
-        "accessToken": creds["accessToken"],
-        "provisionerId": PROVISIONER,
-        "workerType": worker_type,
-        "workerGroup": WORKER_GROUP,
-        "workerId": WORKER_ID,
-        "executor": "native",
-        "tasksDir": str(workdir / "tasks"),
-        "stateDir": str(workdir / "state"),
-        "requiredDiskSpaceMegabytes": 16,
-        "cachesDir": str(workdir / "caches"),
-        "downloadsDir": str(workdir / "downloads"),
-        "numberOfTasksToRun": 1,
-        "capacity": 1,
-        "maxTaskRunTime": 3600,
-    }
-    cfg.update(overrides)
-    return cfg
-
-
-def stats(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {"n": 0, "mean": float("nan"), "median": float("nan"), "min": float("nan"), "max": float("nan")}
-    return {
-        "n": len(values),
-        "mean": statistics.fmean(values),
-        "median": statistics.median(values),
-        "min": min(values),
-        "max": max(values),
-    }
-
-
-def ratio(a: float, b: float) -> float:
-    return a / b if b > 0 else float("nan")
-
-
 _GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|µs|us|ms|h|m|s)")
 _GO_UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
@@ -179,16 +120,6 @@ def log_facts(tail: str) -> dict[str, Any]:
 def find_backing_log(tasks_dir: Path) -> Path | None:
     found = sorted(tasks_dir.glob("task_*/generic-worker/live_backing.log"))
     return found[-1] if found else None
-
-
-@contextlib.asynccontextmanager
-async def scratch(prefix: str) -> AsyncIterator[Path]:
-    """A temp dir removed afterwards even if the benchmark crashed (big files must not pile up in /tmp)."""
-    path = Path(tempfile.mkdtemp(prefix=f"megalodon-bench-{prefix}-"))
-    try:
-        yield path
-    finally:
-        await asyncio.to_thread(shutil.rmtree, path, True)
 
 
 class LoopStallProbe:
@@ -1015,6 +946,7 @@ SCENARIOS: dict[str, tuple[Callable[[Settings], Any], Callable[[dict[str, Any]],
     "upload": (bench_upload, print_upload),
     "log": (bench_log, print_log),
     "docker": (bench_docker, print_docker),
+    **PER_TASK_SCENARIOS,
 }
 
 
