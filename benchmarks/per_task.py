@@ -128,7 +128,7 @@ async def run_side(
     payload: dict[str, Any],
 ) -> dict[str, Any]:
     """Run ``n`` tasks of ``payload`` by one process of ``side``; figures over the steady-state window."""
-    workdir.mkdir(parents=True, exist_ok=True)
+    os.makedirs(workdir, exist_ok=True)  # harness set-up, outside every measured window
     ids = await create_tasks(double, worker_type, payload, n)
     cfg = worker_config(double, worker_type, workdir, numberOfTasksToRun=n, capacity=capacity)
     cfg_path = workdir / "config.json"
