@@ -58,6 +58,7 @@ from yarl import URL
 
 from megalodon_core.contracts import Feature, TaskFeature
 from megalodon_core.errors import InternalError
+from megalodon_core.netif import bridge_address
 
 if TYPE_CHECKING:
     from megalodon_core.errors import ExecutionErrors
@@ -377,8 +378,15 @@ class TaskclusterProxy:
 
 
 async def docker_bridge_gateway() -> str:
-    """IPv4 gateway of docker's default ``bridge`` network (generic-worker's ``docker-bridge`` interface)."""
-    fmt = "{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}"
+    """IPv4 gateway of docker's default ``bridge`` network (generic-worker's ``docker-bridge`` interface).
+
+    Docker 20.10 may report no IPAM gateway for that network although its bridge (``docker0``) has the
+    address: then the bridge interface's address, from the kernel.
+    """
+    fmt = (
+        "{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}"
+        '|{{index .Options "com.docker.network.bridge.name"}}'
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
             "docker",
@@ -395,11 +403,15 @@ async def docker_bridge_gateway() -> str:
         raise InternalError(f"could not determine docker bridge IP address: {exc}") from exc
     if proc.returncode != 0:
         raise InternalError(f"could not determine docker bridge IP address: {err.decode(errors='replace').strip()}")
-    gateways = out.decode().split()
-    for gateway in gateways:
-        if re.fullmatch(r"\d{1,3}(\.\d{1,3}){3}", gateway):
-            return gateway
-    raise InternalError(f"could not determine docker bridge IP address: no ipv4 gateway found among {gateways}")
+    listed, _, bridge = out.decode().partition("|")
+    gateways = listed.split()
+    address = bridge_address(gateways, bridge.strip() or "docker0")
+    if address is None:
+        raise InternalError(
+            f"could not determine docker bridge IP address: no ipv4 gateway found among {gateways} and "
+            f"interface {bridge.strip() or 'docker0'} has no IPv4 address"
+        )
+    return address
 
 
 class TaskclusterProxyFeature(Feature):
