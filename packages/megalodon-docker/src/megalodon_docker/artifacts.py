@@ -9,6 +9,12 @@ Archives are spooled to disk and read member by member, so memory stays bounded,
 would escape (absolute, ``..``) is refused with an error artifact instead of being written anywhere.
 Deliberate difference: a trailing ``/`` in a directory artifact's name is stripped (docker-worker meant to
 but did not, producing ``name//file``).
+
+Special files never block anything: the engine's archive carries a FIFO or device as a header without
+content, so a FIFO, device or symlink named as a file artifact is an ``invalid-resource-on-worker`` error
+artifact naming what it is, and one inside a directory artifact is an error artifact of its own
+(``<name>/<path>``) instead of being skipped silently.  Sockets are not in the engine's archives at all
+(the engine answers 404 for one): ``file-missing-on-worker``.
 """
 
 from __future__ import annotations
@@ -61,6 +67,18 @@ def _safe_member_path(member_name: str) -> str | None:
     if ".." in parts:
         return None
     return "/".join(parts[1:])
+
+
+def _kind(member: tarfile.TarInfo) -> str:
+    if member.isfifo():
+        return "a named pipe (FIFO)"
+    if member.ischr():
+        return "a character device"
+    if member.isblk():
+        return "a block device"
+    if member.issym() or member.islnk():
+        return "a link"
+    return "a special file"
 
 
 class ArchiveFetcher:
@@ -151,6 +169,8 @@ class DockerArtifacts(Artifacts):
                     expected = "file" if spec.type == "file" else "directory"
                     if actual != expected:
                         message = f'Expected artifact to be a "{expected}" but was "{actual}"'
+                        if actual == "other":
+                            message += f" ({_kind(member)})"
                         self.log_error(f'Error uploading "{name}". {message}')
                         return [self._error(name, expires, "invalid-resource-on-worker", message)]
                     if spec.type == "file":
@@ -159,8 +179,18 @@ class DockerArtifacts(Artifacts):
                         out.append(self._entry(name, posixpath.basename(member.name), target, expires))
                         break
                     continue
+                if member.isfifo() or member.ischr() or member.isblk():
+                    # Never opened or uploaded: an error artifact names it (docker-worker skipped it silently).
+                    where = _safe_member_path(member.name)
+                    if not where:
+                        continue  # a name that would escape: nothing to name it by
+                    message = f"{where!r} in the artifact directory is {_kind(member)}, not a regular file"
+                    self.log_error(f'Error uploading "{name}". {message}')
+                    member_name = f"{name.rstrip('/')}/{where}"
+                    out.append(self._error(member_name, expires, "invalid-resource-on-worker", message))
+                    continue
                 if not member.isreg():
-                    continue  # directories, symlinks, devices: docker-worker skips them too
+                    continue  # directories and symlinks: docker-worker skips them too
                 rel = _safe_member_path(member.name)
                 if not rel:
                     # Never written anywhere: one error artifact names the directory, the log names the entry.

@@ -1,21 +1,38 @@
-"""Finding a generic-worker payload's artifacts in the task directory (NOTES.md section 5).
+"""Finding a generic-worker payload's artifacts (NOTES.md section 5).
 
 Error artifacts carry generic-worker's reasons and messages, so people reading a failed task see the same
-words.  Deliberate difference: a path that resolves (through a symlink) outside the task directory becomes
-an ``invalid-resource-on-worker`` error artifact instead of an upload of whatever file it points at.
+words.  Paths are generic-worker's: relative to the task directory or absolute, symlinks followed.  Who
+may read what is decided by who reads it: the insecure engine's tasks run as the worker's own user (they
+could print any file the worker can read), and the multiuser engine reads every artifact as the task user
+(:class:`megalodon_native.multiuser.MultiuserArtifacts`).
+
+Nothing here ever blocks on what a task left behind.  A FIFO, a socket or a device named as an artifact
+(or found inside a directory artifact) is never opened: it is classified by ``stat`` and becomes an
+``invalid-resource-on-worker`` error artifact, as is a symlink loop.  :meth:`NativeArtifacts.open` opens
+the content ``O_NONBLOCK`` and checks the opened file with ``fstat``, then hands the upload the opened file
+itself (``/proc/self/fd/N``), so a file swapped for a FIFO after ``collect`` cannot wedge the upload either.
+A directory walk never follows symlinks to directories and never enters a directory twice (bind-mount loops).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import errno
 import os
+import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from megalodon_core.artifacts import content_encoding_for, content_type_for, inside
+from megalodon_core.artifacts import content_encoding_for, content_type_for
 from megalodon_core.contracts import ArtifactEntry, Artifacts
+from megalodon_core.errors import Failure
 from megalodon_core.timefmt import parse_iso
+
+INVALID = "invalid-resource-on-worker"
+MISSING = "file-missing-on-worker"
 
 
 def _expires(value: Any, default: dt.datetime) -> dt.datetime:
@@ -24,6 +41,39 @@ def _expires(value: Any, default: dt.datetime) -> dt.datetime:
     if isinstance(value, dt.datetime):
         return value
     return parse_iso(str(value))
+
+
+def kind_of(mode: int) -> str:
+    """What a non-regular file is, in words for an error message."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode):
+        return "a character device"
+    if stat.S_ISBLK(mode):
+        return "a block device"
+    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+
+
+def open_regular(path: Path) -> int:
+    """Open ``path`` for reading without ever blocking; return the fd of a regular file or raise OSError.
+
+    ``O_NONBLOCK`` makes opening a FIFO return at once, ``fstat`` on the opened descriptor decides (no
+    window between a check and the open), and blocking mode is restored for the regular file's reads.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, f"it is {kind_of(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 class NativeArtifacts(Artifacts):
@@ -36,6 +86,22 @@ class NativeArtifacts(Artifacts):
         if not self.artifacts:
             return []
         return await asyncio.to_thread(self._collect)
+
+    @contextlib.asynccontextmanager
+    async def open(self, entry: ArtifactEntry) -> AsyncIterator[Path]:
+        """The entry's content as the opened regular file (never a FIFO or device, whatever changed since)."""
+        if not isinstance(entry.source, Path):
+            raise TypeError(f"artifact {entry.name!r} has no local file")
+        try:
+            fd = await asyncio.to_thread(open_regular, entry.source)
+        except OSError as exc:
+            raise Failure(
+                f"{INVALID}: Could not read artifact '{entry.name}' from '{entry.source}': {exc.strerror or exc}"
+            ) from None
+        try:
+            yield Path(f"/proc/self/fd/{fd}")
+        finally:
+            os.close(fd)
 
     def _entry(self, spec: Any, name: str, path: Path, expires: dt.datetime) -> ArtifactEntry:
         return ArtifactEntry(
@@ -62,7 +128,7 @@ class NativeArtifacts(Artifacts):
         for spec in self.artifacts:
             name = spec.name or spec.path
             expires = _expires(spec.expires, self.task_expires)
-            path = self.task_dir / spec.path
+            path = self.task_dir / spec.path  # an absolute spec.path stays absolute
             if spec.type == "file":
                 entries.append(self._file(spec, name, path, expires))
             else:
@@ -70,80 +136,85 @@ class NativeArtifacts(Artifacts):
         entries.sort(key=lambda e: e.name)
         return entries
 
+    @staticmethod
+    def _stat(path: Path) -> os.stat_result | OSError:
+        try:
+            return os.stat(path)  # follows symlinks, as generic-worker; stat never opens, so never blocks
+        except OSError as exc:
+            return exc
+        except ValueError:  # an embedded NUL byte: no such file can exist
+            return OSError(errno.ENOENT, "invalid path")
+
     def _file(self, spec: Any, name: str, path: Path, expires: dt.datetime) -> ArtifactEntry:
-        if not os.path.lexists(path) or not path.exists():
-            return self._error(spec, name, expires, "file-missing-on-worker", f"Could not read file '{path}'")
-        if not inside(self.task_dir, path):
+        info = self._stat(path)
+        if isinstance(info, OSError):
+            if info.errno == errno.ELOOP:
+                return self._error(spec, name, expires, INVALID, f"File artifact '{path}' is a symbolic link loop")
+            return self._error(spec, name, expires, MISSING, f"Could not read file '{path}'")
+        if stat.S_ISDIR(info.st_mode):
             return self._error(
-                spec,
-                name,
-                expires,
-                "invalid-resource-on-worker",
-                f"File artifact '{path}' resolves to a location outside the task directory",
+                spec, name, expires, INVALID, f"File artifact '{path}' exists as a directory, not a file, on the worker"
             )
-        if path.is_dir():
+        if not stat.S_ISREG(info.st_mode):
             return self._error(
-                spec,
-                name,
-                expires,
-                "invalid-resource-on-worker",
-                f"File artifact '{path}' exists as a directory, not a file, on the worker",
+                spec, name, expires, INVALID, f"File artifact '{path}' is {kind_of(info.st_mode)}, not a regular file"
             )
         return self._entry(spec, name, path, expires)
 
     def _directory(self, spec: Any, name: str, path: Path, expires: dt.datetime) -> list[ArtifactEntry]:
-        if not os.path.lexists(path) or not path.exists():
-            return [self._error(spec, name, expires, "file-missing-on-worker", f"Could not read directory '{path}'")]
-        if not inside(self.task_dir, path):
+        info = self._stat(path)
+        if isinstance(info, OSError):
+            if info.errno == errno.ELOOP:
+                return [
+                    self._error(spec, name, expires, INVALID, f"Directory artifact '{path}' is a symbolic link loop")
+                ]
+            return [self._error(spec, name, expires, MISSING, f"Could not read directory '{path}'")]
+        if not stat.S_ISDIR(info.st_mode):
             return [
                 self._error(
                     spec,
                     name,
                     expires,
-                    "invalid-resource-on-worker",
-                    f"Directory artifact '{path}' resolves to a location outside the task directory",
-                )
-            ]
-        if not path.is_dir():
-            return [
-                self._error(
-                    spec,
-                    name,
-                    expires,
-                    "invalid-resource-on-worker",
-                    f"Directory artifact '{path}' exists as a file, not a directory, on the worker",
+                    INVALID,
+                    f"Directory artifact '{path}' exists as {kind_of(info.st_mode)}, not a directory, on the worker",
                 )
             ]
         out: list[ArtifactEntry] = []
         base = name.rstrip("/")
+        seen: set[tuple[int, int]] = {(info.st_dev, info.st_ino)}
         for root, dirs, files in os.walk(path, followlinks=False):
-            dirs.sort()
+            kept = []
+            for dirname in sorted(dirs):
+                try:
+                    sub = os.lstat(os.path.join(root, dirname))
+                except OSError:
+                    continue
+                if (sub.st_dev, sub.st_ino) in seen:  # a bind mount looping back: never walked twice
+                    rel = (Path(root) / dirname).relative_to(path).as_posix()
+                    message = f"Error processing directory '{Path(root) / dirname}' as artifact: directory loop"
+                    out.append(self._error(spec, f"{base}/{rel}", expires, INVALID, message))
+                    continue
+                seen.add((sub.st_dev, sub.st_ino))
+                kept.append(dirname)
+            dirs[:] = kept
             for filename in sorted(files):
                 member = Path(root) / filename
-                rel = member.relative_to(path).as_posix()
-                member_name = f"{base}/{rel}"
-                if not member.exists():
-                    out.append(
-                        self._error(
-                            spec,
-                            member_name,
-                            expires,
-                            "file-missing-on-worker",
-                            f"Could not read file '{member}'",
-                        )
-                    )
-                elif not inside(self.task_dir, member):
-                    out.append(
-                        self._error(
-                            spec,
-                            member_name,
-                            expires,
-                            "invalid-resource-on-worker",
-                            f"Error processing file '{member}' as artifact: it resolves outside the task directory",
-                        )
-                    )
-                elif member.is_dir():
+                member_name = f"{base}/{member.relative_to(path).as_posix()}"
+                member_info = self._stat(member)
+                if isinstance(member_info, OSError):
+                    if member_info.errno == errno.ELOOP:
+                        message = f"Error processing file '{member}' as artifact: symbolic link loop"
+                        out.append(self._error(spec, member_name, expires, INVALID, message))
+                    else:
+                        out.append(self._error(spec, member_name, expires, MISSING, f"Could not read file '{member}'"))
+                elif stat.S_ISDIR(member_info.st_mode):
                     continue  # a symlink to a directory: generic-worker's walk does not follow it either
+                elif not stat.S_ISREG(member_info.st_mode):
+                    message = (
+                        f"Error processing file '{member}' as artifact: it is {kind_of(member_info.st_mode)}, "
+                        "not a regular file"
+                    )
+                    out.append(self._error(spec, member_name, expires, INVALID, message))
                 else:
                     out.append(self._entry(spec, member_name, member, expires))
         return out

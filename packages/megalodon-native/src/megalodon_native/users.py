@@ -178,6 +178,50 @@ async def kill_user_processes(user: TaskUser) -> int:
     return await asyncio.to_thread(kill_uid_processes_blocking, user.uid)
 
 
+#: Run as the task user to copy one file to stdout (the worker's staging file).  A path that exists but is
+#: not a regular file (FIFO, socket, device) is refused (exit 3) without being opened; ``dd`` opens with
+#: ``O_NONBLOCK``, so even a file swapped for a FIFO after that test cannot block: reading it gives EOF or
+#: EAGAIN at once.  Coreutils' ``dd``, as ubiquitous as ``cat``, which generic-worker-style copies used.
+_READ_AS_USER = (
+    'if [ -e "$1" ] && [ ! -f "$1" ]; then echo "$1: not a regular file" >&2; exit 3; fi; '
+    'exec dd if="$1" iflag=nonblock bs=1M status=none'
+)
+#: Exit code of the helper for a file that is not a regular file (FIFO, socket, device...).
+NOT_REGULAR = 3
+
+
+async def read_as_user(uid: int, gid: int, groups: list[int], source: Path, dest_fd: int) -> tuple[int, str]:
+    """Copy ``source`` into ``dest_fd`` reading it as ``uid``; returns (helper exit code, its error text).
+
+    Only whether ``source`` can be opened and read is decided with the task user's rights; the copy lands
+    in a file the worker opened.  The helper never blocks on a special file, and it is a child of this call
+    that is always waited for, so none is left behind.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "/bin/sh",
+        "-c",
+        _READ_AS_USER,
+        "read-as-task-user",
+        str(source),
+        user=uid,
+        group=gid,
+        extra_groups=groups,
+        cwd="/",
+        env={"PATH": TASK_PATH},
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=dest_fd,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await proc.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        raise
+    return proc.returncode or 0, err.decode(errors="replace").strip()
+
+
 def _remove_shared_files_blocking(uid: int) -> None:
     """Entries of ``uid`` in /tmp, /var/tmp, /dev/shm: a later task user may get the same uid back."""
     for base in SHARED_WRITABLE:
