@@ -68,6 +68,17 @@ def bind_address(config: Any) -> str:
     return "0.0.0.0" if config.publicIP else "127.0.0.1"
 
 
+def listen_port(config: Any) -> int:
+    """``livelogExposePort`` when set; else ``livelogPortBase`` when the config file sets it (generic-worker's
+    live log ports start there, and an operator's firewall is opened for them); else 0, any free port."""
+    expose = int(config.livelogExposePort)
+    if expose:
+        return expose
+    if "livelogPortBase" in getattr(config, "model_fields_set", ()):
+        return int(config.livelogPortBase)
+    return 0
+
+
 def public_host(config: Any, bound: str) -> str:
     """The host readers use in the URL: ``publicIP`` as generic-worker, else the bound address if specific."""
     host = config.publicIP or ""
@@ -264,7 +275,7 @@ class LiveLogFeature(Feature):
     def __init__(self, worker: WorkerContext) -> None:
         super().__init__(worker)
         config = worker.config
-        self.server = LiveLogServer(bind_address(config), int(config.livelogExposePort))
+        self.server = LiveLogServer(bind_address(config), listen_port(config))
         self.start_error: str | None = None
         self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
