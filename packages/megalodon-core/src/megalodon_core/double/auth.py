@@ -23,6 +23,7 @@ import mohawk.exc
 import mohawk.util
 
 from .errors import TaskclusterError
+from .roles import RoleStore
 from .scopes import has_scope
 from .timeutil import epoch_ms, now, slug_id
 
@@ -84,6 +85,8 @@ class Authenticator:
 
     def __init__(self, anonymous_scopes: tuple[str, ...] = ()) -> None:
         self.clients: dict[str, Client] = {}
+        #: Roles: every identity's ``assume:`` scopes are expanded through them (``auth.createRole``).
+        self.roles = RoleStore()
         self._nonces: set[tuple[str, str, str]] = set()
         #: The ``anonymous`` role: what requests without credentials may do (e.g. read public artifacts).
         self.anonymous = Identity(None, tuple(anonymous_scopes))
@@ -232,4 +235,6 @@ class Authenticator:
         else:
             # Every client also holds the anonymous role's scopes, as in the real auth service.
             scopes = [*scopes, *self.anonymous.scopes]
+        if self.roles.roles:
+            scopes = self.roles.expand(scopes)
         return Identity(hawk_id, tuple(scopes))

@@ -1,17 +1,40 @@
-"""The two auth-service reads a worker makes: which scopes do I have, and what do these expand to."""
+"""The auth service as workers and tests use it: current scopes, roles and their expansion.
+
+Roles live in the :class:`~megalodon_core.double.roles.RoleStore` the authenticator holds, so a client's
+``assume:`` scopes are expanded for every call it makes, as in the real service.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from .api import Call, Endpoint
-from .schemas import SCOPE_SET
+from .auth import Authenticator
+from .errors import TaskclusterError
+from .roles import Role, RoleCycleError, normalize, sort_scopes
+from .schemas import SCOPE, SCOPE_SET, _obj
+from .timeutil import iso, now
 
 #: Forces authentication without requiring any particular scope.
 AUTHENTICATED_ONLY: dict[str, Any] = {"AllOf": []}
 
+CREATE_ROLE = _obj(
+    {
+        "scopes": {"type": "array", "items": SCOPE, "uniqueItems": True},
+        "description": {"type": "string", "maxLength": 10240},
+    },
+    ["scopes", "description"],
+)
+#: createRole: the caller needs the create scope *and* every scope the role grants.
+CREATE_ROLE_SCOPES: dict[str, Any] = {
+    "AllOf": ["auth:create-role:<roleId>", {"for": "scope", "in": "scopes", "each": "<scope>"}]
+}
+
 
 class AuthService:
+    def __init__(self, auth: Authenticator) -> None:
+        self.auth = auth
+
     def endpoints(self) -> list[Endpoint]:
         return [
             Endpoint("auth", "ping", "GET", "/ping", self.ping),
@@ -20,14 +43,61 @@ class AuthService:
                 "auth", "expandScopes", "POST", "/scopes/expand", self.expand_scopes, AUTHENTICATED_ONLY,
                 SCOPE_SET, "v1/scopeset.json#",
             ),
+            Endpoint(
+                "auth", "createRole", "PUT", "/roles/<roleId>", self.create_role, CREATE_ROLE_SCOPES,
+                CREATE_ROLE, "v1/create-role-request.json#",
+            ),
+            Endpoint("auth", "role", "GET", "/roles/<roleId>", self.role, "auth:get-role:<roleId>"),
+            Endpoint("auth", "deleteRole", "DELETE", "/roles/<roleId>", self.delete_role, "auth:delete-role:<roleId>"),
         ]  # fmt: skip
 
     async def ping(self, call: Call) -> Any:
         return {"alive": True, "uptime": 0}
 
     async def current_scopes(self, call: Call) -> Any:
-        return {"scopes": sorted(set(call.identity.scopes))}
+        return {"scopes": normalize(call.identity.scopes)}
 
     async def expand_scopes(self, call: Call) -> Any:
-        """Roles are not modelled, so expansion is the identity (deduplicated and sorted)."""
-        return {"scopes": sorted(set(call.body["scopes"]))}
+        return {"scopes": self.auth.roles.expand(call.body["scopes"])}
+
+    def _json(self, role: Role) -> dict[str, Any]:
+        return {
+            "roleId": role.role_id,
+            "scopes": role.scopes,
+            "expandedScopes": self.auth.roles.expand([f"assume:{role.role_id}"]),
+            "description": role.description,
+            "lastModified": role.last_modified,
+            "created": role.created,
+        }
+
+    async def create_role(self, call: Call) -> Any:
+        role_id = call.params["roleId"]
+        scopes: list[str] = call.body["scopes"]
+        if any(s.endswith("**") for s in scopes):
+            raise TaskclusterError("InputError", "scopes must not end with `**`")
+        call.authorize(scopes=scopes)
+        store = self.auth.roles
+        existing = store.roles.get(role_id)
+        if existing is not None:
+            if existing.description != call.body["description"] or sorted(existing.scopes) != sorted(scopes):
+                raise TaskclusterError("RequestConflict", f"Role with roleId '{role_id}' already exists")
+            return self._json(existing)
+        stamp = iso(now())
+        role = Role(role_id, sort_scopes(scopes), call.body["description"], stamp, stamp)
+        store.put(role)
+        try:
+            store.expand([f"assume:{role_id}"])
+        except RoleCycleError as exc:
+            del store.roles[role_id]
+            raise TaskclusterError("InputError", str(exc)) from None
+        return self._json(role)
+
+    async def role(self, call: Call) -> Any:
+        role = self.auth.roles.roles.get(call.params["roleId"])
+        if role is None:
+            raise TaskclusterError("ResourceNotFound", f"Role with roleId '{call.params['roleId']}' not found")
+        return self._json(role)
+
+    async def delete_role(self, call: Call) -> Any:
+        self.auth.roles.roles.pop(call.params["roleId"], None)
+        return {}

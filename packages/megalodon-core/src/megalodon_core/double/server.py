@@ -93,7 +93,7 @@ class TaskclusterDouble:
             self.index,
             self.secrets,
             self.worker_manager,
-            AuthService(),
+            AuthService(self.auth),
         ):
             for endpoint in service.endpoints():
                 self.api.add(endpoint)
