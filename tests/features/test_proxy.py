@@ -278,10 +278,32 @@ async def test_docker_task_without_a_gateway_is_a_clear_internal_error(
         await feature.new_task_feature(run).start()
 
 
+def free_consecutive_ports(count: int) -> int:
+    """A port such that it and the ``count - 1`` above it are all free now (each one bound and released):
+    the port after a kernel-assigned one is often in use on a busy machine."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = int(probe.getsockname()[1])
+        if base + count > 65535:
+            continue
+        held: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+        return base
+    raise RuntimeError(f"no {count} consecutive free ports on 127.0.0.1")
+
+
 async def test_ports_from_the_base_never_clash(ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        base = probe.getsockname()[1]
+    base = free_consecutive_ports(3)
     feature = TaskclusterProxyFeature(ctx)
 
     def proxy() -> TaskclusterProxy:
