@@ -28,8 +28,9 @@ die() { log "ERROR: $*" >&2; exit 1; }
 
 # --- 1. Debian packages ---------------------------------------------------------------------------
 # docker.io gives dockerd (+ CLI), busybox-static the only binary our test image needs, docker-registry a
-# registry that needs no image from the internet, zstd/lz4 for making compressed image tarballs by hand.
-wanted=(docker.io busybox-static docker-registry zstd lz4)
+# registry that needs no image from the internet, zstd/lz4 for making compressed image tarballs by hand,
+# libarchive-tools (bsdtar/bsdcat) for the 7z, rar and lzip mount formats (megalodon-features).
+wanted=(docker.io busybox-static docker-registry zstd lz4 libarchive-tools)
 missing=()
 for pkg in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then

@@ -14,6 +14,13 @@ this module does the same and goes further where Python makes a hole easy to fal
 - the total number of bytes written is capped (config ``mountsMaxExtractedBytes``), for archives and for
   single-file decompression alike, so a decompression bomb fails the task instead of filling the disk.
 
+Formats: every one of generic-worker's mount schema that a maintained library or a Debian tool reads.
+gzip, bzip2, xz, zlib (``zz``) come from the standard library, zstd, lz4, Brotli (``br``) and framed
+Snappy (``sz``) from PyPI libraries, lzip (``lz``) through ``bsdcat`` and 7z/rar through ``bsdtar``
+(Debian ``libarchive-tools``), which re-streams the archive as a tar stream that this module's own
+extractor checks entry by entry, so the tools never write to the task's directories.  MinLZ (``mz``)
+has no reader outside Go and is refused by name.
+
 Everything here is blocking and meant to run in a worker thread (``asyncio.to_thread``); a
 :class:`threading.Event` lets the event loop stop a running extraction when the task is aborted.
 """
@@ -24,16 +31,23 @@ import bz2
 import contextlib
 import gzip
 import hashlib
+import io
 import lzma
 import os
 import shutil
 import stat
+import subprocess
 import tarfile
+import tempfile
 import threading
 import zipfile
+import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, cast
 
+import brotli
+import cramjam
 import lz4.frame
 import zstandard
 
@@ -44,20 +58,46 @@ DEFAULT_MAX_EXTRACTED_BYTES = 50 * 1024**3
 #: Longest symlink target read from a zip entry (zip stores link targets as entry content).
 MAX_LINK_TARGET = 4096
 
-#: Single-stream formats decompressed into a file mount, with the Python module doing it.
-FILE_FORMATS: dict[str, str] = {"gz": "gzip", "bz2": "bz2", "xz": "lzma", "zst": "zstandard", "lz4": "lz4.frame"}
+#: Single-stream formats decompressed into a file mount, with what reads them.
+FILE_FORMATS: dict[str, str] = {
+    "br": "brotli",
+    "bz2": "bz2",
+    "gz": "gzip",
+    "lz": "bsdcat (libarchive-tools)",
+    "lz4": "lz4.frame",
+    "sz": "cramjam (framed Snappy)",
+    "xz": "lzma",
+    "zst": "zstandard",
+    "zz": "zlib",
+}
 #: Directory formats extracted into a read-only directory or a writable cache.
-ARCHIVE_FORMATS = ("tar", "tar.gz", "tar.bz2", "tar.xz", "tar.zst", "tar.lz4", "zip")
+ARCHIVE_FORMATS = (
+    "7z",
+    "rar",
+    "tar",
+    "tar.br",
+    "tar.bz2",
+    "tar.gz",
+    "tar.lz",
+    "tar.lz4",
+    "tar.sz",
+    "tar.xz",
+    "tar.zst",
+    "tar.zz",
+    "zip",
+)
 
-#: Formats the payload schema allows but no well-kept Python library reads: refused by name, never guessed.
-_UNSUPPORTED_WHY = {
-    "br": "Brotli",
-    "lz": "lzip",
-    "mz": "MinLZ",
-    "sz": "Snappy (framed)",
-    "zz": "zlib (raw deflate stream)",
-    "7z": "7-Zip",
-    "rar": "RAR",
+#: Formats the payload schema allows but nothing outside Go reads: refused by name, never guessed.
+_UNSUPPORTED_WHY = {"mz": "MinLZ (no reader exists outside Go's github.com/minio/minlz)"}
+#: The external tool each format needs, and the Debian package that ships it.
+_TOOLS = {"lz": "bsdcat", "tar.lz": "bsdcat", "7z": "bsdtar", "rar": "bsdtar"}
+_TOOL_PACKAGE = "libarchive-tools"
+#: Magic numbers checked before a tool sees the file: ``bsdcat`` passes unknown data through unchanged and
+#: ``bsdtar`` reads any format it knows, while the payload promised one format.
+_MAGIC = {
+    "lz": (b"LZIP",),
+    "7z": (b"7z\xbc\xaf\x27\x1c",),
+    "rar": (b"Rar!\x1a\x07\x00", b"Rar!\x1a\x07\x01\x00"),
 }
 
 
@@ -75,18 +115,184 @@ class ExtractionCancelled(ArchiveError):
 def unsupported_format_reason(fmt: str, *, archive: bool) -> str | None:
     """Why ``fmt`` cannot be handled on this worker, or None when it can."""
     supported = ARCHIVE_FORMATS if archive else tuple(FILE_FORMATS)
+    noun = "archive" if archive else "decompression"
     if fmt in supported:
+        tool = _TOOLS.get(fmt)
+        if tool is not None and shutil.which(tool) is None:
+            return (
+                f"{noun} format {fmt} needs the {tool} command (Debian package {_TOOL_PACKAGE}), which is not "
+                "installed on this worker"
+            )
         return None
     base = fmt[4:] if fmt.startswith("tar.") else fmt
-    kind = _UNSUPPORTED_WHY.get(base, fmt)
-    noun = "archive" if archive else "decompression"
-    return (
-        f"unsupported {noun} format {fmt}: this worker has no well-maintained Python library for {kind}; "
-        f"supported {noun} formats are {', '.join(supported)}"
-    )
+    why = _UNSUPPORTED_WHY.get(base)
+    if why is not None:
+        return f"unsupported {noun} format {fmt}: this worker cannot read {why}; supported {noun} formats are " + (
+            ", ".join(supported)
+        )
+    return f"unsupported {noun} format {fmt}; supported {noun} formats are {', '.join(supported)}"
 
 
 # -- single streams ----------------------------------------------------------------------------------------
+class _ChunkReader(io.RawIOBase):
+    """A binary reader over an iterator of decoded chunks; ``close`` releases what produced them."""
+
+    def __init__(self, chunks: Iterator[bytes], release: Callable[[], None]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._release = release
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._pending = chunk
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._release()
+            finally:
+                super().close()
+
+
+def _reader(chunks: Iterator[bytes], release: Callable[[], None]) -> IO[bytes]:
+    return cast(IO[bytes], io.BufferedReader(_ChunkReader(chunks, release), CHUNK))
+
+
+def _zlib_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """RFC 1950 zlib (Go's ``compress/zlib``, generic-worker's ``zz``); at most CHUNK bytes out per step."""
+    decoder = zlib.decompressobj()
+    while not decoder.eof:
+        data = decoder.unconsumed_tail or raw.read(CHUNK)
+        if not data:
+            tail = decoder.flush()
+            if tail:
+                yield tail
+            if not decoder.eof:
+                raise ArchiveError("zlib stream is truncated")
+            return
+        out = decoder.decompress(data, CHUNK)
+        if out:
+            yield out
+
+
+def _brotli_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """Brotli, with the decoder's output capped per step so a bomb never sits in memory whole."""
+    decoder = brotli.Decompressor()
+    exhausted = False
+    while not decoder.is_finished():
+        data = raw.read(CHUNK) if decoder.can_accept_more_data() and not exhausted else b""
+        exhausted = exhausted or (not data and decoder.can_accept_more_data())
+        try:
+            out = decoder.process(data, output_buffer_limit=CHUNK)
+        except brotli.error as exc:
+            raise ArchiveError(f"invalid brotli stream: {exc}") from None
+        if out:
+            yield out
+        elif exhausted and not decoder.is_finished():
+            raise ArchiveError("brotli stream is truncated")
+
+
+_SNAPPY_STREAM_ID = b"\xff\x06\x00\x00sNaPpY"
+#: Framing format limits: a data chunk holds at most 64 KiB uncompressed (plus its 4-byte CRC).
+_SNAPPY_MAX_UNCOMPRESSED = 65536
+_SNAPPY_MAX_CHUNK = 4 + 32 + _SNAPPY_MAX_UNCOMPRESSED + _SNAPPY_MAX_UNCOMPRESSED // 6
+
+
+def _read_exact(raw: IO[bytes], n: int, what: str) -> bytes:
+    data = raw.read(n)
+    if len(data) != n:
+        raise ArchiveError(f"{what} is truncated")
+    return data
+
+
+def _snappy_chunks(raw: IO[bytes]) -> Iterator[bytes]:
+    """The Snappy framing format (Go's ``github.com/klauspost/compress/s2`` / ``golang/snappy`` reader).
+
+    Each data chunk is decoded (and its CRC-32C checked) by cramjam as a one-chunk stream, so memory stays
+    at one 64 KiB chunk whatever the stream's length.
+    """
+    seen_id = False
+    while True:
+        header = raw.read(4)
+        if not header:
+            if not seen_id:
+                raise ArchiveError("snappy stream is empty")
+            return
+        if len(header) != 4:
+            raise ArchiveError("snappy stream is truncated")
+        kind, length = header[0], int.from_bytes(header[1:], "little")
+        if kind == 0xFF:
+            if _read_exact(raw, length, "snappy stream") != b"sNaPpY":
+                raise ArchiveError("invalid snappy stream identifier")
+            seen_id = True
+            continue
+        if not seen_id:
+            raise ArchiveError("not a framed snappy stream (no stream identifier)")
+        if kind in (0x00, 0x01):
+            if length > _SNAPPY_MAX_CHUNK or length < 4:
+                raise ArchiveError(f"invalid snappy chunk length {length}")
+            body = _read_exact(raw, length, "snappy stream")
+            if kind == 0x00 and cramjam.snappy.decompress_raw_len(body[4:]) > _SNAPPY_MAX_UNCOMPRESSED:
+                raise ArchiveError("snappy chunk decodes to more than 64 KiB")
+            try:
+                out = bytes(cramjam.snappy.decompress(_SNAPPY_STREAM_ID + header + body))
+            except cramjam.DecompressionError as exc:
+                raise ArchiveError(f"invalid snappy chunk: {exc}") from None
+            if out:
+                yield out
+        elif kind <= 0x7F:
+            raise ArchiveError(f"reserved unskippable snappy chunk type 0x{kind:02x}")
+        else:  # skippable (padding and reserved 0x80-0xfe): read past it in bounded steps
+            while length:
+                length -= len(_read_exact(raw, min(length, CHUNK), "snappy stream"))
+
+
+def _check_magic(path: Path, fmt: str) -> None:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not any(head.startswith(magic) for magic in _MAGIC[fmt]):
+        raise ArchiveError(f"{path} is not a {fmt} file (its first bytes are not a {fmt} signature)")
+
+
+def _tool_reader(argv: list[str], what: str) -> IO[bytes]:
+    """Stream a Debian tool's stdout; a non-zero exit (corrupt input) becomes an ArchiveError naming it."""
+    tool = shutil.which(argv[0])
+    if tool is None:
+        raise ArchiveError(f"{what} needs the {argv[0]} command (Debian package {_TOOL_PACKAGE}), which is missing")
+    errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed by release(); a file, so stderr never blocks the tool
+    proc = subprocess.Popen([tool, *argv[1:]], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := stdout.read(CHUNK):
+            yield chunk
+        if proc.wait() != 0:
+            errors.seek(0)
+            message = errors.read(4096).decode("utf-8", "replace").strip()
+            raise ArchiveError(f"{what}: {argv[0]} exited with code {proc.returncode}: {message}")
+
+    def release() -> None:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        stdout.close()
+        errors.close()
+
+    return _reader(chunks(), release)
+
+
 def open_decompressed(path: Path, fmt: str) -> IO[bytes]:
     """A binary reader of ``path`` decompressed as ``fmt`` (one of :data:`FILE_FORMATS`, or "" for none)."""
     if fmt == "":
@@ -104,6 +310,13 @@ def open_decompressed(path: Path, fmt: str) -> IO[bytes]:
     if fmt == "lz4":
         frame: IO[bytes] = lz4.frame.open(path, "rb")
         return frame
+    if fmt in ("zz", "br", "sz"):
+        source = open(path, "rb")  # noqa: SIM115 - closed by the reader's release
+        decode = {"zz": _zlib_chunks, "br": _brotli_chunks, "sz": _snappy_chunks}[fmt]
+        return _reader(decode(source), source.close)
+    if fmt == "lz":
+        _check_magic(path, "lz")
+        return _tool_reader(["bsdcat", "--", str(path)], f"lzip file {path.name}")
     reason = unsupported_format_reason(fmt, archive=False)
     raise ArchiveError(reason or f"unsupported decompression format {fmt}")
 
@@ -147,6 +360,9 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     tarfile.TarError,
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
+    zlib.error,
+    brotli.error,
+    cramjam.DecompressionError,
 )
 
 
@@ -322,6 +538,12 @@ class _Extractor:
 
 
 def _tar_stream(path: Path, fmt: str) -> IO[bytes]:
+    if fmt in ("7z", "rar"):
+        # bsdtar re-streams the archive as pax tar on stdout; nothing is written to disk by the tool.
+        _check_magic(path, fmt)
+        return _tool_reader(
+            ["bsdtar", "-c", "-f", "-", "-P", "--format", "pax", f"@{path}"], f"{fmt} archive {path.name}"
+        )
     compression = fmt[4:] if fmt.startswith("tar.") else ""
     return open_decompressed(path, compression)
 
@@ -346,6 +568,11 @@ def _extract_tar(path: Path, fmt: str, ex: _Extractor) -> None:
             else:
                 kind = "device" if (member.ischr() or member.isblk()) else "FIFO" if member.isfifo() else "special"
                 raise ArchiveError(f"illegal file type in archive: {name} is a {kind} file")
+        # tarfile stops at the end-of-archive marker (or at a short read, quietly); reading the stream to its
+        # end is what checks a decoder's trailer (gzip CRC) and a tool's exit code (bsdtar on a damaged 7z).
+        while stream.read(CHUNK):
+            if ex.budget.cancel is not None and ex.budget.cancel.is_set():
+                raise ExtractionCancelled()
 
 
 def _zip_mode(info: zipfile.ZipInfo) -> int:

@@ -22,8 +22,8 @@ download that fails, a SHA-256 mismatch, a hostile archive) fails the task with 
 Deliberate differences from generic-worker, each for a reason given where it is implemented:
 - ``base64`` content is decoded before it is written (generic-worker writes the base64 text itself, which
   contradicts its own schema: "Base64 encoded content");
-- formats the schema lists but no well-kept Python library reads (br, lz, mz, sz, zz, 7z, rar and their
-  tar variants) are refused as malformed-payload before anything is downloaded;
+- MinLZ (``mz``, ``tar.mz``), which nothing outside Go reads, is refused as malformed-payload before
+  anything is downloaded (every other format of the schema is read);
 - inline content (raw, base64) is not warned about as unverifiable: it comes from the task definition itself;
 - the same ``cacheName`` twice in one task is malformed-payload (generic-worker crashes on it);
 - writable caches of an aborted task are purged (their content may be half-written);
@@ -66,6 +66,7 @@ from .archives import (
     CHUNK,
     DEFAULT_MAX_EXTRACTED_BYTES,
     ArchiveError,
+    ExtractionCancelled,
     copy_file,
     decompress_file,
     extract_archive,
@@ -426,7 +427,11 @@ class TaskMounts(TaskFeature):
         self.mounted: list[_MountedCache] = []
         self.mounts: list[_Mount] = []
         self.payload_error: str | None = None
-        for index, model in enumerate(run.payload.mounts):
+        request = run.data.request(MountsFeature.name)
+        #: The executor's ``mounts`` request: ``{"mounts": [mount models], "purge_caches": [exit codes]}``.
+        options = dict(request.options or {}) if request is not None else {}
+        self.purge_exit_codes: list[int] = list(options.get("purge_caches", []))
+        for index, model in enumerate(options.get("mounts", [])):
             try:
                 self.mounts.append(_classify(index, model))
             except (binascii.Error, ValueError) as exc:
@@ -518,10 +523,10 @@ class TaskMounts(TaskFeature):
 
     async def _give_to_task_user(self, m: _Mount) -> None:
         """Multiuser engine: the mount is the task user's (generic-worker chowns -R), including new parents."""
-        user = self.run.facts.get("task_user")
+        user = self.run.data.task_user
         if user is None:
             return
-        await self.thread(chown_to, self.resolve(m.path), self.run.task_dir, int(user["uid"]), int(user["gid"]))
+        await self.thread(chown_to, self.resolve(m.path), self.run.task_dir, user.uid, user.gid)
 
     async def _mount_all(self) -> None:
         for m in self.mounts:
@@ -541,9 +546,17 @@ class TaskMounts(TaskFeature):
                     f"[mounts] not able to mount mounts[{m.index}] at {self.resolve(m.path)}: {exc}"
                 ) from None
 
-    async def _mkdir(self, directory: Path) -> None:
+    async def _mkdir(self, directory: Path, *, cache: bool = False) -> None:
+        """generic-worker's ``MkdirAll``: its log line, and Go's ``mkdir <path>: <reason>`` error text."""
         self.info(f"Creating directory {directory}")
-        await self.thread(directory.mkdir, parents=True, exist_ok=True)
+        try:
+            await self.thread(directory.mkdir, parents=True, exist_ok=True)
+        except FileExistsError:
+            error = f"mkdir {directory}: not a directory"
+            raise MountError(f"not able to create directory {directory}: {error}" if cache else error) from None
+        except OSError as exc:
+            error = f"mkdir {exc.filename or directory}: {(exc.strerror or str(exc)).lower()}"
+            raise MountError(f"not able to create directory {directory}: {error}" if cache else error) from None
 
     async def _mount_file(self, m: _Mount) -> None:
         assert m.content is not None
@@ -567,7 +580,13 @@ class TaskMounts(TaskFeature):
         try:
             await self._mkdir(directory)
             self.info(f"Extracting {fmt} file {lease.path} to '{directory}'")
-            await self.thread(extract_archive, lease.path, directory, fmt, limit=self.limit, cancel=self.cancel)
+            try:
+                await self.thread(extract_archive, lease.path, directory, fmt, limit=self.limit, cancel=self.cancel)
+            except ExtractionCancelled:
+                raise
+            except ArchiveError as exc:
+                # generic-worker's wording (mounts_insecure.go / mounts_multiuser.go), which users grep for.
+                raise MountError(f"cannot unarchive {lease.path} to {directory} as task user: {exc}") from None
         finally:
             await lease.release()
 
@@ -583,13 +602,16 @@ class TaskMounts(TaskFeature):
             source = Path(entry.location)
             self.info(f"Moving existing writable directory cache {m.cache_name} from {source} to {target}")
             try:
-                await self._mkdir(target.parent)
+                await self._mkdir(target.parent, cache=True)
                 await self.thread(move, source, target)
             except asyncio.CancelledError:
                 if await asyncio.to_thread(source.exists):
                     entry.in_use = False
                 else:
                     self.mounted.append(_MountedCache(m, entry, target))
+                raise
+            except MountError:
+                entry.in_use = False  # the parent could not be created: the cache goes back to the pool
                 raise
             except OSError as exc:
                 entry.in_use = False
@@ -603,7 +625,7 @@ class TaskMounts(TaskFeature):
                 if m.content is not None:
                     await self._extract(m.content, m.format, target)
                 else:
-                    await self._mkdir(target)
+                    await self._mkdir(target, cache=True)
             except BaseException:
                 store.forget_directory(entry)
                 raise
@@ -712,8 +734,8 @@ class TaskMounts(TaskFeature):
             reason = self.run.abort_error.message if self.run.abort_error is not None else "aborted"
             self.info(f"Purging caches since the task was aborted ({reason})")
             return True
-        code = self.run.facts.get("exit_code")
-        if isinstance(code, int) and code in self.run.payload.on_exit_status.purge_caches:
+        code = self.run.data.exit_code
+        if code is not None and code in self.purge_exit_codes:
             self.info(
                 f"Purging caches since last command had exit code {code} which is listed in "
                 "task.Payload.OnExitStatus.PurgeCaches array"
@@ -755,7 +777,6 @@ class MountsFeature(Feature):
     """Worker-lifetime half: the config gate, the cache store and its state files."""
 
     name = "mounts"
-    executors = frozenset({"native"})
 
     def __init__(self, worker: WorkerContext) -> None:
         super().__init__(worker)
@@ -794,9 +815,6 @@ class MountsFeature(Feature):
         for warning in warnings:
             log.warning("[mounts] %s", warning)
         self._store = store
-
-    def is_requested(self, run: TaskRun) -> bool:
-        return bool(getattr(run.payload, "mounts", None))
 
     async def free_disk_space(self) -> None:
         """Before a claim with disk short: downloads and writable caches no running task holds go."""
