@@ -319,6 +319,36 @@ async def test_private_artifact_needs_get_artifact_scope(
     assert resolved.name == _md5_name(source_task, path)
 
 
+async def test_private_indexed_image_scope_is_checked_before_the_index_lookup(
+    docker_client: docker.DockerClient, tmp_path: Path, image_files: dict[str, Path], cleanup_tags: list[str]
+) -> None:
+    """docker-worker's order: "Not authorized to use ..." before any index lookup, so a task without the
+    scope learns nothing from the index (not even whether the namespace exists)."""
+    source_task, path, namespace = uuid.uuid4().hex, "private/image.tar", "garbage.megalodon.images.private"
+    cleanup_tags.append(_md5_name(source_task, path))
+    lookups: list[str] = []
+
+    class RecordingDownloader(CopyDownloader):
+        async def find_task(self, namespace: str) -> str:
+            lookups.append(namespace)
+            return await super().find_task(namespace)
+
+    downloader = RecordingDownloader({(source_task, path): image_files[".tar"]})
+    downloader.index[namespace] = source_task
+    manager = _manager(docker_client, tmp_path)
+    for ns in (namespace, "no.such.namespace"):
+        spec = IndexedImage(type="indexed-image", namespace=ns, path=path)
+        with pytest.raises(ImageNotAuthorizedError, match=r"^Not authorized to use \{") as info:
+            await manager.ensure_image(spec, task_id="T", task_scopes=[], download=downloader, log=Log())
+        assert info.value.missing_scope == f"queue:get-artifact:{path}"
+    assert lookups == [] and downloader.calls == []
+    spec = IndexedImage(type="indexed-image", namespace=namespace, path=path)
+    resolved = await manager.ensure_image(
+        spec, task_id="T", task_scopes=[f"queue:get-artifact:{path}"], download=downloader, log=Log()
+    )
+    assert lookups == [namespace] and resolved.name == _md5_name(source_task, path)
+
+
 @pytest.mark.parametrize("path", ["public/image.tar.gz", "public/image.zip", "public/image"])
 async def test_unsupported_extension(docker_client: docker.DockerClient, tmp_path: Path, path: str) -> None:
     spec = TaskImage(type="task-image", task_id=uuid.uuid4().hex, path=path)
