@@ -442,9 +442,9 @@ def test_engine_status_codes_decide_before_the_message() -> None:
             self.reason = "x"
 
     for status in (400, 401, 403, 404):
-        exc = docker.errors.APIError("x", response=Answer(status), explanation="connection refused")  # type: ignore[arg-type]
+        exc = docker.errors.APIError("x", response=Answer(status), explanation="connection refused")
         assert classify_pull_error(exc) == "rejected"
-    exc = docker.errors.APIError("x", response=Answer(500), explanation="dial tcp: i/o timeout")  # type: ignore[arg-type]
+    exc = docker.errors.APIError("x", response=Answer(500), explanation="dial tcp: i/o timeout")
     assert classify_pull_error(exc) == "transient"
     assert classify_pull_error(ConnectionResetError("reset")) == "transient"
 
