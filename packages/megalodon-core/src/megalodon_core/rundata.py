@@ -98,6 +98,10 @@ class ShellSession(Protocol):
         """Set the terminal's window size (the shell sees ``SIGWINCH``)."""
         ...
 
+    async def exit_status(self) -> int | None:
+        """The shell's exit code once :meth:`read` returned ``b""`` (None: unknown or killed)."""
+        ...
+
     async def close(self) -> None:
         """End the session: the shell and what it started are killed; idempotent."""
         ...

@@ -25,6 +25,8 @@ FEATURES: list[tuple[str, str, str, str]] = [
     ("resourceMonitor", "resource_monitor", "ResourceMonitorFeature", "memory lines per command, OOM abort"),
     # -- chain of trust --
     ("chainOfTrust", "chain_of_trust", "ChainOfTrustFeature", "ed25519-signed chain-of-trust.json and certified.log"),
+    # -- interactive (last: its sessions close first, while everything they use is still up) --
+    ("interactive", "interactive", "InteractiveFeature", "websocket shell into the running task (pty / docker exec)"),
 ]
 
 
