@@ -18,7 +18,7 @@ from .artifacts import check_artifact_name
 from .contracts import Feature, TaskExecutor, TaskFeature
 from .errors import ExecutionError, Failure, InternalError, MalformedPayload, ResourceUnavailable, State
 from .payload_limits import PayloadLimitError, check_payload_limits
-from .scopes import describe, satisfies
+from .scopes import ScopeCheck, describe
 from .upload import Publisher
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def _check_payload_limits(run: TaskRun) -> None:
         raise MalformedPayload(f"Validation of payload failed for task {run.task_id}: {exc}") from None
 
 
-def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> list[TaskFeature]:
+async def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> list[TaskFeature]:
     pool = run.worker.config.task_queue_id
     usable = [f for f in features if not f.executors or executor.name in f.executors]
     by_name = {f.name: f for f in usable}
@@ -72,11 +72,13 @@ def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Featur
                 f"({pool})"
             )
     selected: list[TaskFeature] = list(executor.task_features(run))
+    # Literal first, then through the auth service's roles: generic-worker's scopes.Given.Satisfies.
+    task_scopes = ScopeCheck(run.scopes, run.worker.expand_scopes)
     for feature in usable:
         if feature.is_enabled() and feature.is_requested(run):
             task_feature = feature.new_task_feature(run)
             scopes = task_feature.required_scopes()
-            if not satisfies(run.scopes, scopes):
+            if not await task_scopes.satisfies(scopes):
                 raise MalformedPayload(
                     f'Feature "{feature.name}" requires scopes:\n\n{describe(scopes)}\n\nbut task only has '
                     f"scopes:\n\n" + "\n".join(f"  {s}" for s in run.scopes) + "\n\nYou probably should add "
@@ -192,7 +194,7 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
             if name:
                 check_artifact_name(name, "logs")
                 run.reserved_artifacts.setdefault(name, "the task log")
-        task_features = _select_features(run, executor, features)
+        task_features = await _select_features(run, executor, features)
         await executor.prepare(run)
         for task_feature in task_features:
             if run.aborted.is_set():

@@ -43,5 +43,10 @@ class WorkerContext:
     def index(self, credentials: dict[str, str] | None = None) -> Any:
         return taskcluster.aio.Index(self.client_options(credentials), session=self.session)
 
+    async def expand_scopes(self, scopes: list[str]) -> list[str]:
+        """``auth.expandScopes`` with the worker's credentials, as generic-worker and docker-worker call it."""
+        auth = taskcluster.aio.Auth(self.client_options(), session=self.session)
+        return list((await auth.expandScopes({"scopes": scopes}))["scopes"])
+
     def object_service(self, credentials: dict[str, str]) -> Any:
         return taskcluster.aio.Object(self.client_options(credentials), session=self.session)
