@@ -3,10 +3,11 @@
 generic-worker's rules (NOTES.md section 5) are reproduced exactly because downstream consumers (browsers
 opening logs, Treeherder, mozharness) depend on the content types and encodings the artifacts get.
 
-Deliberate difference: generic-worker stores artifact names verbatim and accepts absolute artifact paths;
-megalodon refuses names and paths that would escape (absolute, ``..`` components) with malformed-payload,
-and never follows a symlink out of the task directory.  The queue accepts such names, but a name like
-``public/../x`` is a trap for every tool that maps artifact names to files.
+Deliberate difference: generic-worker stores artifact names verbatim; megalodon refuses names that would
+escape (absolute, ``..`` components) with malformed-payload.  The queue accepts such names, but a name like
+``public/../x`` is a trap for every tool that maps artifact names to files.  Artifact *paths* are the
+executor's business: the native executor accepts absolute ones as generic-worker does
+(:mod:`megalodon_native.artifacts`); :func:`check_artifact_path` is for executors that keep them inside.
 """
 
 from __future__ import annotations
