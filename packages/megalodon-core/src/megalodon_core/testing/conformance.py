@@ -346,9 +346,8 @@ class ExecutorConformance:
         return True
 
     @pytest.mark.asyncio
-    async def test_taskcluster_proxy_signs_with_the_task_scopes(
-        self, executor_kit: ExecutorKit, harness: Harness
-    ) -> None:
+    async def test_feature_taskcluster_proxy(self, executor_kit: ExecutorKit, harness: Harness) -> None:
+        """The task reads a secret through ``$TASKCLUSTER_PROXY_URL`` with its own scopes; the value is masked."""
         if await self._refused(executor_kit, harness, "taskclusterProxy"):
             return
         name = f"conformance/{uuid.uuid4().hex}"
@@ -369,9 +368,8 @@ class ExecutorConformance:
         assert '"token":"[REDACTED]"' in out.log.replace(" ", ""), out.log
 
     @pytest.mark.asyncio
-    async def test_live_log_streams_then_links_the_backing_log(
-        self, executor_kit: ExecutorKit, harness: Harness
-    ) -> None:
+    async def test_feature_live_log(self, executor_kit: ExecutorKit, harness: Harness) -> None:
+        """The live log streams the whole task log while the task runs, then links to the backing log."""
         if await self._refused(executor_kit, harness, "liveLog"):
             return
         streamed: dict[str, bytes] = {}
@@ -393,9 +391,8 @@ class ExecutorConformance:
         assert (link["storageType"], link["artifact"]) == ("link", BACKING_LOG)
 
     @pytest.mark.asyncio
-    async def test_chain_of_trust_certificate_verifies(
-        self, executor_kit: ExecutorKit, harness: Harness, tmp_path: Path
-    ) -> None:
+    async def test_feature_chain_of_trust(self, executor_kit: ExecutorKit, harness: Harness, tmp_path: Path) -> None:
+        """The signed certificate verifies with the worker's key and certifies the task's artifact."""
         if await self._refused(executor_kit, harness, "chainOfTrust"):
             return
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey

@@ -1,0 +1,1 @@
+"""megalodon-hello-feature: an example third-party feature ("hello")."""

@@ -1,0 +1,1 @@
+"""megalodon-script: an example third-party executor (a shell script string run by /bin/sh)."""

@@ -1,0 +1,56 @@
+"""Entry point of megalodon-script: registers the ``script`` executor.
+
+Light on purpose: the executor module (pydantic model, process handling) is imported only when a worker
+builds the executor or a command asks for the schema.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from megalodon_core import hookimpl
+from megalodon_core.contracts import ExecutorInfo
+
+NAME = "script"
+
+
+def _factory(worker: Any) -> Any:
+    from .executor import ScriptExecutor
+
+    return ScriptExecutor(worker)
+
+
+def _schema() -> dict[str, Any]:
+    from .payload import payload_json_schema
+
+    return payload_json_schema()
+
+
+def _validate(payload: Any) -> list[tuple[str, str]]:
+    from .payload import PayloadError, parse
+
+    try:
+        parse(payload)
+    except PayloadError as exc:
+        return list(exc.errors)
+    return []
+
+
+def _accepts(payload: Any) -> bool:
+    # A payload with a ``script`` string is ours; generic-worker's (``command``) and docker-worker's
+    # (``image``) payloads never have one.
+    return isinstance(payload, dict) and isinstance(payload.get("script"), str)
+
+
+@hookimpl
+def megalodon_register_executors() -> list[ExecutorInfo]:
+    return [
+        ExecutorInfo(
+            name=NAME,
+            factory=_factory,
+            summary="example third-party executor: a shell script string run by /bin/sh on the host",
+            payload_schema=_schema,
+            accepts=_accepts,
+            validate=_validate,
+        )
+    ]

@@ -1,0 +1,124 @@
+"""The example third-party executor (examples/megalodon-script) end to end: the issue's done-criterion —
+one task requesting taskclusterProxy, liveLog and chainOfTrust, and all three work — plus executor choice
+by payload and features by name."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shlex
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aiohttp
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from megalodon_core.testing import Harness
+from megalodon_core.testing.conformance import wait_for_artifact, write_signing_key
+
+LIVE = "public/logs/live.log"
+BACKING = "public/logs/live_backing.log"
+
+#: The task's side of the proxy: the worker's Python (present on every host that runs the worker).
+PROXY_CALL = (
+    "import os, json, urllib.request; "
+    "body = urllib.request.urlopen(os.environ['TASKCLUSTER_PROXY_URL'] + '/auth/v1/scopes/current').read(); "
+    "print('proxied-scopes', json.dumps(sorted(json.loads(body)['scopes'])))"
+)
+
+
+async def test_proxy_live_log_and_chain_of_trust_all_work(harness: Harness, tmp_path: Path) -> None:
+    key_file = tmp_path / "signing.key"
+    public = Ed25519PrivateKey.from_private_bytes(write_signing_key(key_file)).public_key()
+    marker = f"scope:marker-{uuid.uuid4().hex}"
+    script = (
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(PROXY_CALL)}\n"
+        "echo streamed-early\n"
+        "sleep 4\n"
+        "printf built > out.txt\n"
+        "echo streamed-late\n"
+    )
+    payload = {
+        "script": script,
+        "maxRunTime": 60,
+        "artifacts": [{"name": "public/out.txt", "path": "out.txt"}],
+        "features": {"taskclusterProxy": True, "liveLog": True, "chainOfTrust": True},
+    }
+    streamed: dict[str, bytes] = {}
+
+    async def read_live_log(task_id: str) -> None:
+        reference = await wait_for_artifact(harness.double, task_id, LIVE)
+        assert reference["storageType"] == "reference", reference
+        async with aiohttp.ClientSession() as session, session.get(reference["url"]) as resp:
+            assert resp.status == 200
+            streamed["body"] = await resp.read()
+
+    out = await harness.run(
+        payload,
+        task={"scopes": ["auth:current-scopes", marker]},
+        during=read_live_log,
+        executor="auto",
+        ed25519SigningKeyLocation=str(key_file),
+    )
+    assert (out.state, out.reason) == ("completed", "completed"), out.log
+    assert "Executor: script" in out.log, "the payload did not go to the script executor"
+
+    # taskclusterProxy: the call was signed with the task's credentials and scopes.
+    (line,) = [x for x in out.log.splitlines() if x.startswith("proxied-scopes ")]
+    scopes = json.loads(line.split(" ", 1)[1])
+    assert marker in scopes and f"queue:create-artifact:{out.task_id}/0" in scopes
+
+    # liveLog: streamed while the task ran, the whole log, then replaced by a link to the backing log.
+    assert streamed["body"] == out.log.encode()
+    assert b"streamed-early" in streamed["body"] and b"streamed-late" in streamed["body"]
+    _, link = harness.double.artifact_content(out.task_id, 0, LIVE)
+    assert (link["storageType"], link["artifact"]) == ("link", BACKING)
+
+    # chainOfTrust: a signed certificate of the payload and the artifact's hash.
+    document, _ = harness.double.artifact_content(out.task_id, 0, "public/chain-of-trust.json")
+    signature, _ = harness.double.artifact_content(out.task_id, 0, "public/chain-of-trust.json.sig")
+    public.verify(signature, document)
+    certificate = json.loads(document)
+    assert certificate["taskId"] == out.task_id
+    assert certificate["task"]["payload"] == payload
+    built, _ = harness.double.artifact_content(out.task_id, 0, "public/out.txt")
+    assert built == b"built"
+    assert certificate["artifacts"]["public/out.txt"] == {"sha256": hashlib.sha256(built).hexdigest()}
+    assert "public/logs/certified.log" in certificate["artifacts"]
+
+
+async def test_a_feature_no_plugin_provides_is_malformed_by_name(harness: Harness) -> None:
+    payload = {"script": "true", "maxRunTime": 10, "features": {"noSuchFeature": True}}
+    out = await harness.run(payload, executor="script")
+    assert (out.state, out.reason) == ("exception", "malformed-payload"), out.log
+    assert "noSuchFeature" in out.log
+
+
+async def test_background_processes_die_with_the_run(harness: Harness, tmp_path: Path) -> None:
+    marker = tmp_path / "daemon-survived"
+    script = f"(sleep 2; touch {shlex.quote(str(marker))}) > /dev/null 2>&1 &\necho started"
+    out = await harness.run({"script": script, "maxRunTime": 30}, executor="script")
+    assert (out.state, out.reason) == ("completed", "completed"), out.log
+    # Wait past the daemon's 2 s: the file must never appear.
+    await asyncio.sleep(3)
+    assert not marker.exists(), "a background process of the script outlived its run"
+
+
+def test_validate_payload_picks_the_script_executor_and_names_the_field(tmp_path: Path) -> None:
+    """``megalodon validate-payload`` knows the third-party executor by its ``accepts`` rule."""
+    good, bad = tmp_path / "good.json", tmp_path / "bad.json"
+    good.write_text(json.dumps({"script": "true", "maxRunTime": 5}))
+    bad.write_text(json.dumps({"script": "true"}))
+
+    def validate(path: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "megalodon_core", "validate-payload", str(path)]
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+
+    ok = validate(good)
+    assert (ok.returncode, ok.stdout.strip()) == (0, "valid script payload"), ok.stderr
+    refused = validate(bad)
+    assert refused.returncode == 1
+    assert "- maxRunTime:" in refused.stdout
