@@ -22,6 +22,8 @@ nox.options.error_on_missing_interpreters = False
 
 ROOT = Path(__file__).parent
 DISTRIBUTIONS = ["megalodon-core", "megalodon-native", "megalodon-docker", "megalodon-features"]
+#: Third-party plugin examples (their own distributions), installed and tested with the rest.
+EXAMPLES = ["megalodon-script", "megalodon-hello-feature"]
 #: The development environment's tools and test dependencies (also what `./dev` installs).
 DEV_REQUIREMENTS = [
     line.strip()
@@ -34,6 +36,8 @@ def _install_all(session: nox.Session, *extra: str) -> None:
     args: list[str] = []
     for dist in DISTRIBUTIONS:
         args += ["-e", f"packages/{dist}"]
+    for example in EXAMPLES:
+        args += ["-e", f"examples/{example}"]
     session.install(*args, *extra)
 
 
@@ -45,7 +49,7 @@ def _require_dev_env(session: nox.Session, *modules: str) -> None:
 
 
 @nox.session(venv_backend="none")
-@nox.parametrize("suite", ["core", "native", "docker", "features", "e2e"])
+@nox.parametrize("suite", ["core", "native", "docker", "features", "e2e", "examples"])
 def tests(session: nox.Session, suite: str) -> None:
     """Run one distribution's test folder (tests/<suite>) against real HTTP and, for docker, a real engine."""
     _require_dev_env(session, "pytest", "pytest_asyncio", "hypothesis")
@@ -56,15 +60,17 @@ def tests(session: nox.Session, suite: str) -> None:
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
     _require_dev_env(session, "ruff")
-    session.run(sys.executable, "-m", "ruff", "check", "packages", "tests", "benchmarks", "noxfile.py")
-    session.run(sys.executable, "-m", "ruff", "format", "--check", "packages", "tests", "benchmarks", "noxfile.py")
+    paths = ["packages", "examples", "tests", "benchmarks", "noxfile.py"]
+    session.run(sys.executable, "-m", "ruff", "check", *paths)
+    session.run(sys.executable, "-m", "ruff", "format", "--check", *paths)
 
 
 @nox.session(venv_backend="none")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over every distribution's sources."""
     _require_dev_env(session, "mypy")
-    session.run(sys.executable, "-m", "mypy", *[f"packages/{d}/src" for d in DISTRIBUTIONS])
+    sources = [f"packages/{d}/src" for d in DISTRIBUTIONS] + [f"examples/{e}/src" for e in EXAMPLES]
+    session.run(sys.executable, "-m", "mypy", *sources)
 
 
 @nox.session
