@@ -30,8 +30,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-console = Console()
-err_console = Console(stderr=True)
+# Messages are never wrapped (they hold paths and keys a user copies); tables fold their cells instead.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _plugins() -> Any:
@@ -144,7 +145,7 @@ def _config_error_exit(exc: Exception) -> NoReturn:
     64 for a file that cannot be decoded, 73 for a missing or invalid key."""
     from .worker import EXIT_CANT_LOAD_CONFIG, EXIT_INVALID_CONFIG
 
-    err_console.print(str(exc), markup=False, soft_wrap=True)
+    err_console.print(str(exc), markup=False)
     raise typer.Exit(EXIT_CANT_LOAD_CONFIG if getattr(exc, "unreadable", False) else EXIT_INVALID_CONFIG)
 
 
@@ -288,7 +289,6 @@ async def _serve_worker(
                 f'Config setting "{key}" is invalid: cannot listen on {cfg.metricsAddress}:{cfg.metricsPort} '
                 f"({exc.strerror or exc}); choose a free port, or 0 for any free port",
                 markup=False,
-                soft_wrap=True,
             )
             await proto.close()
             return EXIT_INVALID_CONFIG
@@ -323,23 +323,22 @@ def run_task_cmd(
         try:
             data = read_config_data(config)
         except ConfigError as exc:
-            err_console.print(f"--config: {exc}", markup=False, soft_wrap=True)
+            err_console.print(f"--config: {exc}", markup=False)
             raise typer.Exit(64) from None
         if not isinstance(data, dict):
             err_console.print(
                 f"--config: {config} must hold a JSON object of worker config keys, not a JSON {json_kind(data)}",
                 markup=False,
-                soft_wrap=True,
             )
             raise typer.Exit(64)
         overrides = data
     try:
         result = asyncio.run(run_task(file, out_root=out, plugins=_plugins(), config_overrides=overrides))
     except TaskRejected as exc:
-        err_console.print(f"the queue rejected the task definition in {file}: {exc}", markup=False, soft_wrap=True)
+        err_console.print(f"the queue rejected the task definition in {file}: {exc}", markup=False)
         raise typer.Exit(EXIT_TASK_REJECTED) from None
     except (ValueError, ConfigError) as exc:
-        err_console.print(str(exc), markup=False, soft_wrap=True)
+        err_console.print(str(exc), markup=False)
         raise typer.Exit(64) from None
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
@@ -370,13 +369,12 @@ def _print_run_summary(result: Any) -> None:
         table.add_row(escape(a.name), escape(a.storage_type), escape(a.content_type), escape(detail))
     console.print(table)
     if result.log_path:
-        console.print(f"Log: {result.log_path}", markup=False, soft_wrap=True)
+        console.print(f"Log: {result.log_path}", markup=False)
     if result.public_key:
         console.print(
             "Chain of trust: signed with an ephemeral ed25519 key made for this run; public key "
             f"{result.public_key} (in {result.public_key_path})",
             markup=False,
-            soft_wrap=True,
         )
     if result.state != "completed":
         console.print(f"Reason: {result.state}/{result.reason}", markup=False)
