@@ -215,8 +215,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "disableReboots": "megalodon never reboots the machine",
     "runAfterUserCreation": "running a command after task-user creation is not implemented",
     "d2gConfig": "docker-worker payloads run on the docker executor, not through d2g",
-    "enableInteractive": "interactive tasks are not supported (requesting them is malformed-payload)",
-    "interactivePort": "interactive tasks are not supported",
     "enableLoopbackAudio": "loopback audio is not supported (requesting it is malformed-payload)",
     "enableLoopbackVideo": "loopback video is not supported (requesting it is malformed-payload)",
     "loopbackAudioDeviceNumber": "loopback audio is not supported",
