@@ -102,7 +102,9 @@ async def test_setsid_daemon_that_left_the_task_directory_is_gone_after_the_run(
     assert out.state == "completed", out.log
     pid = int(pidfile.read_text())
     assert await wait_gone(pid), "the setsid daemon outlived its task"
-    assert not list(Path("/sys/fs/cgroup").glob(f"*/megalodon/task-{out.task_id}-*")), "task cgroup left behind"
+    name = cgroups.task_cgroup_name(out.task_id, 0)
+    assert not list(Path("/sys/fs/cgroup").glob(f"*/megalodon/{name}")), "task cgroup left behind"
+    assert out.task_id not in name  # /proc/<pid>/cgroup is world-readable: it must not name the task
 
 
 @needs_cgroups

@@ -3,8 +3,8 @@
 Process groups and sessions belong to the task (``setsid``, a double fork, ``cd /`` and a daemon is out of
 reach of every walk by process group or working directory); a cgroup does not: a process cannot leave the
 cgroup it was started in without write access to another cgroup's ``cgroup.procs``, which only root has.
-So every command of a task is started inside ``megalodon/task-<taskId>-<runId>`` and, when the run ends,
-everything still in it is killed, whatever it did to detach.
+So every command of a task is started inside ``megalodon/task-<digest of taskId/runId>`` and, when the run
+ends, everything still in it is killed, whatever it did to detach.
 
 Both hierarchies are supported, chosen once per process by :func:`detect`:
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -64,8 +65,13 @@ class CgroupError(Exception):
 
 
 def task_cgroup_name(task_id: str, run_id: int) -> str:
-    """The cgroup of one run: stable, so a restarted worker finds what a killed one left (crash recovery)."""
-    return f"task-{task_id}-{run_id}"
+    """The cgroup of one run: stable, so a restarted worker finds what a killed one left (crash recovery).
+
+    A digest, not the task id: ``/proc/<pid>/cgroup`` and the cgroup directories are readable by every
+    user, and a task must not learn its neighbours' task ids (it could read their live logs by id).
+    """
+    digest = hashlib.sha256(f"{task_id}/{run_id}".encode()).hexdigest()[:32]
+    return f"task-{digest}"
 
 
 @dataclass(frozen=True)
