@@ -122,3 +122,16 @@ def test_validate_payload_picks_the_script_executor_and_names_the_field(tmp_path
     refused = validate(bad)
     assert refused.returncode == 1
     assert "- maxRunTime:" in refused.stdout
+
+
+def test_run_task_demo_payload(tmp_path: Path) -> None:
+    """``megalodon run-task examples/hello-script.yml`` (the demo of the two examples) completes."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "hello-script.yml"
+    argv = [sys.executable, "-m", "megalodon_core", "run-task", str(example), "--json"]
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = tmp_path / "megalodon-out"
+    (task_dir,) = out.iterdir()
+    assert json.loads((task_dir / "public" / "result.json").read_text()) == {"ok": True}
+    assert (task_dir / "public" / "hello.txt").read_text().startswith("hello from ")
+    assert "hello from a third-party executor: hello from " in (task_dir / "public/logs/live_backing.log").read_text()
