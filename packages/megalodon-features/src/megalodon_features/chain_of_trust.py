@@ -258,6 +258,7 @@ class ChainOfTrustFeature(Feature):
     def __init__(self, worker: Any) -> None:
         super().__init__(worker)
         self.key: Ed25519PrivateKey | None = None
+        self._warned_no_key = False
 
     @property
     def key_location(self) -> str:
@@ -267,10 +268,8 @@ class ChainOfTrustFeature(Feature):
         if not self.worker.config.enableChainOfTrust:
             return
         if not self.key_location:
-            log.warning(
-                "chain of trust is enabled but config ed25519SigningKeyLocation is not set: tasks requesting "
-                "chainOfTrust will be refused (malformed-payload)"
-            )
+            # No warning here: on most pools no installed executor can even request chain of trust.  The
+            # first task that does gets malformed-payload naming the key, and the worker log a warning then.
             return
         try:
             self.key = await asyncio.to_thread(load_signing_key, Path(self.key_location))
@@ -282,6 +281,12 @@ class ChainOfTrustFeature(Feature):
 
     def disabled_reason(self) -> str | None:
         if self.worker.config.enableChainOfTrust and not self.key_location:
+            if not self._warned_no_key:
+                self._warned_no_key = True
+                log.warning(
+                    "a task requested chainOfTrust but config ed25519SigningKeyLocation is not set: such tasks "
+                    "are refused (malformed-payload); create a key with `megalodon new-ed25519-keypair --file PATH`"
+                )
             return (
                 'this task is attempting to use feature "chainOfTrust", but this worker pool '
                 f"({self.worker.config.task_queue_id}) has no signing key (config ed25519SigningKeyLocation)"
