@@ -22,8 +22,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
+from megalodon_core.contracts import ExecutorInfo, ExecutorRun, executor_for
 from megalodon_core.plugins import PluginHost
+from megalodon_core.rundata import FeatureRequest
 from megalodon_core.testing import Harness
 from megalodon_core.timefmt import parse_iso, utcnow
 from megalodon_core.worker import Worker
@@ -233,6 +236,44 @@ async def test_disabled_by_config_is_malformed_payload(harness: Harness) -> None
     out = await harness.run(payload, enableInteractive=False)
     assert out.state == "exception" and out.reason == "malformed-payload"
     assert 'feature "interactive"' in out.log
+    assert ARTIFACT not in out.artifacts
+
+
+class NoShellRun(ExecutorRun[Any]):
+    """A third-party executor that asks for the interactive feature but cannot start shells."""
+
+    def parse_payload(self, raw: Any) -> Any:
+        return raw
+
+    def requested_features(self) -> list[FeatureRequest]:
+        return [FeatureRequest("interactive")]
+
+    async def run(self) -> None:
+        raise AssertionError("a task whose executor offers no shell must not run")
+
+
+class NoShellPlugin:
+    __name__ = "no-shell-executor"
+
+    @hookimpl
+    def megalodon_register_executors(self) -> list[ExecutorInfo]:
+        factory = executor_for("noshell", NoShellRun)
+        return [ExecutorInfo(name="noshell", factory=factory, summary="no shells", payload_schema=dict)]
+
+
+async def test_an_executor_without_a_shell_launcher_is_malformed_payload(harness: Harness) -> None:
+    """The feature never branches on executor names: an executor that sets no ``run.data.interactive`` gets
+    malformed-payload from the pipeline, naming the feature and the missing run data."""
+    import megalodon_features.hooks
+
+    worker_type = harness.worker_type()
+    task_id = await harness.create({"anything": True}, worker_type)
+    host = PluginHost(load_entry_points=False, plugins=[NoShellPlugin(), megalodon_features.hooks])
+    config = harness.config(worker_type, executor="noshell", interactivePort=0)
+    code = await asyncio.wait_for(Worker(parse_config(config, host.config_fields()), host).run(), 60)
+    out = await harness.outcome(task_id, code)
+    assert out.state == "exception" and out.reason == "malformed-payload", out.log
+    assert 'feature "interactive", which needs run data "interactive"' in out.log
     assert ARTIFACT not in out.artifacts
 
 
