@@ -34,6 +34,7 @@ from .errors import TaskclusterError, error_response
 from .faults import CallCounter, FaultSet
 from .index import IndexService
 from .objects import ObjectService
+from .purgecache import PurgeCacheService
 from .queue import QUEUE_ISSUER, QueueConfig, QueueService
 from .secrets import SecretsService
 from .storage import OBJECT_BUCKET, PREFIX, BlobStore
@@ -85,6 +86,7 @@ class TaskclusterDouble:
         self.index = IndexService()
         self.secrets = SecretsService()
         self.worker_manager = WorkerManagerService()
+        self.purge_cache = PurgeCacheService()
         self.api = Api(self.auth, self.faults, self.calls)
         for service in (
             self.queue,
@@ -93,6 +95,7 @@ class TaskclusterDouble:
             self.index,
             self.secrets,
             self.worker_manager,
+            self.purge_cache,
             AuthService(self.auth),
         ):
             for endpoint in service.endpoints():
