@@ -14,8 +14,10 @@ import uuid
 from pathlib import Path
 
 import aiohttp
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from megalodon_core.cgroup import host as cgroup_host
 from megalodon_core.testing import Harness
 from megalodon_core.testing.conformance import wait_for_artifact, write_signing_key
 
@@ -97,9 +99,16 @@ async def test_a_feature_no_plugin_provides_is_malformed_by_name(harness: Harnes
     assert "noSuchFeature" in out.log
 
 
-async def test_background_processes_die_with_the_run(harness: Harness, tmp_path: Path) -> None:
+@pytest.mark.parametrize("detach", ["background", "setsid"])
+async def test_background_processes_die_with_the_run(harness: Harness, tmp_path: Path, detach: str) -> None:
+    """A child left in the background dies with the run: by process group, and by the task's cgroup when it
+    left the group (``setsid``)."""
+    if detach == "setsid" and cgroup_host() is None:
+        pytest.skip("no cgroup hierarchy on this host: a setsid daemon is out of reach of a process-group kill")
     marker = tmp_path / "daemon-survived"
-    script = f"(sleep 2; touch {shlex.quote(str(marker))}) > /dev/null 2>&1 &\necho started"
+    daemon = f"sleep 2; touch {shlex.quote(str(marker))}"
+    prefix = "setsid " if detach == "setsid" else ""
+    script = f"{prefix}sh -c {shlex.quote(daemon)} > /dev/null 2>&1 &\necho started"
     out = await harness.run({"script": script, "maxRunTime": 30}, executor="script")
     assert (out.state, out.reason) == ("completed", "completed"), out.log
     # Wait past the daemon's 2 s: the file must never appear.

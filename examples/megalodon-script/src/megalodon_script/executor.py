@@ -11,7 +11,6 @@ resolution.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from typing import Any
@@ -111,9 +110,10 @@ class ScriptRun(ExecutorRun[ScriptPayload]):
         for pgid in self.groups:
             kill_group(pgid)
         if self.cgroup is not None:
-            with contextlib.suppress(CgroupError):
-                await asyncio.to_thread(self.cgroup.kill)
-                await asyncio.to_thread(self.cgroup.remove)
+            try:
+                await asyncio.to_thread(self.cgroup.remove)  # kills what is left (setsid daemons too), then rmdir
+            except CgroupError as exc:
+                log.warning("cgroup of %s/%s: %s", self.task_run.task_id, self.task_run.run_id, exc)
 
 
 class ScriptExecutor(TaskExecutor):
