@@ -133,7 +133,7 @@ def validate_payload(
         raise typer.Exit(2)
     errors = info.validate(payload)
     if not errors:
-        console.print(f"valid {info.name} payload")
+        console.print(f"valid {info.name} payload", markup=False)
         return
     for field, message in errors:
         console.print(f"- {field}: {message}", markup=False)
@@ -421,7 +421,12 @@ def config_explain(
     runtime: dict[str, Any] = {}
     runtime_file = Path(cfg.stateDir) / RUNTIME_CONFIG_FILE
     if runtime_file.is_file():
-        runtime = json.loads(runtime_file.read_text())
+        try:
+            runtime = json.loads(runtime_file.read_text())
+        except (OSError, ValueError) as exc:
+            err_console.print(f"ignoring unreadable {runtime_file}: {exc}", markup=False)
+        if not isinstance(runtime, dict):
+            runtime = {}
     rows = explain(data, host.config_fields(), runtime)
     if as_json:
         print(json.dumps([{"key": k, "value": v, "source": s} for k, v, s in rows], indent=2, default=str))
