@@ -74,7 +74,7 @@ def test_unknown_keys_suggest_the_nearest_valid_key() -> None:
         parse_config({**BASE, "maxTaskRuntime": 5})
     with pytest.raises(ConfigError, match='did you mean "livelogPortBase"'):
         parse_config({**BASE, "liveLogPortBase": 5})
-    with pytest.raises(ConfigError, match='"zzzzqqq" is not a recognised config key$'):
+    with pytest.raises(ConfigError, match=r'"zzzzqqq" is not a recognised config key$'):
         parse_config({**BASE, "zzzzqqq": 5})
 
 
@@ -86,3 +86,13 @@ def test_directories_that_are_files_name_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f'"tasksDir" is invalid: .* cannot be created: {afile} exists'):
         check_directories(parse_config({**BASE, "tasksDir": str(afile / "tasks")}))
     check_directories(parse_config({**BASE, "stateDir": str(tmp_path / "new" / "state"), "tasksDir": str(tmp_path)}))
+
+
+def test_directories_the_worker_creates_are_created_or_named(tmp_path: Path) -> None:
+    cfg = parse_config({**BASE, "stateDir": str(tmp_path / "s" / "t"), "tasksDir": str(tmp_path / "tasks")})
+    check_directories(cfg, create=True)
+    assert (tmp_path / "s" / "t").is_dir() and (tmp_path / "tasks").is_dir()
+    # /proc refuses new entries even to root: the error names the key, not a traceback at first use.
+    cfg = parse_config({**BASE, "stateDir": str(tmp_path / "state"), "tasksDir": "/proc/megalodon-no-such-dir"})
+    with pytest.raises(ConfigError, match='"tasksDir" is invalid: cannot create /proc/megalodon-no-such-dir'):
+        check_directories(cfg, create=True)

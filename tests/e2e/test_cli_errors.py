@@ -62,6 +62,7 @@ def test_invalid_values_name_the_key_and_exit_73(tmp_path: Path) -> None:
         "rootURL": ({"rootURL": "tc.example.com"}, "not an http(s) URL"),
         "certificate": ({"certificate": "not json"}, "JSON certificate"),
         "stateDir": ({"stateDir": str(a_file)}, "is not a directory"),
+        "tasksDir ": ({"tasksDir": "/proc/megalodon-tasks"}, "cannot create /proc/megalodon-tasks"),
     }
     for key, (override, fix) in cases.items():
         cfg = tmp_path / f"{key}.json"
@@ -69,7 +70,7 @@ def test_invalid_values_name_the_key_and_exit_73(tmp_path: Path) -> None:
         proc = megalodon("run", "--config", str(cfg), cwd=tmp_path)
         assert proc.returncode == 73, (key, proc.stderr)
         assert_clean(proc)
-        assert f'Config setting "{key}" is invalid' in proc.stderr and fix in proc.stderr, proc.stderr
+        assert f'Config setting "{key.strip()}" is invalid' in proc.stderr and fix in proc.stderr, proc.stderr
 
 
 def test_a_busy_metrics_port_names_the_key(tmp_path: Path) -> None:

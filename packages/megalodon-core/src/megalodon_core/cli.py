@@ -213,7 +213,7 @@ def run(
     _use_log_format(log_format)
     cfg, _ = _load_config_or_exit(config, host)
     try:
-        check_directories(cfg)
+        check_directories(cfg, create=True)
     except ConfigError as exc:
         _config_error_exit(exc)
     if hasattr(cfg, "workerConfigFile") and not cfg.workerConfigFile:

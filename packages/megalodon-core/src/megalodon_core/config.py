@@ -26,6 +26,7 @@ import codecs
 import difflib
 import ipaddress
 import json
+import os
 import urllib.parse
 from collections.abc import Iterable
 from pathlib import Path
@@ -363,8 +364,16 @@ def load_config(path: Path, plugin_fields: dict[str, tuple[Any, Any]] | None = N
     return load_config_and_data(path, plugin_fields)[0]
 
 
-def check_directories(config: WorkerConfig) -> None:
-    """Directories the worker will create or use must be directories (or absent): one error naming the key."""
+#: The directories the worker creates itself at start (the others belong to plugins, which check their own).
+CREATED_AT_START = ("stateDir", "tasksDir")
+
+
+def check_directories(config: WorkerConfig, *, create: bool = False) -> None:
+    """Directories the worker will create or use must be directories (or absent): one error naming the key.
+
+    With ``create``, the directories the worker creates at start (:data:`CREATED_AT_START`) are created now
+    and must be writable, so a path the worker cannot use is this one line instead of a crash at first use.
+    """
     for key in ("stateDir", "tasksDir", "cachesDir", "downloadsDir"):
         path = Path(getattr(config, key))
         # The first part of the path that exists must be a directory, or the worker could not create it.
@@ -374,4 +383,20 @@ def check_directories(config: WorkerConfig) -> None:
             raise ConfigError(
                 f'Config setting "{key}" is invalid: {path} {where} and is not a directory; '
                 "point it at a directory (or a path that does not exist yet)"
+            )
+    if not create:
+        return
+    for key in CREATED_AT_START:
+        path = Path(getattr(config, key))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f'Config setting "{key}" is invalid: cannot create {path} ({exc.strerror or exc}); '
+                "point it at a directory the worker can create"
+            ) from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f'Config setting "{key}" is invalid: {path} is not writable by this user; '
+                "point it at a directory the worker can write"
             )
