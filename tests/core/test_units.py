@@ -17,7 +17,7 @@ from megalodon_core.artifacts import (
 )
 from megalodon_core.errors import ExecutionErrors, Failure, IntermittentTask, MalformedPayload, ResourceUnavailable
 from megalodon_core.scopes import satisfies
-from megalodon_core.tasklog import TaskLog
+from megalodon_core.tasklog import LogStyle, TaskLog
 from megalodon_core.timefmt import go_duration, iso, parse_iso
 
 
@@ -61,14 +61,17 @@ def test_generic_worker_log_lines(tmp_path: Path) -> None:
     assert lines[4] == "raw output"
 
 
-def test_docker_worker_log_lines(tmp_path: Path) -> None:
-    log = TaskLog(tmp_path / "log", style="docker-worker")
+def test_executor_declared_log_style(tmp_path: Path) -> None:
+    """Line formats are data an executor declares (a third party's own), not styles core hard-codes."""
+    style = LogStyle("mine", timestamp="%H:%M:%S", info="<i {ts}>", warn="<w>", error="<e>", error_lead="--\n")
+    log = TaskLog(tmp_path / "log", style=style)
     log.info("hello")
+    log.warn("hm")
     log.error("bad")
     log.close()
-    text = (tmp_path / "log").read_text()
-    assert re.match(r"\[taskcluster \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}Z\] hello\n", text)
-    assert text.endswith("\n\n[taskcluster:error] bad\n")
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert re.fullmatch(r"<i \d\d:\d\d:\d\d\.\d{3}Z> hello", lines[0])
+    assert lines[1:] == ["<w> hm", "--", "<e> bad"]
 
 
 def test_sinks_see_the_stored_bytes_with_secrets_masked(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import docker
 import pytest
 
 from megalodon_core.netif import bridge_address, interface_ipv4
-from megalodon_features.proxy import docker_bridge_gateway
+from megalodon_native.proxy_interface import docker_bridge_gateway
 
 pytestmark = pytest.mark.docker
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from megalodon_core.config import parse_config
 from megalodon_core.errors import InternalError
 from megalodon_core.plugins import PluginHost
+from megalodon_core.rundata import ImageIdentity, RunData
 from megalodon_core.testing import Harness
 from megalodon_core.timefmt import iso, utcnow
 from megalodon_core.worker import Worker
@@ -229,9 +230,16 @@ def fake_run(tmp_path: Path, executor: str = "native", **config: Any) -> Any:
         {"rootURL": "http://tc", "clientId": "c", "accessToken": "secret-token", "workerId": "w1", "workerType": "wt"}
         | config
     )
+    docker = executor == "docker"
+    data = RunData(
+        executor=executor,
+        style="docker-worker" if docker else "generic-worker",
+        image=ImageIdentity("busybox:latest", "sha256:abc", "sha256:def") if docker else None,
+        chain_of_trust_additions=None if docker else tmp_path / "chain-of-trust-additional-data.json",
+    )
     return SimpleNamespace(
         worker=SimpleNamespace(config=cfg),
-        facts={"executor": executor, "docker_image_id": "sha256:abc", "docker_image_artifact_hash": "sha256:def"},
+        data=data,
         task={"payload": {"command": [["echo", "<b>&"]]}, "metadata": {"name": "n"}, "provisionerId": "p"},
         task_id="TASKID",
         run_id=2,

@@ -22,6 +22,7 @@ from megalodon_core.config import parse_config
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.errors import InternalError
 from megalodon_core.plugins import PluginHost
+from megalodon_core.rundata import ProxyPlacement
 from megalodon_core.task import TaskRun
 from megalodon_core.tasklog import TaskLog
 from megalodon_core.testing import Harness, make_task
@@ -32,10 +33,10 @@ from megalodon_features.proxy import (
     TaskclusterProxy,
     TaskclusterProxyFeature,
     TaskclusterProxyTask,
-    docker_bridge_gateway,
     route,
     secret_strings,
 )
+from megalodon_native.proxy_interface import docker_bridge_gateway
 
 SECRET_VALUE = "sup3r-s3cret-value"
 TASK_SCOPES = ["secrets:get:project/mine", "auth:current-scopes", "queue:get-artifact:public/*"]
@@ -201,7 +202,9 @@ async def ctx(harness: Harness) -> AsyncIterator[WorkerContext]:
         yield WorkerContext(config, PluginHost(load_entry_points=False), session, config.credentials)
 
 
-def make_run(ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path, **facts: Any) -> TaskRun:
+def make_run(
+    ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path, proxy: ProxyPlacement | None = None
+) -> TaskRun:
     task_id = taskcluster.slugId()
     now = utcnow()
     creds = double.temporary_credentials(
@@ -220,7 +223,7 @@ def make_run(ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path, **fa
         task_dir=tmp_path,
         log=TaskLog(tmp_path / "log"),
     )
-    run.facts.update(facts)
+    run.data.proxy = proxy
     return run
 
 
@@ -232,17 +235,17 @@ async def get(url: str, **kwargs: Any) -> tuple[int, dict[str, str], bytes]:
 async def test_docker_tasks_get_the_proxy_on_their_network_gateway(
     ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path
 ) -> None:
-    """The docker executor's contract: a gateway fact in, a listener on gateway:80, ``http://taskcluster`` and
-    an extra host out; a reclaim switches the signing client; stop closes the port."""
+    """The docker executor's placement: an address of the run's own in, a listener on exactly gateway:80 and
+    the placement's ``http://taskcluster`` out; a reclaim switches the signing client; stop closes the port."""
     feature = TaskclusterProxyFeature(ctx)
-    run = make_run(ctx, double, tmp_path, executor="docker", docker_proxy_gateway="127.0.0.2")
+    placement = ProxyPlacement("127.0.0.2", 80, exact_port=True, url="http://taskcluster")
+    run = make_run(ctx, double, tmp_path, proxy=placement)
     task = feature.new_task_feature(run)
     assert isinstance(task, TaskclusterProxyTask)
     assert task.required_scopes() == []
     await task.start()
     try:
-        assert run.env["TASKCLUSTER_PROXY_URL"] == "http://taskcluster"
-        assert run.facts["docker_extra_hosts"] == {"taskcluster": "127.0.0.2"}
+        assert run.data.env["TASKCLUSTER_PROXY_URL"] == "http://taskcluster"
         status, headers, body = await get("http://127.0.0.2:80/auth/v1/scopes/current")
         assert status == 200, body
         assert json.loads(body)["scopes"] == ["auth:current-scopes", f"queue:create-artifact:{run.task_id}/0"]
@@ -269,12 +272,14 @@ async def test_docker_tasks_get_the_proxy_on_their_network_gateway(
     assert "Successfully refreshed taskcluster-proxy credentials: second" in run.log.path.read_text()
 
 
-async def test_docker_task_without_a_gateway_is_a_clear_internal_error(
+async def test_task_without_a_placement_is_a_clear_internal_error(
     ctx: WorkerContext, double: TaskclusterDouble, tmp_path: Path
 ) -> None:
+    """Started directly (the pipeline refuses such a task before, see tests/core/test_contract.py)."""
     feature = TaskclusterProxyFeature(ctx)
-    run = make_run(ctx, double, tmp_path, executor="docker")
-    with pytest.raises(InternalError, match="docker_proxy_gateway"):
+    assert feature.needs == ("proxy",)
+    run = make_run(ctx, double, tmp_path)
+    with pytest.raises(InternalError, match=r"run\.data\.proxy"):
         await feature.new_task_feature(run).start()
 
 

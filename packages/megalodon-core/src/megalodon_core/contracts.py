@@ -1,10 +1,34 @@
-"""The three contracts of RFC 126 — TaskExecutor, Feature, Artifacts — in Python and asyncio.
+"""The contracts of RFC 126 — executor, feature, artifacts — in Python and asyncio.  Read this to write a plugin.
 
 An *executor* turns one kind of payload (generic-worker's, docker-worker's, a third party's) into a run;
 a *feature* adds one capability around the run (live log, proxy, chain of trust, mounts...); *artifacts*
 are what the run leaves behind for upload.  The core drives all three in one fixed order
 (:mod:`megalodon_core.pipeline`), so an implementation only answers questions and does its own work: it
 never resolves the task, never talks to the queue about the run, and never invents its own cancellation.
+
+An executor has two parts:
+
+- :class:`TaskExecutor`, built once per worker: start-up checks (:meth:`TaskExecutor.initialise`), disk
+  eviction, ``close``, and :meth:`TaskExecutor.new_run`, which makes
+- an :class:`ExecutorRun` per task run, holding that run's state as attributes (its parsed payload, its
+  container, its OS user...).  Steps, in order: ``write_header`` -> ``parse_payload`` ->
+  ``requested_features`` / ``max_run_time`` / ``log_artifact_names`` -> ``prepare`` -> (features start) ->
+  ``run`` -> ``artifacts`` -> (features stop) -> ``cleanup`` (always).
+
+The smallest correct executor is one class with two methods — ``parse_payload`` and ``run`` — registered with
+:func:`executor_for`::
+
+    class ScriptRun(ExecutorRun[ScriptPayload]):
+        def parse_payload(self, raw: Any) -> ScriptPayload: ...   # raise MalformedPayload naming the field
+        async def run(self) -> None: ...                            # raise Failure on a non-zero exit
+
+    ExecutorInfo(name="script", factory=executor_for("script", ScriptRun), summary=..., payload_schema=...)
+
+Features never look at an executor's name or payload.  The executor says which features its payload asks
+for (:meth:`ExecutorRun.requested_features`, with each feature's own section of the payload as options) and
+what they need to know about the run as typed data on ``run.data`` (:mod:`megalodon_core.rundata`: where
+the task reaches a proxy, the OS user, the image...).  A requested feature whose :attr:`Feature.needs` the
+executor left unset is ``malformed-payload``, raised by the pipeline.
 
 Cancellation, of every kind (maxRunTime, a failed reclaim, worker shutdown), is one mechanism:
 :meth:`megalodon_core.task.TaskRun.abort`.  Executors wait on :attr:`TaskRun.aborted` next to their
@@ -20,13 +44,18 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+from .tasklog import GENERIC_WORKER, LogStyle
 
 if TYPE_CHECKING:
     from .errors import ExecutionError, ExecutionErrors
+    from .rundata import FeatureRequest, RunDataField
     from .task import TaskRun
-    from .tasklog import LogStyle
     from .worker_context import WorkerContext
+
+#: The type of an executor's own payload model.
+P = TypeVar("P")
 
 
 # -- artifacts ---------------------------------------------------------------------------------------------
@@ -79,11 +108,18 @@ class NoArtifacts(Artifacts):
 
 # -- features ----------------------------------------------------------------------------------------------
 class FeatureInitError(Exception):
-    """A feature cannot work on this worker: the worker must not start.  ``exit_code`` is the process's."""
+    """A feature or executor cannot work on this worker: the worker must not start.
+
+    ``exit_code`` is the process's (generic-worker's code for the problem, e.g. 77 for an unsecured config).
+    """
 
     def __init__(self, message: str, exit_code: int = 69) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+#: Raised by :meth:`TaskExecutor.initialise`; the same exit mechanism as a feature's.
+ExecutorInitError = FeatureInitError
 
 
 class TaskFeature(ABC):
@@ -98,19 +134,27 @@ class TaskFeature(ABC):
         return []
 
     async def start(self) -> None:  # noqa: B027 - optional hook
-        """Called before the executor runs the task; raising an ExecutionError stops the pipeline."""
+        """Called after the executor's ``prepare``, before its ``run``; raising an ExecutionError stops the
+        pipeline.  Typed run data set in ``prepare`` (``run.data.proxy``...) is available here."""
 
     async def stop(self, errors: ExecutionErrors) -> None:  # noqa: B027 - optional hook
-        """Called after the run (also when start failed); append to ``errors`` rather than raising."""
+        """Called after the run and the artifact upload (also when start failed); append to ``errors`` rather
+        than raising."""
 
 
 class Feature(ABC):
-    """A worker-lifetime feature: a config gate, a per-task request test, and a per-task factory."""
+    """A worker-lifetime feature: a config gate, a per-task request test, and a per-task factory.
+
+    A feature is selected by name: the executor lists the names the payload requests
+    (:meth:`ExecutorRun.requested_features`), the pipeline matches them to features.  It works with every
+    executor that provides the run data in :attr:`needs`.
+    """
 
     #: The name tasks use to request it (``taskclusterProxy``, ``chainOfTrust``...), also used in messages.
     name: ClassVar[str]
-    #: Executors this feature works with (empty: every executor).
-    executors: ClassVar[frozenset[str]] = frozenset()
+    #: :class:`~megalodon_core.rundata.RunData` fields the executor must set (by the end of ``prepare``) for
+    #: this feature to work; a task requesting it on an executor that leaves one unset is malformed-payload.
+    needs: ClassVar[tuple[RunDataField, ...]] = ()
 
     def __init__(self, worker: WorkerContext) -> None:
         self.worker = worker
@@ -132,74 +176,143 @@ class Feature(ABC):
         """Why it is disabled, when ``is_enabled`` is False and a generic message would mislead."""
         return None
 
-    @abstractmethod
     def is_requested(self, run: TaskRun) -> bool:
-        """Whether this task uses the feature (the payload has been validated already)."""
+        """Whether this task uses the feature: by default, whether the executor declared a request for
+        :attr:`name` (``run.data.requests``).  The request's ``options`` carry the payload's section."""
+        return run.data.request(self.name) is not None
 
     @abstractmethod
     def new_task_feature(self, run: TaskRun) -> TaskFeature: ...
 
 
 # -- executors ---------------------------------------------------------------------------------------------
-class TaskExecutor(ABC):
-    """Runs one kind of payload.  Steps: validate_payload -> prepare -> (features) -> run -> result."""
+class ExecutorRun(ABC, Generic[P]):
+    """The per-run half of an executor: one object per task run, its state in attributes.
 
-    #: Registry name (``native``, ``docker``).
-    name: ClassVar[str]
-    #: Which worker's log format this executor's tasks use.
-    log_style: ClassVar[LogStyle] = "generic-worker"
+    Made by :meth:`TaskExecutor.new_run` right after the claim.  :attr:`task_run` is the core's view of the
+    run (task definition, directory, log, credentials, abort signal, typed data); :attr:`executor` is the
+    worker-lifetime half (config, engine clients, image and cache stores).  :attr:`payload` is set by the
+    pipeline from :meth:`parse_payload` and is this executor's own model: no feature reads it.
+    """
 
-    def __init__(self, worker: WorkerContext) -> None:
-        self.worker = worker
+    #: The payload as returned by :meth:`parse_payload` (set before any later step runs).
+    payload: P
+
+    def __init__(self, executor: TaskExecutor, task_run: TaskRun) -> None:
+        self.executor = executor
+        self.task_run = task_run
+
+    @property
+    def worker(self) -> WorkerContext:
+        return self.executor.worker
+
+    def write_header(self) -> None:
+        """First lines of the task log, written before the payload is parsed."""
 
     @abstractmethod
-    def validate_payload(self, run: TaskRun) -> None:
-        """Parse ``run.task['payload']`` into ``run.payload``; raise MalformedPayload naming the fields."""
+    def parse_payload(self, raw: Any) -> P:
+        """``task.payload`` (as decoded from JSON) -> this executor's model.
 
-    def write_header(self, run: TaskRun) -> None:  # noqa: B027 - optional hook
-        """First lines of the task log, written before the payload is validated."""
+        Raise :class:`~megalodon_core.errors.MalformedPayload` naming the offending fields; any object is a
+        valid model (a dict will do).
+        """
 
-    def requested_features(self, run: TaskRun) -> list[str]:
-        """Feature names the payload explicitly asks for: each must be provided by an enabled Feature."""
+    def requested_features(self) -> list[FeatureRequest]:
+        """The features the payload asks for, each with its own payload section as ``options``.
+
+        A ``required`` request for a feature that no installed plugin provides, or that is disabled on this
+        worker, is malformed-payload; an optional one is then skipped.
+        """
         return []
 
-    def max_run_time(self, run: TaskRun) -> int:
-        """Seconds the run may take, from the validated payload."""
-        return int(run.payload.maxRunTime)
+    def max_run_time(self) -> int:
+        """Seconds the run may take.  Default: the worker's limit (config ``maxTaskRunTime``) — override it
+        to read the payload's own field."""
+        return int(self.worker.config.maxTaskRunTime)
 
-    def max_run_time_error(self, run: TaskRun) -> ExecutionError:
+    def max_run_time_error(self) -> ExecutionError:
         """The error that aborts the run when maxRunTime expires."""
         from .errors import Failure
 
         return Failure("task aborted - max run time exceeded")
 
-    def task_features(self, run: TaskRun) -> list[TaskFeature]:
+    def log_artifact_names(self) -> tuple[str | None, str | None]:
+        """(live log name or None, backing log name or None) as the payload asks.  Before the payload is
+        parsed (and when it is malformed) the pipeline uses the default below."""
+        return "public/logs/live.log", "public/logs/live_backing.log"
+
+    def task_features(self) -> list[TaskFeature]:
         """Executor-private per-task features, started before the plugin features."""
         return []
 
-    async def prepare(self, run: TaskRun) -> None:  # noqa: B027 - optional hook
-        """Set up what the run needs before features start (task directory, image...)."""
+    async def prepare(self) -> None:
+        """Set up what the run needs before features start (task directory, image, network) and set the run
+        data the requested features need (``task_run.data.proxy``, ``.task_user``, ``.image``)."""
 
     @abstractmethod
-    async def run(self, run: TaskRun) -> None:
-        """Run the task.  Return on success; raise an ExecutionError otherwise; watch ``run.aborted``."""
+    async def run(self) -> None:
+        """Run the task.  Return on success; raise an ExecutionError otherwise; watch ``task_run.aborted``.
 
-    def result(self, run: TaskRun) -> Artifacts:
+        Pass ``task_run.data.env`` (variables features add) to the task's processes; set
+        ``task_run.data.exit_code``.
+        """
+
+    def artifacts(self) -> Artifacts:
+        """What the run produced (called once, after ``run`` returned or raised; also after a failed
+        ``parse_payload`` or ``prepare``, when the attributes those set may be missing)."""
         return NoArtifacts()
 
-    def log_artifact_names(self, run: TaskRun) -> tuple[str | None, str | None]:
-        """(live log name or None, backing log name or None) as the payload asks."""
-        return "public/logs/live.log", "public/logs/live_backing.log"
+    async def cleanup(self) -> None:
+        """Remove what ``prepare`` and ``run`` left behind; always called, whatever step failed."""
 
-    async def cleanup(self, run: TaskRun) -> None:  # noqa: B027 - optional hook
-        """Remove what ``prepare`` and ``run`` left behind; always called."""
 
-    async def free_disk_space(self) -> None:  # noqa: B027 - optional hook
+class TaskExecutor:
+    """The worker-lifetime half of an executor: built once by the registered factory.
+
+    Subclass it to keep state across runs (engine clients, image caches) and to check the host at start;
+    the per-run work is in :attr:`run_class` (:class:`ExecutorRun`).
+    """
+
+    #: Registry name (``native``, ``docker``).
+    name: ClassVar[str] = ""
+    #: The format of the worker's lines in this executor's task logs (and the peer whose conventions the
+    #: run follows, :attr:`megalodon_core.rundata.RunData.style`).
+    log_style: ClassVar[LogStyle] = GENERIC_WORKER
+    #: The per-run half :meth:`new_run` instantiates.
+    run_class: ClassVar[type[ExecutorRun[Any]]]
+
+    def __init__(self, worker: WorkerContext) -> None:
+        self.worker = worker
+
+    async def initialise(self) -> None:
+        """Once, when the worker starts, before any claim (host checks, sweeping what a crashed worker left).
+
+        Raise :class:`ExecutorInitError` to refuse to start the worker with its exit code.
+        """
+
+    def new_run(self, run: TaskRun) -> ExecutorRun[Any]:
+        """The per-run object for one claimed run (the default instantiates :attr:`run_class`)."""
+        return self.run_class(self, run)
+
+    async def free_disk_space(self) -> None:
         """Disk is short before a claim: evict what this executor keeps and no running task uses
         (unused images, idle caches)."""
 
-    async def close(self) -> None:  # noqa: B027 - optional hook
+    async def close(self) -> None:
         """Once, when the worker stops after its last task: release connections and threads."""
+
+
+def executor_for(name: str, run_class: type[ExecutorRun[Any]]) -> Callable[[WorkerContext], TaskExecutor]:
+    """An :attr:`ExecutorInfo.factory` for an executor that needs no worker-lifetime state of its own."""
+    executor_class = type(
+        f"{run_class.__name__}Executor", (TaskExecutor,), {"name": name, "run_class": run_class, "__doc__": None}
+    )
+
+    def factory(worker: WorkerContext) -> TaskExecutor:
+        executor: TaskExecutor = executor_class(worker)
+        return executor
+
+    return factory
 
 
 # -- registration records ------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """One task run from claim to resolution, in generic-worker's order.
 
-    header -> validate payload -> maxRunTime check -> feature selection, scopes, reserved names ->
-    prepare -> feature starts -> (maxRunTime timer) run -> artifact upload -> feature stops (reverse) ->
-    cleanup -> first error logged -> backing log upload -> live log link -> resolution
+    new run -> header -> parse payload -> maxRunTime check -> feature selection (the executor's requests
+    matched by name), scopes, reserved names -> prepare -> run data the features need -> feature starts ->
+    (maxRunTime timer) run -> artifact upload -> feature stops (reverse) -> cleanup -> first error logged ->
+    backing log upload -> live log link -> resolution
 
 Every step records errors in ``run.errors``; the first decides (:mod:`megalodon_core.errors`).  The order is
 the mechanism: features never call each other, and nothing here needs a lock.
@@ -12,30 +13,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .artifacts import check_artifact_name
-from .contracts import Feature, TaskExecutor, TaskFeature
+from .contracts import Artifacts, ExecutorRun, Feature, TaskExecutor, TaskFeature
 from .errors import ExecutionError, Failure, InternalError, MalformedPayload, ResourceUnavailable, State
 from .payload_limits import PayloadLimitError, check_payload_limits
+from .rundata import LogNames
 from .scopes import ScopeCheck, describe
-from .upload import Publisher
+from .tasklog import LOG_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from .task import TaskRun
 
 log = logging.getLogger(__name__)
 
-LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
 MAX_PARALLEL_UPLOADS = 10
+#: Log names before the payload is parsed (and for a malformed one): generic-worker's and docker-worker's.
+DEFAULT_LOG_NAMES = LogNames("public/logs/live.log", "public/logs/live_backing.log")
 
 
-def publisher_for(run: TaskRun) -> Publisher:
-    return Publisher(run.queue, run.worker.object_service, run.worker.session)
-
-
-def _check_max_run_time(run: TaskRun, executor: TaskExecutor) -> int:
-    max_run_time = executor.max_run_time(run)
+def _check_max_run_time(run: TaskRun, executor_run: ExecutorRun[Any]) -> int:
+    max_run_time = int(executor_run.max_run_time())
     limit = run.worker.config.maxTaskRunTime
     if max_run_time > limit:
         raise MalformedPayload(
@@ -46,7 +45,7 @@ def _check_max_run_time(run: TaskRun, executor: TaskExecutor) -> int:
 
 
 def _check_payload_limits(run: TaskRun) -> None:
-    """Bound the payload's depth and size before any executor validates it (see :mod:`.payload_limits`)."""
+    """Bound the payload's depth and size before any executor parses it (see :mod:`.payload_limits`)."""
     try:
         check_payload_limits(run.task.get("payload"))
     except PayloadLimitError as exc:
@@ -54,27 +53,34 @@ def _check_payload_limits(run: TaskRun) -> None:
         raise MalformedPayload(f"Validation of payload failed for task {run.task_id}: {exc}") from None
 
 
-async def _select_features(run: TaskRun, executor: TaskExecutor, features: list[Feature]) -> list[TaskFeature]:
+async def _select_features(
+    run: TaskRun, executor: TaskExecutor, executor_run: ExecutorRun[Any], features: list[Feature]
+) -> list[tuple[Feature | None, TaskFeature]]:
+    """The one place answering "which features does this task use": the executor's declared requests,
+    matched by name to the installed features (in their registration order)."""
     pool = run.worker.config.task_queue_id
-    usable = [f for f in features if not f.executors or executor.name in f.executors]
-    by_name = {f.name: f for f in usable}
-    for name in executor.requested_features(run):
-        feature = by_name.get(name)
+    by_name = {f.name: f for f in features}
+    requests = {request.name: request for request in executor_run.requested_features()}
+    run.data.requests = requests
+    for request in requests.values():
+        feature = by_name.get(request.name)
+        if not request.required:
+            continue
         if feature is None:
             raise MalformedPayload(
-                f'this task is attempting to use feature "{name}", but no megalodon plugin installed on this '
-                f"worker provides it for the {executor.name} executor ({pool})"
+                f'this task is attempting to use feature "{request.name}", but no megalodon plugin installed on '
+                f"this worker provides it for the {executor.name} executor ({pool})"
             )
         if not feature.is_enabled():
             raise MalformedPayload(
                 feature.disabled_reason()
-                or f'this task is attempting to use feature "{name}", but it\'s not enabled on this worker pool '
-                f"({pool})"
+                or f'this task is attempting to use feature "{request.name}", but it\'s not enabled on this worker '
+                f"pool ({pool})"
             )
-    selected: list[TaskFeature] = list(executor.task_features(run))
+    selected: list[tuple[Feature | None, TaskFeature]] = [(None, tf) for tf in executor_run.task_features()]
     # Literal first, then through the auth service's roles: generic-worker's scopes.Given.Satisfies.
     task_scopes = ScopeCheck(run.scopes, run.worker.expand_scopes)
-    for feature in usable:
+    for feature in features:
         if feature.is_enabled() and feature.is_requested(run):
             task_feature = feature.new_task_feature(run)
             scopes = task_feature.required_scopes()
@@ -90,18 +96,32 @@ async def _select_features(run: TaskRun, executor: TaskExecutor, features: list[
                         f"artifact {name!r} is reserved by both {run.reserved_artifacts[name]} and {feature.name}"
                     )
                 run.reserved_artifacts[name] = feature.name
-            selected.append(task_feature)
+            selected.append((feature, task_feature))
     return selected
 
 
-async def _upload_artifacts(run: TaskRun, executor: TaskExecutor) -> None:
-    artifacts = executor.result(run)
+def _check_needs(run: TaskRun, executor: TaskExecutor, selected: list[tuple[Feature | None, TaskFeature]]) -> None:
+    """After ``prepare``: every selected feature gets the run data it declared it needs, or the task is
+    malformed-payload — never a feature running with a silently missing placement or user."""
+    for feature, _ in selected:
+        if feature is None:
+            continue
+        for field in feature.needs:
+            if getattr(run.data, field) is None:
+                raise MalformedPayload(
+                    f'this task is attempting to use feature "{feature.name}", which needs run data '
+                    f'"{field}" from the executor, but the {executor.name} executor does not provide it '
+                    f"({run.worker.config.task_queue_id})"
+                )
+
+
+async def _upload_artifacts(run: TaskRun, artifacts: Artifacts) -> None:
     try:
         entries = await artifacts.collect()
     except ExecutionError as exc:
         run.errors.add(exc)
         return
-    publisher = publisher_for(run)
+    publisher = run.publisher()
     object_storage = run.worker.config.createObjectArtifacts
     gate = asyncio.Semaphore(MAX_PARALLEL_UPLOADS)
 
@@ -152,12 +172,12 @@ async def _upload_artifacts(run: TaskRun, executor: TaskExecutor) -> None:
     await asyncio.gather(*(one(i) for i in range(len(entries))))
 
 
-async def _upload_logs(run: TaskRun, executor: TaskExecutor) -> None:
-    live_name, backing_name = executor.log_artifact_names(run)
+async def _upload_logs(run: TaskRun) -> None:
+    live_name, backing_name = run.data.logs.live, run.data.logs.backing
     run.log.close()
     if not backing_name:
         return
-    publisher = publisher_for(run)
+    publisher = run.publisher()
     try:
         published = await publisher.file(
             run.task_id,
@@ -183,29 +203,38 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
     """Run ``run`` through ``executor`` and ``features``; return the (state, reason) to report."""
     started: list[TaskFeature] = []
     timer: asyncio.TimerHandle | None = None
-    run.facts["executor"] = executor.name
+    run.data.executor = executor.name
+    run.data.style = executor.log_style.name
+    run.data.logs = DEFAULT_LOG_NAMES
+    executor_run: ExecutorRun[Any] | None = None
     try:
-        executor.write_header(run)
+        executor_run = executor.new_run(run)
+        executor_run.write_header()
         _check_payload_limits(run)
-        executor.validate_payload(run)
-        max_run_time = _check_max_run_time(run, executor)
-        live_name, backing_name = executor.log_artifact_names(run)
+        payload = executor_run.parse_payload(run.task.get("payload"))
+        executor_run.payload = payload
+        run.payload = payload
+        max_run_time = run.data.max_run_time = _check_max_run_time(run, executor_run)
+        live_name, backing_name = executor_run.log_artifact_names()
+        run.data.logs = LogNames(live_name, backing_name)
         for name in (live_name, backing_name):
             if name:
                 check_artifact_name(name, "logs")
                 run.reserved_artifacts.setdefault(name, "the task log")
-        task_features = await _select_features(run, executor, features)
-        await executor.prepare(run)
-        for task_feature in task_features:
+        selected = await _select_features(run, executor, executor_run, features)
+        await executor_run.prepare()
+        _check_needs(run, executor, selected)
+        for _, task_feature in selected:
             if run.aborted.is_set():
                 break
             started.append(task_feature)
             await task_feature.start()
         if not run.aborted.is_set():
             loop = asyncio.get_running_loop()
-            timer = loop.call_later(max_run_time, lambda: run.abort(executor.max_run_time_error(run)))
+            on_timeout = executor_run.max_run_time_error
+            timer = loop.call_later(max_run_time, lambda: run.abort(on_timeout()))
             run.worker.plugins.task_started(task_id=run.task_id, run_id=run.run_id, executor=executor.name)
-            await executor.run(run)
+            await executor_run.run()
     except ExecutionError as exc:
         if exc is not run.abort_error:
             run.errors.add(exc)
@@ -216,11 +245,12 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
         if timer is not None:
             timer.cancel()
 
-    try:
-        await _upload_artifacts(run, executor)
-    except Exception as exc:
-        log.exception("task %s/%s: artifact upload crashed", run.task_id, run.run_id)
-        run.errors.add(InternalError(f"artifact upload failed: {exc}"))
+    if executor_run is not None:
+        try:
+            await _upload_artifacts(run, executor_run.artifacts())
+        except Exception as exc:
+            log.exception("task %s/%s: artifact upload crashed", run.task_id, run.run_id)
+            run.errors.add(InternalError(f"artifact upload failed: {exc}"))
     for task_feature in reversed(started):
         try:
             await task_feature.stop(run.errors)
@@ -229,13 +259,14 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
         except Exception as exc:
             log.exception("task %s/%s: feature stop failed", run.task_id, run.run_id)
             run.errors.add(InternalError(f"feature {type(task_feature).__name__} failed to stop: {exc}"))
-    try:
-        await executor.cleanup(run)
-    except Exception as exc:
-        log.exception("task %s/%s: cleanup failed", run.task_id, run.run_id)
-        run.errors.add(InternalError(f"cleanup failed: {exc}"))
+    if executor_run is not None:
+        try:
+            await executor_run.cleanup()
+        except Exception as exc:
+            log.exception("task %s/%s: cleanup failed", run.task_id, run.run_id)
+            run.errors.add(InternalError(f"cleanup failed: {exc}"))
     first = run.errors.first
     if first is not None and not run.log.closed:
         run.log.error(first.message)
-    await _upload_logs(run, executor)
+    await _upload_logs(run)
     return run.errors.resolution()

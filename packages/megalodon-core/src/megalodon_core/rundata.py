@@ -149,6 +149,8 @@ class RunData:
     #: The peer whose conventions the run follows (log line format, and the few places where
     #: generic-worker and docker-worker differ for a feature, e.g. chain of trust after an abort).
     style: str = "generic-worker"
+    #: Seconds the run may take (set by the pipeline from the executor's ``max_run_time``; 0 before).
+    max_run_time: int = 0
     #: Task log artifact names (set by the pipeline from the executor's ``log_artifact_names``).
     logs: LogNames = field(default_factory=lambda: LogNames(None, None))
     #: Feature name -> what the payload asked of it (set by the pipeline from the executor's declaration).

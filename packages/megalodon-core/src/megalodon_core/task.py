@@ -14,6 +14,7 @@ from .rundata import RunData
 
 if TYPE_CHECKING:
     from .tasklog import TaskLog
+    from .upload import Publisher
     from .worker_context import WorkerContext
 
 
@@ -42,15 +43,13 @@ class TaskRun:
     taken_until: dt.datetime
     task_dir: Path
     log: TaskLog
-    payload: Any = None
+    #: The executor's own payload model (set by the pipeline from ``ExecutorRun.parse_payload``); features
+    #: never read it — what they need is in :attr:`data`.
+    payload: object = None
     errors: ExecutionErrors = field(default_factory=ExecutionErrors)
-    #: Environment variables features add for the task's commands.
-    env: dict[str, str] = field(default_factory=dict)
     #: Artifact name -> name of the feature that uploads it.
     reserved_artifacts: dict[str, str] = field(default_factory=dict)
     uploaded: dict[str, UploadedArtifact] = field(default_factory=dict)
-    #: Free-form facts executors record for features (e.g. ``image_id`` for chain of trust).
-    facts: dict[str, Any] = field(default_factory=dict)
     #: Typed data the executor, the pipeline and the features exchange (:mod:`megalodon_core.rundata`).
     data: RunData = field(default_factory=RunData)
     aborted: asyncio.Event = field(default_factory=asyncio.Event)
@@ -59,6 +58,11 @@ class TaskRun:
     result_rows: list[Callable[[], list[tuple[str, str]]]] = field(default_factory=list)
 
     _credential_listeners: list[Callable[[dict[str, str]], None]] = field(default_factory=list)
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables features add for the task's processes (``data.env``)."""
+        return self.data.env
 
     # -- cancellation ------------------------------------------------------------------------------------
     def abort(self, error: ExecutionError) -> None:
@@ -98,6 +102,12 @@ class TaskRun:
             listener(credentials)
 
     # -- clients -----------------------------------------------------------------------------------------
+    def publisher(self) -> Publisher:
+        """Uploads artifacts of this run (features publishing their own: live log, chain of trust)."""
+        from .upload import Publisher
+
+        return Publisher(self.queue, self.worker.object_service, self.worker.session)
+
     def queue(self) -> Any:
         """A queue client with the run's current task credentials."""
         return self.worker.queue(self.credentials)

@@ -1,12 +1,13 @@
-"""The task log: generic-worker's and docker-worker's line formats, one backing file, pluggable sinks.
+"""The task log: line formats, one backing file, pluggable sinks.
 
-Every byte a task prints and every line the worker says about it goes through :class:`TaskLog`, so the
-format rules live here and nowhere else.  Two styles exist because the two workers megalodon replaces
-print differently and downstream log parsers key on the exact text:
+Every byte a task prints and every line the worker says about it goes through :class:`TaskLog`.  How the
+worker's own lines look is a :class:`LogStyle`, declared by the executor (``TaskExecutor.log_style``),
+because the workers megalodon replaces print differently and downstream log parsers key on the exact text.
+The core knows one style, generic-worker's, as the default; the docker executor declares docker-worker's:
 
-- ``generic-worker``: ``[taskcluster 2017-01-25T23:31:13.787Z] msg``, ``[taskcluster:warn <ts>] msg``,
+- generic-worker: ``[taskcluster 2017-01-25T23:31:13.787Z] msg``, ``[taskcluster:warn <ts>] msg``,
   ``[taskcluster:error] msg`` (no timestamp).
-- ``docker-worker``: ``[taskcluster 2017-01-25 23:31:13.787Z] msg`` and ``\\n[taskcluster:error] msg``
+- docker-worker: ``[taskcluster 2017-01-25 23:31:13.787Z] msg`` and ``\\n[taskcluster:error] msg``
   (the leading newline is deliberate, for Treeherder).
 
 Secrets (task credentials, values read from the secrets service) are replaced by ``[REDACTED]`` before
@@ -19,13 +20,38 @@ Writes go to a buffered local file: they land in the page cache and never wait o
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from .timefmt import UTC, utcnow
 
-LogStyle = Literal["generic-worker", "docker-worker"]
+
+@dataclass(frozen=True)
+class LogStyle:
+    """How the worker's own lines in a task log look.  ``{ts}`` in a prefix is the UTC time with milliseconds.
+
+    ``name`` is also the peer whose conventions a run follows (:attr:`megalodon_core.rundata.RunData.style`).
+    """
+
+    name: str
+    #: strftime format of the timestamp, before ``.<millis>Z``.
+    timestamp: str = "%Y-%m-%dT%H:%M:%S"
+    info: str = "[taskcluster {ts}]"
+    warn: str = "[taskcluster:warn {ts}]"
+    error: str = "[taskcluster:error]"
+    #: Text written before each error message (docker-worker: an empty line, for Treeherder).
+    error_lead: str = ""
+
+
+#: Content type of task log artifacts (the backing log, the live log's reference and link).
+LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+#: generic-worker's lines: the default style of every executor.
+GENERIC_WORKER = LogStyle("generic-worker")
+
 Sink = Callable[[bytes], None]
 
 REDACTED = b"[REDACTED]"
@@ -38,7 +64,7 @@ _BUFFER = 1 << 20
 class TaskLog:
     """Append-only task log backed by a file, with the line prefixes of the worker being emulated."""
 
-    def __init__(self, path: Path, style: LogStyle = "generic-worker") -> None:
+    def __init__(self, path: Path, style: LogStyle = GENERIC_WORKER) -> None:
         self.path = path
         self.style: LogStyle = style
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +140,22 @@ class TaskLog:
             self._release_held()
             self._file.flush()
 
+    def reopen_at_path(self) -> None:
+        """Copy what was written so far to a new file at :attr:`path` and keep writing there (blocking).
+
+        For an executor whose task could move or replace the log's directory (the multiuser engine puts a
+        fresh root-owned one back first): the open handle still reaches the original content whatever
+        happened to the names, so nothing the worker wrote is lost and nothing the task wrote is taken.
+        """
+        if self._file is None:
+            raise ValueError("the task log is closed")
+        self.flush()
+        with open(f"/proc/self/fd/{self._file.fileno()}", "rb") as src, open(self.path, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+        new = open(self.path, "ab", buffering=_BUFFER)  # noqa: SIM115 - replaces the long-lived handle
+        self._file.close()
+        self._file = new
+
     def close(self) -> None:
         if self._file is not None:
             self._release_held()
@@ -128,25 +170,21 @@ class TaskLog:
     # -- formatted lines ----------------------------------------------------------------------------------
     def _stamp(self) -> str:
         now = utcnow().astimezone(UTC)
-        millis = f"{now.microsecond // 1000:03d}"
-        if self.style == "docker-worker":
-            return now.strftime("%Y-%m-%d %H:%M:%S.") + millis + "Z"
-        return now.strftime("%Y-%m-%dT%H:%M:%S.") + millis + "Z"
+        return now.strftime(self.style.timestamp) + f".{now.microsecond // 1000:03d}Z"
 
     def _lines(self, prefix: str, message: str) -> None:
+        if "{ts}" in prefix:
+            prefix = prefix.replace("{ts}", self._stamp())
         out = "".join(f"{prefix} {line}\n" for line in message.split("\n"))
         self.write(out.encode())
 
     def info(self, message: str) -> None:
-        self._lines(f"[taskcluster {self._stamp()}]", message)
+        self._lines(self.style.info, message)
 
     def warn(self, message: str) -> None:
-        if self.style == "docker-worker":
-            self._lines(f"[taskcluster {self._stamp()}]", message)
-        else:
-            self._lines(f"[taskcluster:warn {self._stamp()}]", message)
+        self._lines(self.style.warn, message)
 
     def error(self, message: str) -> None:
-        if self.style == "docker-worker":
-            self.write(b"\n")
-        self._lines("[taskcluster:error]", message)
+        if self.style.error_lead:
+            self.write(self.style.error_lead.encode())
+        self._lines(self.style.error, message)

@@ -24,7 +24,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,21 @@ import taskcluster.aio.download
 
 from megalodon_core import __version__
 from megalodon_core.artifacts import check_artifact_name
-from megalodon_core.contracts import ArtifactEntry, Artifacts, NoArtifacts, TaskExecutor
+from megalodon_core.contracts import ArtifactEntry, Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, InternalError, MalformedPayload
-from megalodon_core.scopes import scope_satisfied
+from megalodon_core.process import memory_limit_bytes, memory_limit_message
+from megalodon_core.rundata import FeatureRequest, ImageIdentity, ProxyPlacement
+from megalodon_core.scopes import expanded, scope_satisfied
 from megalodon_core.task import TaskRun
+from megalodon_core.tasklog import LogStyle
 from megalodon_core.timefmt import parse_iso
 
 from .artifacts import ArchiveFetcher, DockerArtifacts
-from .caches import CacheInstance, CachePool, delete_tree
+from .caches import CacheInstance, CachePool, PurgePoller, delete_tree
 from .images import ImageError, ImageManager, ImageOptions, resolution_error
 from .payload import PayloadError, validate_payload
 from .settings import DockerConfig
+from .shell import DockerShellLauncher
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +55,12 @@ LABEL = "megalodon.task"
 LABEL_WORKER = "megalodon.worker"
 #: pid of the worker process that created the container: the start-up sweep spares live owners.
 LABEL_OWNER = "megalodon.owner-pid"
-#: docker-worker features that need a feature plugin; absent ones are refused by name.
+#: docker-worker features provided by feature plugins; the pipeline refuses absent ones by name.
 PLUGIN_FEATURES = ("taskclusterProxy", "chainOfTrust", "interactive")
+#: Port the taskcluster proxy listens on at the task network's gateway (``http://taskcluster``).
+DOCKER_PROXY_PORT = 80
+#: docker-worker's task log lines: space-separated timestamp, no ``:warn`` tag, an empty line before errors.
+DOCKER_WORKER = LogStyle("docker-worker", timestamp="%Y-%m-%d %H:%M:%S", warn="[taskcluster {ts}]", error_lead="\n")
 #: Every feature docker-worker's schema knows.
 KNOWN_FEATURES = frozenset(
     {"localLiveLog", "bulkLog", "taskclusterProxy", "artifacts", "interactive", "allowPtrace", "chainOfTrust"}
@@ -108,19 +115,6 @@ class _Downloader:
         return str(found["taskId"])
 
 
-@dataclass
-class _RunState:
-    """What the executor keeps for one run between prepare, run, result and cleanup."""
-
-    #: monotonic time prepare began: docker-worker's footer duration includes the image pull.
-    started: float
-    work: Path | None = None
-    image: str | None = None
-    container_id: str | None = None
-    network_id: str | None = None
-    caches: list[CacheInstance] = field(default_factory=list)
-
-
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -141,8 +135,10 @@ def _connect(settings: DockerConfig, timeout: float | None, version: str | None,
 
 
 class DockerExecutor(TaskExecutor):
+    """Worker-lifetime half: engine connections, the thread pool, image and cache stores, leftover sweeps."""
+
     name = "docker"
-    log_style = "docker-worker"
+    log_style = DOCKER_WORKER
 
     #: Attempts (and first backoff, doubled each time) at removing a task container, as docker-worker's GC.
     REMOVE_ATTEMPTS = 5
@@ -178,16 +174,19 @@ class DockerExecutor(TaskExecutor):
             ),
         )
         self.caches = CachePool(Path(config.cachesDir).resolve() / "docker-worker")
-        self._runs: dict[str, _RunState] = {}
+        self.purger = PurgePoller(self.caches, config.task_queue_id, self._purge_requests)
         #: Containers whose removal failed; retried before the next task and swept at the next start.
-        self._leftovers: set[str] = set()
+        self.leftovers: set[str] = set()
         self.label_worker = f"{config.workerGroup}/{config.workerId}"
         # Containers a crashed run of this worker left behind go before any task of this run starts; the
         # sweep runs in the pool so construction does not wait for it, and prepare() waits for it.
         self.swept: Future[list[str]] = self.pool.submit(self._sweep)
 
+    def new_run(self, run: TaskRun) -> DockerRun:
+        return DockerRun(self, run)
+
     # -- plumbing ------------------------------------------------------------------------------------------
-    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         """One blocking docker SDK call, in this executor's pool (never on the event loop)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
@@ -218,12 +217,12 @@ class DockerExecutor(TaskExecutor):
             removed.append(info["Id"])
         return removed
 
-    async def _remove_container(self, container_id: str) -> bool:
+    async def remove_container(self, container_id: str) -> bool:
         """Force-remove a container (and its anonymous volumes), retrying like docker-worker's GC."""
         delay = self.REMOVE_BACKOFF
         for attempt in range(1, self.REMOVE_ATTEMPTS + 1):
             try:
-                await self._call(self.client.api.remove_container, container_id, force=True, v=True)
+                await self.call(self.client.api.remove_container, container_id, force=True, v=True)
                 return True
             except docker.errors.NotFound:
                 return True
@@ -235,12 +234,90 @@ class DockerExecutor(TaskExecutor):
                 delay *= 2
         return False  # pragma: no cover - the loop always returns
 
-    @staticmethod
-    def _key(run: TaskRun) -> str:
-        return f"{run.task_id}/{run.run_id}"
-
     # -- validation ----------------------------------------------------------------------------------------
-    def write_header(self, run: TaskRun) -> None:
+
+    # -- preparing -----------------------------------------------------------------------------------------
+
+    async def remove_network(self, network_id: str) -> None:
+        try:
+            await self.call(self.client.api.remove_network, network_id)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            log.warning("could not remove network %s: %s", network_id[:12], exc)
+
+    async def _purge_requests(self, worker_pool_id: str, since: str) -> dict[str, Any]:
+        client = taskcluster.aio.PurgeCache(self.worker.client_options(), session=self.worker.session)
+        answer: dict[str, Any] = await client.purgeRequests(worker_pool_id, query={"since": since})
+        return answer
+
+    async def purge_caches(self) -> None:
+        """docker-worker polls purge-cache before starting a task: drop the caches it names."""
+        for path in await self.purger.poll():
+            await asyncio.to_thread(delete_tree, path)
+
+    async def free_disk_space(self) -> None:
+        """Disk is short before a claim: unused images first, then idle cache instances."""
+        await self.collect_garbage()
+        for path in self.caches.detach_idle():
+            await asyncio.to_thread(delete_tree, path)
+
+    async def close(self) -> None:
+        """Worker stops: release the engine connections and the thread pool."""
+        with contextlib.suppress(Exception):
+            await self.call(self.client.close)
+        with contextlib.suppress(Exception):
+            await self.call(self.stream_api.close)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def collect_garbage(self) -> None:
+        """Retry failed container removals, then drop idle images (all of them when disk is short)."""
+        for container_id in list(self.leftovers):
+            if await self.remove_container(container_id):
+                self.leftovers.discard(container_id)
+        min_free = self.worker.config.requiredDiskSpaceMegabytes * 1024 * 1024
+        try:
+            removed = await self.images.gc(max_idle=self.settings.imageExpirationSeconds, min_free_bytes=min_free)
+        except (docker.errors.DockerException, OSError) as exc:  # never a task's fault
+            log.warning("image garbage collection failed: %s", exc)
+            return
+        if removed:
+            log.info("removed unused images: %s", ", ".join(removed))
+
+    # -- running -------------------------------------------------------------------------------------------
+
+    async def kill(self, container_id: str) -> None:
+        with contextlib.suppress(docker.errors.APIError):  # 409: it exited meanwhile
+            await self.call(self.client.api.kill, container_id)
+
+
+class DockerRun(ExecutorRun[Any]):
+    """One docker-worker payload in a container: its image, container, network and caches as attributes."""
+
+    executor: DockerExecutor
+
+    def __init__(self, executor: DockerExecutor, task_run: TaskRun) -> None:
+        super().__init__(executor, task_run)
+        #: monotonic time prepare began: docker-worker's footer duration includes the image pull.
+        self.started = time.monotonic()
+        self.work: Path | None = None
+        self.image: str | None = None
+        self.container_id: str | None = None
+        self.network_id: str | None = None
+        #: The task's own network (taskclusterProxy) and the host names the container resolves on it.
+        self.network_name: str | None = None
+        self.extra_hosts: dict[str, str] = {}
+        self.caches: list[CacheInstance] = []
+        #: The task's scopes with roles expanded (docker-worker checks capabilities and caches against those).
+        self.expanded_scopes: list[str] = list(task_run.scopes)
+
+    @property
+    def key(self) -> str:
+        """The run's label value on its container and network (``<taskId>/<runId>``)."""
+        return f"{self.task_run.task_id}/{self.task_run.run_id}"
+
+    def write_header(self) -> None:
+        run = self.task_run
         config = self.worker.config
         run.log.info(f"Task ID: {run.task_id}")
         run.log.info(f"Worker ID: {config.workerId}")
@@ -250,22 +327,21 @@ class DockerExecutor(TaskExecutor):
         run.log.info(f"Worker Version: megalodon {__version__}")
         run.log.info(f"Public IP: {config.publicIP or ''}")
         run.log.info(f"Hostname: {socket.gethostname()}")
-
-    def validate_payload(self, run: TaskRun) -> None:
-        """docker-worker's order: unknown features, then the schema, then artifact expiry vs task expiry."""
+        # docker-worker lists the payload's caches in the header, with their path *in the container*.
         raw = run.task.get("payload")
+        caches = raw.get("cache") if isinstance(raw, dict) else None
+        if isinstance(caches, dict):
+            for cache_name, mount in caches.items():
+                run.log.info(f'using cache "{cache_name}" -> {mount}')
+
+    def parse_payload(self, raw: Any) -> Any:
+        """docker-worker's order: unknown features, then the schema, then artifact expiry vs task expiry."""
+        run = self.task_run
         features = raw.get("features") if isinstance(raw, dict) else None
         if isinstance(features, dict):
             unknown = sorted(set(features) - KNOWN_FEATURES)
             if unknown:
                 raise Failure(f"Task was aborted because of unknown features: {', '.join(unknown)}")
-            installed = run.worker.plugins.features
-            for name in PLUGIN_FEATURES:
-                if features.get(name) is True and name not in installed:
-                    raise MalformedPayload(
-                        f'this task is attempting to use feature "{name}", but no megalodon plugin installed on '
-                        f"this worker provides it for the docker executor ({self.worker.config.task_queue_id})"
-                    )
         try:
             payload = validate_payload(raw)
         except PayloadError as exc:
@@ -279,37 +355,42 @@ class DockerExecutor(TaskExecutor):
                     f"Artifact {name!r} expires ({spec.expires}) after the task ({run.task['expires']})"
                 )
         check_artifact_name(payload.log, "log")
-        run.payload = payload
+        return payload
 
-    def requested_features(self, run: TaskRun) -> list[str]:
-        features = run.payload.effective_features.requested()
-        return [name for name in PLUGIN_FEATURES if features.get(name)]
+    def requested_features(self) -> list[FeatureRequest]:
+        features = self.payload.effective_features
+        requested = features.requested()
+        requests = [FeatureRequest(name) for name in PLUGIN_FEATURES if requested.get(name)]
+        if features.local_live_log:
+            requests.append(FeatureRequest("liveLog", required=False))
+        return requests
 
-    def max_run_time(self, run: TaskRun) -> int:
-        return int(run.payload.max_run_time)
+    def max_run_time(self) -> int:
+        return int(self.payload.max_run_time)
 
-    def max_run_time_error(self, run: TaskRun) -> ExecutionError:
-        return Failure(f"Task timeout after {self.max_run_time(run)} seconds. Force killing container.")
+    def max_run_time_error(self) -> ExecutionError:
+        return Failure(f"Task timeout after {self.max_run_time()} seconds. Force killing container.")
 
-    def log_artifact_names(self, run: TaskRun) -> tuple[str | None, str | None]:
-        payload = run.payload
-        if payload is None:
-            return "public/logs/live.log", "public/logs/live_backing.log"
+    def log_artifact_names(self) -> tuple[str | None, str | None]:
+        payload = self.payload
         features = payload.effective_features
         live = payload.log if features.local_live_log else None
-        backing = backing_log_name(payload.log) if (features.local_live_log or features.bulk_log) else None
+        # docker-worker: `localLiveLog: false` means no log artifact at all.  Only a payload that asks for
+        # `bulkLog: true` explicitly still gets the backing log (d2g's mapping); the schema's default does not.
+        bulk = features.bulk_log and "bulk_log" in features.model_fields_set
+        backing = backing_log_name(payload.log) if (features.local_live_log or bulk) else None
         return live, backing
 
-    # -- preparing -----------------------------------------------------------------------------------------
-    async def prepare(self, run: TaskRun) -> None:
+    async def prepare(self) -> None:
         """Get the image before the maxRunTime clock starts (docker-worker excludes pull time)."""
-        state = self._runs[self._key(run)] = _RunState(started=time.monotonic())
-        await asyncio.wrap_future(self.swept)
-        state.work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
-        await self._collect_garbage()
+        run = self.task_run
+        self.started = time.monotonic()
+        await asyncio.wrap_future(self.executor.swept)
+        self.work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
+        await self.executor.collect_garbage()
         try:
-            image = await self.images.ensure_image(
-                run.payload.image,
+            image = await self.executor.images.ensure_image(
+                self.payload.image,
                 task_id=run.task_id,
                 task_scopes=run.scopes,
                 download=_Downloader(run),
@@ -318,71 +399,48 @@ class DockerExecutor(TaskExecutor):
             )
         except ImageError as exc:
             raise resolution_error(exc) from None
-        state.image = image.name
-        if run.payload.effective_features.taskcluster_proxy:
-            await self._create_network(run, state)
-        run.facts["docker_image"] = image.name
-        run.facts["docker_image_id"] = image.image_id
-        if image.artifact_hash:
-            run.facts["docker_image_artifact_hash"] = image.artifact_hash
+        self.image = image.name
+        if self.payload.effective_features.taskcluster_proxy:
+            await self._create_network()
+        run.data.image = ImageIdentity(image.name, image.image_id, image.artifact_hash or None)
+        # Interactive shells are ``docker exec`` sessions: they join the container once ``run`` started it.
+        self.container_started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        run.data.interactive = DockerShellLauncher(self.executor.stream_api, self.executor.call, self.container_started)
 
-    async def _create_network(self, run: TaskRun, state: _RunState) -> None:
+    async def _create_network(self) -> None:
         """A bridge network of the task's own, whose gateway (an address of this host) the taskcluster
         proxy feature listens on at port 80, so the container reaches it as ``http://taskcluster`` like
-        docker-worker's linked proxy container, and concurrent tasks never share a proxy."""
+        docker-worker's linked proxy container, and concurrent tasks never share a proxy.  Recorded as the
+        run's proxy placement; only the network's own addresses (the task container) may connect."""
+        run = self.task_run
         name = f"megalodon-{run.task_id[:12]}-{run.run_id}-{os.urandom(3).hex()}"
-        labels = {LABEL: self._key(run), LABEL_WORKER: self.label_worker, LABEL_OWNER: str(os.getpid())}
+        labels = {LABEL: self.key, LABEL_WORKER: self.executor.label_worker, LABEL_OWNER: str(os.getpid())}
         try:
-            created = await self._call(self.client.api.create_network, name, driver="bridge", labels=labels)
-            state.network_id = created["Id"]
-            info = await self._call(self.client.api.inspect_network, state.network_id)
+            created = await self.executor.call(
+                self.executor.client.api.create_network, name, driver="bridge", labels=labels
+            )
+            self.network_id = created["Id"]
+            info = await self.executor.call(self.executor.client.api.inspect_network, self.network_id)
         except docker.errors.APIError as exc:
             raise InternalError(f"could not create the task's docker network: {exc.explanation or exc}") from None
         configs = (info.get("IPAM") or {}).get("Config") or []
-        gateway = next((c.get("Gateway") for c in configs if c.get("Gateway")), None)
-        if not gateway:
+        config = next((c for c in configs if c.get("Gateway")), None)
+        if config is None:
             raise InternalError(f"docker network {name} has no gateway address for the taskcluster proxy")
-        run.facts["docker_proxy_gateway"] = gateway.split("/")[0]
-        run.facts["docker_network"] = name
+        gateway = str(config["Gateway"]).split("/")[0]
+        subnet = config.get("Subnet")
+        self.network_name = name
+        self.extra_hosts["taskcluster"] = gateway
+        run.data.proxy = ProxyPlacement(
+            host=gateway,
+            port=DOCKER_PROXY_PORT,
+            exact_port=True,
+            url="http://taskcluster",
+            allowed_sources=(str(subnet),) if subnet else (),
+        )
 
-    async def _remove_network(self, network_id: str) -> None:
-        try:
-            await self._call(self.client.api.remove_network, network_id)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as exc:
-            log.warning("could not remove network %s: %s", network_id[:12], exc)
-
-    async def free_disk_space(self) -> None:
-        """Disk is short before a claim: unused images first, then idle cache instances."""
-        await self._collect_garbage()
-        for path in self.caches.detach_idle():
-            await asyncio.to_thread(delete_tree, path)
-
-    async def close(self) -> None:
-        """Worker stops: release the engine connections and the thread pool."""
-        with contextlib.suppress(Exception):
-            await self._call(self.client.close)
-        with contextlib.suppress(Exception):
-            await self._call(self.stream_api.close)
-        self.pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _collect_garbage(self) -> None:
-        """Retry failed container removals, then drop idle images (all of them when disk is short)."""
-        for container_id in list(self._leftovers):
-            if await self._remove_container(container_id):
-                self._leftovers.discard(container_id)
-        min_free = self.worker.config.requiredDiskSpaceMegabytes * 1024 * 1024
-        try:
-            removed = await self.images.gc(max_idle=self.settings.imageExpirationSeconds, min_free_bytes=min_free)
-        except (docker.errors.DockerException, OSError) as exc:  # never a task's fault
-            log.warning("image garbage collection failed: %s", exc)
-            return
-        if removed:
-            log.info("removed unused images: %s", ", ".join(removed))
-
-    def _has(self, run: TaskRun, *alternatives: str) -> bool:
-        return any(scope_satisfied(run.scopes, s) for s in alternatives)
+    def _has(self, *alternatives: str) -> bool:
+        return any(scope_satisfied(self.expanded_scopes, s) for s in alternatives)
 
     @staticmethod
     def _docker_config_error(reason: str) -> Failure:
@@ -391,11 +449,12 @@ class DockerExecutor(TaskExecutor):
             f"validating scopes necessary for running the task.\n{reason}"
         )
 
-    def environment(self, run: TaskRun) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         """Feature env, then the payload's, then docker-worker's forced variables (never overridable)."""
+        run = self.task_run
         config = self.worker.config
         env = dict(run.env)
-        env.update(run.payload.env or {})
+        env.update(self.payload.env or {})
         env.update(
             {
                 "TASK_ID": run.task_id,
@@ -411,9 +470,9 @@ class DockerExecutor(TaskExecutor):
         )
         return env
 
-    def _devices(self, run: TaskRun, binds: list[str]) -> list[str]:
+    def _devices(self, binds: list[str]) -> list[str]:
         """Scope, then presence, of each requested device; a device the host lacks is an error, not a skip."""
-        caps = run.payload.capabilities
+        caps = self.payload.capabilities
         if not caps or not caps.devices:
             return []
         pool = self.worker.config.task_queue_id
@@ -421,9 +480,7 @@ class DockerExecutor(TaskExecutor):
         for key, wanted in caps.devices.model_dump(by_alias=True, exclude_none=True).items():
             if not wanted:
                 continue
-            if not self._has(
-                run, f"docker-worker:capability:device:{key}", f"docker-worker:capability:device:{key}:{pool}"
-            ):
+            if not self._has(f"docker-worker:capability:device:{key}", f"docker-worker:capability:device:{key}:{pool}"):
                 raise self._docker_config_error(f"Insufficient scopes to attach device {key!r}.")
             if key == "kvm":
                 if not os.path.exists("/dev/kvm"):
@@ -438,119 +495,131 @@ class DockerExecutor(TaskExecutor):
                 )
         return devices
 
-    def host_config(self, run: TaskRun, state: _RunState) -> dict[str, Any]:
+    def host_config(self) -> dict[str, Any]:
         """Scope and config checks in docker-worker's order, then the container's HostConfig.
 
-        Caches are acquired last, once every check passed, and recorded in ``state`` so cleanup gives them
+        Caches are acquired last, once every check passed, and recorded in :attr:`caches` so cleanup gives them
         back whatever happens next.
         """
-        payload = run.payload
+        payload = self.payload
         pool = self.worker.config.task_queue_id
         caps = payload.capabilities
         binds: list[str] = []
         privileged = bool(caps and caps.privileged)
         if privileged:
-            if not self._has(run, "docker-worker:capability:privileged", f"docker-worker:capability:privileged:{pool}"):
+            if not self._has("docker-worker:capability:privileged", f"docker-worker:capability:privileged:{pool}"):
                 raise self._docker_config_error("Insufficient scopes to run task in privileged mode.")
-            if not self.settings.allowPrivileged:
+            if not self.executor.settings.allowPrivileged:
                 raise self._docker_config_error(
                     "Cannot run task using docker privileged mode.  Worker config dockerConfig.allowPrivileged "
                     "is false."
                 )
         security_opt: list[str] = []
         if caps and caps.disable_seccomp:
-            if not self._has(run, "docker-worker:capability:disableSeccomp"):
+            if not self._has("docker-worker:capability:disableSeccomp"):
                 raise self._docker_config_error("Insufficient scopes to disable seccomp.")
             security_opt.append("seccomp=unconfined")
-        devices = self._devices(run, binds)
+        devices = self._devices(binds)
         cap_add: list[str] = []
         if payload.effective_features.allow_ptrace:
-            if not self._has(run, "docker-worker:feature:allowPtrace"):
+            if not self._has("docker-worker:feature:allowPtrace"):
                 raise self._docker_config_error("Insufficient scopes to use feature allowPtrace.")
             cap_add.append("SYS_PTRACE")
         for cache_name in payload.cache or {}:
             CachePool.check_name(cache_name)
-            if not self._has(run, f"docker-worker:cache:{cache_name}", f"docker-worker:cache:{cache_name}:{pool}"):
+            if not self._has(f"docker-worker:cache:{cache_name}", f"docker-worker:cache:{cache_name}:{pool}"):
                 raise self._docker_config_error("Insufficient scopes to attach cache volumes.")
         for cache_name, mount in (payload.cache or {}).items():
-            instance = self.caches.acquire(cache_name)
-            state.caches.append(instance)
-            run.log.info(f'using cache "{cache_name}" -> {instance.path}')
+            instance = self.executor.caches.acquire(cache_name)
+            self.caches.append(instance)
+            log.info("task %s: cache %r is instance %s", self.key, cache_name, instance.path)
             binds.append(f"{instance.path}:{mount}")
         return {
             "privileged": privileged,
-            "shm_size": self.settings.shmSize,
-            "extra_hosts": {"localhost.localdomain": "127.0.0.1", **run.facts.get("docker_extra_hosts", {})},
-            "network_mode": run.facts.get("docker_network"),
+            "shm_size": self.executor.settings.shmSize,
+            "extra_hosts": {"localhost.localdomain": "127.0.0.1", **self.extra_hosts},
+            "network_mode": self.network_name,
             "binds": binds,
             "devices": devices,
             "cap_add": cap_add or None,
             "security_opt": security_opt or None,
+            # taskMemoryLimitMegabytes (off by default): the kernel kills the container's processes beyond it
+            "mem_limit": memory_limit_bytes(self.worker.config) or None,
+            "memswap_limit": memory_limit_bytes(self.worker.config) or None,
         }
 
-    # -- running -------------------------------------------------------------------------------------------
-    async def run(self, run: TaskRun) -> None:
-        key = self._key(run)
-        state = self._runs[key]
-        host = self.host_config(run, state)
-        api = self.client.api
-        command = list(run.payload.command) or None
-        env = [f"{k}={v}" for k, v in self.environment(run).items()]
+    async def run(self) -> None:
+        run = self.task_run
+        key = self.key
+        # docker-worker: `auth.expandScopes(task.scopes)` with the worker's credentials before any check.
+        self.expanded_scopes = await expanded(run.scopes, self.worker.expand_scopes)
+        if self.payload.cache:
+            await self.executor.purge_caches()
+        host = self.host_config()
+        api = self.executor.client.api
+        command = list(self.payload.command) or None
+        env = [f"{k}={v}" for k, v in self.environment().items()]
         try:
-            created = await self._call(
+            created = await self.executor.call(
                 api.create_container,
-                image=state.image,
+                image=self.image,
                 command=command,
                 environment=env,
                 tty=True,
                 stdin_open=False,
-                labels={LABEL: key, LABEL_WORKER: self.label_worker, LABEL_OWNER: str(os.getpid())},
+                labels={LABEL: key, LABEL_WORKER: self.executor.label_worker, LABEL_OWNER: str(os.getpid())},
                 name=f"megalodon-{run.task_id}-{run.run_id}-{os.urandom(3).hex()}",
                 host_config=api.create_host_config(**host),
             )
         except docker.errors.APIError as exc:
             raise Failure(f"Failure to create the task container: {exc.explanation or exc}") from None
         container_id: str = created["Id"]
-        state.container_id = container_id
-        run.facts["docker_container_id"] = container_id
+        self.container_id = container_id
         run.log.info("=== Task Starting ===")
         exit_code = -1
         try:
             # Attach before starting: output printed before an attach would be lost, and an attach to an
             # already-exited container never ends.
-            stream = await self._call(
-                self.stream_api.attach, container_id, stdout=True, stderr=True, stream=True, logs=True
+            stream = await self.executor.call(
+                self.executor.stream_api.attach, container_id, stdout=True, stderr=True, stream=True, logs=True
             )
             try:
-                await self._call(api.start, container_id)
+                await self.executor.call(api.start, container_id)
             except docker.errors.APIError as exc:
-                await self._call(stream.close)
+                await self.executor.call(stream.close)
                 raise Failure(f"Failure to properly start execution environment.\n{exc.explanation or exc}") from None
-            exit_code = await self._stream_and_wait(run, container_id, stream)
+            self.container_started.set_result(container_id)
+            exit_code = await self._stream_and_wait(container_id, stream)
         finally:
             if run.aborted.is_set():
                 exit_code = -1  # docker-worker's footer for aborted runs
             run.log.info("=== Task Finished ===")
             verdict = "Successful" if exit_code == 0 else "Unsuccessful"
-            seconds = time.monotonic() - state.started
+            seconds = time.monotonic() - self.started
             run.log.info(f"{verdict} task run with exit code: {exit_code} completed in {seconds:.3f} seconds")
         if run.aborted.is_set():
             return
-        run.facts["exit_code"] = exit_code
+        run.data.exit_code = exit_code
+        if exit_code != 0 and memory_limit_bytes(self.worker.config):
+            state = (await self.executor.call(api.inspect_container, container_id)).get("State", {})
+            if state.get("OOMKilled"):
+                run.log.error(memory_limit_message(self.worker.config))
+                raise Failure("task exceeded the per-task memory limit")
         if exit_code != 0:
-            on_exit = run.payload.on_exit_status
+            on_exit = self.payload.on_exit_status
             if on_exit and on_exit.retry and exit_code in on_exit.retry:
                 raise IntermittentTask(
                     f"Task exited with code {exit_code}, listed in payload.onExitStatus.retry: retrying"
                 )
             raise Failure(f"Task exited with code {exit_code}")
 
-    async def _stream_and_wait(self, run: TaskRun, container_id: str, stream: Any) -> int:
+    async def _stream_and_wait(self, container_id: str, stream: Any) -> int:
         """Copy the container's pty output into the task log while waiting for its exit or an abort.
 
         A pool thread reads the stream and hands chunks over through a bounded queue, so memory stays
         bounded whatever the task prints and the event loop only ever appends to the log file.
         """
+        run = self.task_run
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
@@ -567,38 +636,34 @@ class DockerExecutor(TaskExecutor):
             while (chunk := await queue.get()) is not None:
                 run.log.write(chunk)
 
-        pumping = loop.run_in_executor(self.pool, pump)
+        pumping = loop.run_in_executor(self.executor.pool, pump)
         copying = asyncio.create_task(copy())
-        waiting = asyncio.ensure_future(self._call(self.stream_api.wait, container_id))
+        waiting = asyncio.ensure_future(self.executor.call(self.executor.stream_api.wait, container_id))
         aborted = asyncio.create_task(run.aborted.wait())
         try:
             await asyncio.wait({waiting, aborted}, return_when=asyncio.FIRST_COMPLETED)
             if not waiting.done():
-                await self._kill(container_id)
+                await self.executor.kill(container_id)
             result: dict[str, Any] = await waiting
         except BaseException:
-            await self._kill(container_id)
-            await self._call(stream.close)
+            await self.executor.kill(container_id)
+            await self.executor.call(stream.close)
             raise
         finally:
             aborted.cancel()
             try:
-                await asyncio.wait_for(asyncio.shield(pumping), self.STREAM_DRAIN_SECONDS)
+                await asyncio.wait_for(asyncio.shield(pumping), self.executor.STREAM_DRAIN_SECONDS)
             except TimeoutError:
                 log.warning("output stream of %s outlived its container: cut", container_id[:12])
-                await self._call(stream.close)
+                await self.executor.call(stream.close)
                 await pumping
             await copying
         return int(result.get("StatusCode", -1))
 
-    async def _kill(self, container_id: str) -> None:
-        with contextlib.suppress(docker.errors.APIError):  # 409: it exited meanwhile
-            await self._call(self.client.api.kill, container_id)
-
-    def result(self, run: TaskRun) -> Artifacts:
-        payload = run.payload
-        state = self._runs.get(self._key(run))
-        if payload is None or state is None or state.container_id is None or state.work is None:
+    def artifacts(self) -> Artifacts:
+        run = self.task_run
+        payload = getattr(self, "payload", None)
+        if payload is None or self.container_id is None or self.work is None:
             return NoArtifacts()
         if run.aborted.is_set():
             return NoArtifacts()  # docker-worker uploads nothing for aborted or cancelled runs
@@ -606,48 +671,47 @@ class DockerExecutor(TaskExecutor):
             return NoArtifacts()
 
         async def runner(fn: Callable[[], list[ArtifactEntry]]) -> list[ArtifactEntry]:
-            result: list[ArtifactEntry] = await self._call(fn)
+            result: list[ArtifactEntry] = await self.executor.call(fn)
             return result
 
         return DockerArtifacts(
-            ArchiveFetcher(self.client.api, state.container_id),
+            ArchiveFetcher(self.executor.client.api, self.container_id),
             dict(payload.artifacts),
             run.expires,
-            state.work,
+            self.work,
             run.log.error,
             docker.errors.APIError,
             runner,
+            log_info=run.log.info,
         )
 
-    async def cleanup(self, run: TaskRun) -> None:
+    async def cleanup(self) -> None:
         """Remove the container, give caches back (purging on request), drop the work dir and image hold."""
-        state = self._runs.pop(self._key(run), None)
-        if state is None:
-            return
-        if state.container_id is not None and not await self._remove_container(state.container_id):
-            self._leftovers.add(state.container_id)
-        if state.network_id is not None:
-            await self._remove_network(state.network_id)
-        purge = self._should_purge(run)
-        for instance in state.caches:
-            doomed = self.caches.release(instance, purge=purge)
+        run = self.task_run
+        if self.container_id is not None and not await self.executor.remove_container(self.container_id):
+            self.executor.leftovers.add(self.container_id)
+        if self.network_id is not None:
+            await self.executor.remove_network(self.network_id)
+        purge = self._should_purge()
+        for instance in self.caches:
+            doomed = self.executor.caches.release(instance, purge=purge)
             if doomed is not None:
                 run.log.info(f'purging cache "{instance.name}" ({doomed})')
                 await asyncio.to_thread(delete_tree, doomed)
-        if state.work is not None:
-            await asyncio.to_thread(shutil.rmtree, state.work, True)
-        if state.image is not None:
-            self.images.release(state.image)
+        if self.work is not None:
+            await asyncio.to_thread(shutil.rmtree, self.work, True)
+        if self.image is not None:
+            self.executor.images.release(self.image)
 
-    @staticmethod
-    def _should_purge(run: TaskRun) -> bool:
+    def _should_purge(self) -> bool:
         """docker-worker evaluates ``onExitStatus.purgeCaches`` only for unsuccessful exits."""
-        payload = run.payload
+        run = self.task_run
+        payload = getattr(self, "payload", None)
         if payload is None:
             return False
-        code = run.facts.get("exit_code")
+        code = run.data.exit_code
         on_exit = payload.on_exit_status
         return bool(on_exit and on_exit.purge_caches and code and code in on_exit.purge_caches)
 
 
-__all__ = ["DockerExecutor", "backing_log_name"]
+__all__ = ["DOCKER_WORKER", "DockerExecutor", "DockerRun", "backing_log_name"]

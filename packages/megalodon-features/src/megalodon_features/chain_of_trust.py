@@ -21,8 +21,9 @@ tasks must use the docker executor (the key is never mounted into containers) or
 
 Requesting it: docker tasks set ``features.chainOfTrust: true`` (docker-worker's schema).  generic-worker's
 *insecure* payload schema has no ``features.chainOfTrust`` (chain of trust is multiuser-only there), so a
-native task cannot ask for it through that schema; :meth:`ChainOfTrustFeature.is_requested` already honours
-the flag for a native payload model that carries one (a future multiuser payload).
+native task cannot ask for it through that schema; the multiuser engine's payload has the flag.  Like every
+feature it is selected by name: any executor that declares a ``chainOfTrust`` request gets it; the image
+fields come from ``run.data.image`` and the task's additions from ``run.data.chain_of_trust_additions``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from megalodon_core.contracts import Feature, FeatureInitError, TaskFeature
 from megalodon_core.errors import ExecutionError, ExecutionErrors, InternalError
-from megalodon_core.pipeline import LOG_CONTENT_TYPE, publisher_for
 from megalodon_core.task import UploadedArtifact
+from megalodon_core.tasklog import LOG_CONTENT_TYPE
 
 if TYPE_CHECKING:
     from megalodon_core.task import TaskRun
@@ -200,11 +201,12 @@ def build_document(run: TaskRun, hashes: dict[str, str]) -> dict[str, Any]:
     environment["instanceId"] = config.instanceId
     environment["instanceType"] = config.instanceType
     environment["region"] = config.region
-    if run.facts.get("executor") == "docker":
-        if run.facts.get("docker_image_id"):
-            environment["imageHash"] = run.facts["docker_image_id"]
-        if run.facts.get("docker_image_artifact_hash"):
-            environment["imageArtifactHash"] = run.facts["docker_image_artifact_hash"]
+    image = run.data.image
+    if image is not None:  # a container task: the image identity the executor recorded
+        if image.image_id:
+            environment["imageHash"] = image.image_id
+        if image.artifact_hash:
+            environment["imageArtifactHash"] = image.artifact_hash
     return {
         "chainOfTrustVersion": 1,
         "artifacts": {name: {"sha256": sha} for name, sha in sorted(hashes.items())},
@@ -217,13 +219,13 @@ def build_document(run: TaskRun, hashes: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def read_additional_data(task_dir: Path) -> dict[str, Any] | None:
-    """The task's optional ``chain-of-trust-additional-data.json`` (blocking: run it in a thread).
+def read_additional_data(path: Path) -> dict[str, Any] | None:
+    """The task's optional ``chain-of-trust-additional-data.json`` at ``path`` (blocking: run it in a thread).
 
-    In the insecure engine the task runs as the worker's user, so reading the file as the worker reads
-    exactly what the task could (generic-worker's multiuser engine copies it as the task user first).
+    ``path`` is the executor's ``run.data.chain_of_trust_additions``: a file the worker may read once the run
+    ended (the insecure engine's task runs as the worker's user, so the worker reads exactly what the task
+    could; the multiuser engine replaces it by a copy read as the task user first).
     """
-    path = task_dir / ADDITIONAL_DATA_FILE
     try:
         with path.open("rb") as fh:
             data = fh.read(MAX_ADDITIONAL_DATA_BYTES + 1)
@@ -293,15 +295,6 @@ class ChainOfTrustFeature(Feature):
             )
         return None
 
-    def is_requested(self, run: TaskRun) -> bool:
-        executor = run.facts.get("executor")
-        if executor == "docker":
-            return bool(run.payload.effective_features.chain_of_trust)
-        if executor == "native":
-            # Not in the insecure schema; a payload model with the flag (multiuser) is honoured.
-            return bool(getattr(run.payload.features, "chain_of_trust", False))
-        return False
-
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         if self.key is None:
             raise InternalError("chain of trust requested but the signing key was never loaded")
@@ -323,7 +316,7 @@ class ChainOfTrustTask(TaskFeature):
         if run.canceled:
             return "the run was cancelled"
         # docker-worker skips chain of trust for aborted tasks (maxRunTime, shutdown); generic-worker doesn't.
-        if run.facts.get("executor") == "docker" and run.abort_error is not None:
+        if run.data.style == "docker-worker" and run.abort_error is not None:
             return "the task was aborted"
         return None
 
@@ -352,7 +345,7 @@ class ChainOfTrustTask(TaskFeature):
     ) -> UploadedArtifact | None:
         run = self.run
         try:
-            published = await publisher_for(run).file(
+            published = await run.publisher().file(
                 run.task_id,
                 run.run_id,
                 name,
@@ -394,7 +387,8 @@ class ChainOfTrustTask(TaskFeature):
     def _certify(self, hashes: dict[str, str], workdir: Path) -> tuple[Path, Path]:
         """Build, sign and write the document (blocking: JSON of a large task definition, disk writes)."""
         run = self.run
-        additional = read_additional_data(run.task_dir) if run.facts.get("executor") == "native" else None
+        location = run.data.chain_of_trust_additions
+        additional = read_additional_data(location) if location is not None else None
         document = render_document(build_document(run, hashes), additional)
         unsigned, signed = workdir / "chain-of-trust.json", workdir / "chain-of-trust.json.sig"
         unsigned.write_bytes(document)

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from megalodon_core.contracts import Feature, TaskFeature
 from megalodon_core.errors import ExecutionError
-from megalodon_core.pipeline import LOG_CONTENT_TYPE, publisher_for
+from megalodon_core.tasklog import LOG_CONTENT_TYPE
 from megalodon_core.timefmt import utcnow
 
 if TYPE_CHECKING:
@@ -284,7 +284,9 @@ class LiveLogFeature(Feature):
         return bool(self.worker.config.enableLiveLog)
 
     def is_requested(self, run: TaskRun) -> bool:
-        return live_log_name(run) is not None
+        """Requested by the executor (optional: generic-worker's ``liveLog``, docker-worker's ``localLiveLog``)
+        and the payload names a live log artifact."""
+        return run.data.request(self.name) is not None and run.data.logs.live is not None
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return LiveLogTask(self, run)
@@ -330,15 +332,7 @@ class LiveLogFeature(Feature):
 
 def live_log_name(run: TaskRun) -> str | None:
     """The live log artifact name the payload asks for, or None when the task turned the live log off."""
-    payload = run.payload
-    executor = run.facts.get("executor")
-    if payload is None:
-        return None
-    if executor == "native":
-        return str(payload.logs.live) if payload.features.live_log else None
-    if executor == "docker":
-        return str(payload.log) if payload.effective_features.local_live_log else None
-    return None
+    return run.data.logs.live
 
 
 class LiveLogTask(TaskFeature):
@@ -352,9 +346,9 @@ class LiveLogTask(TaskFeature):
 
     def _reference_expiry(self) -> dt.datetime:
         run = self.run
-        if run.facts.get("executor") == "docker":
+        if run.data.style == "docker-worker":
             return run.expires  # docker-worker: the reference expires with the task
-        expiry = utcnow() + dt.timedelta(seconds=int(run.payload.max_run_time)) + REFERENCE_GRACE
+        expiry = utcnow() + dt.timedelta(seconds=run.data.max_run_time) + REFERENCE_GRACE
         # The queue refuses artifacts outliving their task, and the link replacing it must not expire earlier.
         return min(expiry, run.expires)
 
@@ -379,7 +373,7 @@ class LiveLogTask(TaskFeature):
         run.log.add_sink(stream.append)
         self.url = f"{self.feature.base_url()}/log/{stream.secret}"
         try:
-            await publisher_for(run).reference(
+            await run.publisher().reference(
                 run.task_id, run.run_id, name, self.url, LOG_CONTENT_TYPE, self._reference_expiry()
             )
         except ExecutionError as exc:

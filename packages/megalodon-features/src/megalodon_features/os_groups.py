@@ -1,4 +1,7 @@
-"""osGroups (native tasks, insecure engine): a task may only ask for groups it will actually have.
+"""osGroups: a task may only ask for groups it will actually have.
+
+Selected by name like every feature: the executor's ``osGroups`` request carries ``{"groups": [...],
+"join": bool}`` (``join``: the task gets an account of its own that joins them, as the multiuser engine).
 
 In generic-worker's insecure engine (``os_groups_insecure.go``) tasks run as the worker's own user, so
 nothing is added to any group: a task listing ``osGroups`` is accepted when the worker's user already
@@ -6,7 +9,7 @@ belongs to every one of them, and refused as malformed-payload otherwise, with g
 naming the missing groups and the ones that would be accepted.
 
 Multiuser engine (``nativeEngine: multiuser``, ``os_groups_multiuser*.go``): each group needs scope
-``generic-worker:os-group:<provisionerId>/<workerType>/<group>``; the task user (``run.facts["task_user"]``,
+``generic-worker:os-group:<provisionerId>/<workerType>/<group>``; the task user (``run.data.task_user``,
 set by the executor's prepare) is added with ``gpasswd -a`` before the commands and removed with
 ``gpasswd -d`` after, so membership lasts exactly one task.
 
@@ -55,13 +58,9 @@ class OSGroupsFeature(Feature):
     """Config gate ``enableOSGroups``; requested when ``payload.osGroups`` is not empty."""
 
     name = "osGroups"
-    executors = frozenset({"native"})
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableOSGroups)
-
-    def is_requested(self, run: TaskRun) -> bool:
-        return bool(run.payload.os_groups)
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return OSGroupsTask(run)
@@ -83,22 +82,25 @@ class OSGroupsTask(TaskFeature):
     def __init__(self, run: TaskRun) -> None:
         self.run = run
         self.added: list[str] = []
-
-    @property
-    def multiuser(self) -> bool:
-        return bool(self.run.worker.config.extra("nativeEngine", "insecure") == "multiuser")
+        request = run.data.request(OSGroupsFeature.name)
+        options = dict(request.options or {}) if request is not None else {}
+        #: The groups the payload lists (the executor's ``osGroups`` request: ``{"groups": [...], "join": bool}``).
+        self.groups: list[str] = list(options.get("groups", []))
+        #: ``join``: the task runs as an account of its own (multiuser engine), added to the groups for the
+        #: task (scopes needed); otherwise it runs as the worker's user, which must already have them.
+        self.multiuser = bool(options.get("join", False))
 
     def required_scopes(self) -> list[list[str]]:
         if not self.multiuser:
             return []
         pool = self.run.worker.config.task_queue_id
-        return [[f"generic-worker:os-group:{pool}/{group}" for group in self.run.payload.os_groups]]
+        return [[f"generic-worker:os-group:{pool}/{group}" for group in self.groups]]
 
     async def start(self) -> None:
         if self.multiuser:
             await self._add_task_user()
             return
-        requested: list[str] = list(self.run.payload.os_groups)
+        requested: list[str] = list(self.groups)
         try:
             groups = await asyncio.to_thread(current_groups)
         except OSError as exc:
@@ -111,19 +113,19 @@ class OSGroupsTask(TaskFeature):
             )
 
     async def _add_task_user(self) -> None:
-        user = self.run.facts.get("task_user")
+        user = self.run.data.task_user
         if user is None:
-            raise InternalError("osGroups: the multiuser engine created no task user")
-        for group in self.run.payload.os_groups:
-            code, out = await _gpasswd("-a", str(user["name"]), group)
+            raise InternalError("osGroups: the executor created no task user")
+        for group in self.groups:
+            code, out = await _gpasswd("-a", user.name, group)
             if code != 0:
-                raise MalformedPayload(f"osGroups: could not add task user {user['name']} to group {group}: {out}")
+                raise MalformedPayload(f"osGroups: could not add task user {user.name} to group {group}: {out}")
             self.added.append(group)
 
     async def stop(self, errors: ExecutionErrors) -> None:
-        user = self.run.facts.get("task_user")
+        user = self.run.data.task_user
         for group in self.added:
-            code, out = await _gpasswd("-d", str(user["name"] if user else ""), group)
+            code, out = await _gpasswd("-d", user.name if user else "", group)
             if code != 0:
                 errors.add(InternalError(f"osGroups: could not remove task user from group {group}: {out}"))
         self.added.clear()

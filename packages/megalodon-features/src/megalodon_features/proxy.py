@@ -19,19 +19,18 @@ Secrets read through the proxy (``GET .../secrets/v1/secret/<name>``) are masked
 of at least 6 characters in the response's ``secret`` is registered with the task log *before* the response
 reaches the task, so the task cannot print a value the log does not yet hide.
 
-Where the proxy listens:
+Where the proxy listens is the executor's answer, ``run.data.proxy`` (a
+:class:`~megalodon_core.rundata.ProxyPlacement` set in its ``prepare``); the feature never asks which executor
+it is.  An executor that sets none gets malformed-payload from the pipeline for tasks requesting the proxy.
 
-- native, ``taskclusterProxyInterface: localhost`` (default): 127.0.0.1, port ``taskclusterProxyPort`` or, when
-  another task of this worker (or another process) holds it, the next free port above it.  generic-worker
-  hands each task slot its own port from the same base; a worker-wide set of ports in use plus a bind retry
-  gives the same "base port first, never a clash" result without knowing slots.  Port 0 means an ephemeral
-  port picked by the kernel.
-- native, ``docker-bridge``: the IPv4 gateway of docker's default ``bridge`` network, same ports (as
-  generic-worker), so containers started by the task reach it.
-- docker executor: the executor puts the task container on its own network and records that network's gateway
-  in ``run.facts["docker_proxy_gateway"]`` during ``prepare``; the proxy listens there on port 80 and the
-  container resolves ``taskcluster`` to it (``run.facts["docker_extra_hosts"]``), so ``http://taskcluster``
-  works as it did on docker-worker.
+- a shared address (``exact_port`` False; native: 127.0.0.1, or docker's default bridge gateway for
+  ``taskclusterProxyInterface: docker-bridge``): port ``taskclusterProxyPort`` or, when another task of this
+  worker (or another process) holds it, the next free port above it.  generic-worker hands each task slot
+  its own port from the same base; a worker-wide set of ports in use plus a bind retry gives the same "base
+  port first, never a clash" result without knowing slots.  Port 0 means an ephemeral port picked by the kernel.
+- an address of the run's own (``exact_port`` True; docker: the gateway of the task container's own network,
+  port 80, which the container resolves as ``taskcluster``): exactly that port, and ``TASKCLUSTER_PROXY_URL``
+  is the placement's ``url`` (``http://taskcluster``, as on docker-worker).
 """
 
 from __future__ import annotations
@@ -58,10 +57,10 @@ from yarl import URL
 
 from megalodon_core.contracts import Feature, TaskFeature
 from megalodon_core.errors import InternalError
-from megalodon_core.netif import bridge_address
 
 if TYPE_CHECKING:
     from megalodon_core.errors import ExecutionErrors
+    from megalodon_core.rundata import ProxyPlacement, RunDataField
     from megalodon_core.task import TaskRun
     from megalodon_core.worker_context import WorkerContext
 
@@ -377,47 +376,12 @@ class TaskclusterProxy:
         return bytes(body)
 
 
-async def docker_bridge_gateway() -> str:
-    """IPv4 gateway of docker's default ``bridge`` network (generic-worker's ``docker-bridge`` interface).
-
-    Docker 20.10 may report no IPAM gateway for that network although its bridge (``docker0``) has the
-    address: then the bridge interface's address, from the kernel.
-    """
-    fmt = (
-        "{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}"
-        '|{{index .Options "com.docker.network.bridge.name"}}'
-    )
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            fmt,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-    except OSError as exc:
-        raise InternalError(f"could not determine docker bridge IP address: {exc}") from exc
-    if proc.returncode != 0:
-        raise InternalError(f"could not determine docker bridge IP address: {err.decode(errors='replace').strip()}")
-    listed, _, bridge = out.decode().partition("|")
-    gateways = listed.split()
-    address = bridge_address(gateways, bridge.strip() or "docker0")
-    if address is None:
-        raise InternalError(
-            f"could not determine docker bridge IP address: no ipv4 gateway found among {gateways} and "
-            f"interface {bridge.strip() or 'docker0'} has no IPv4 address"
-        )
-    return address
-
-
 class TaskclusterProxyFeature(Feature):
     """Worker-lifetime half: the config gate, the ports in use by running tasks and the upstream session."""
 
     name: ClassVar[str] = "taskclusterProxy"
+    #: The executor says where the task's processes reach the proxy (``run.data.proxy``).
+    needs: ClassVar[tuple[RunDataField, ...]] = ("proxy",)
 
     def __init__(self, worker: WorkerContext) -> None:
         super().__init__(worker)
@@ -426,17 +390,6 @@ class TaskclusterProxyFeature(Feature):
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableTaskclusterProxy)
-
-    def is_requested(self, run: TaskRun) -> bool:
-        payload = run.payload
-        if payload is None:
-            return False
-        executor = run.facts.get("executor")
-        if executor == "native":
-            return bool(payload.features.taskcluster_proxy)
-        if executor == "docker":
-            return bool(payload.effective_features.taskcluster_proxy)
-        return False
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return TaskclusterProxyTask(self, run)
@@ -493,32 +446,16 @@ class TaskclusterProxyTask(TaskFeature):
         run = self.run
         return [*run.scopes, f"queue:create-artifact:{run.task_id}/{run.run_id}"]
 
-    async def _address(self) -> tuple[str, int, str]:
-        """(host, base port, TASKCLUSTER_PROXY_URL or "" for http://host:port) for this task."""
-        run = self.run
-        config = self.feature.worker.config
-        executor = run.facts.get("executor")
-        if executor == "docker":
-            gateway = run.facts.get("docker_proxy_gateway")
-            if not gateway:
-                raise InternalError(
-                    "taskcluster-proxy: the docker executor did not give the task container a network gateway "
-                    '(run.facts["docker_proxy_gateway"]), so the proxy cannot be reached as http://taskcluster'
-                )
-            return str(gateway), DOCKER_PROXY_PORT, "http://taskcluster"
-        interface = getattr(run.payload, "taskcluster_proxy_interface", "localhost")
-        if interface == "docker-bridge":
-            return await docker_bridge_gateway(), int(config.taskclusterProxyPort), ""
-        if interface == "localhost":
-            return "127.0.0.1", int(config.taskclusterProxyPort), ""
-        raise InternalError(
-            f"INTERNAL BUG: Unsupported taskcluster proxy interface enum option should not have made it here: "
-            f"{interface!r}"
-        )
+    def _placement(self) -> ProxyPlacement:
+        placement = self.run.data.proxy
+        if placement is None:  # the pipeline checks ``needs`` before start: only a direct caller gets here
+            raise InternalError("taskcluster-proxy: the executor gave no proxy placement (run.data.proxy)")
+        return placement
 
     async def start(self) -> None:
         run = self.run
-        host, base, url = await self._address()
+        placement = self._placement()
+        host, base, url = placement.host, placement.port, placement.url
         proxy = TaskclusterProxy(
             run.worker.root_url,
             run.credentials,
@@ -527,7 +464,7 @@ class TaskclusterProxyTask(TaskFeature):
             on_secret=run.log.add_secret,
         )
         try:
-            if url:  # docker: the task's own network, a fixed port
+            if placement.exact_port:  # an address of the run's own (a container network): that very port
                 await proxy.listen(host, base)
             else:
                 await self.feature.bind(proxy, host, base)
@@ -535,13 +472,10 @@ class TaskclusterProxyTask(TaskFeature):
             raise InternalError(f"could not start taskcluster proxy on port {base}: {exc}") from exc
         self.proxy = proxy
         if url:
-            run.env["TASKCLUSTER_PROXY_URL"] = url
-            hosts = dict(run.facts.get("docker_extra_hosts") or {})
-            hosts["taskcluster"] = host
-            run.facts["docker_extra_hosts"] = hosts
+            run.data.env["TASKCLUSTER_PROXY_URL"] = url
         else:
             shown = f"[{host}]" if ":" in host else host
-            run.env["TASKCLUSTER_PROXY_URL"] = f"http://{shown}:{proxy.port}"
+            run.data.env["TASKCLUSTER_PROXY_URL"] = f"http://{shown}:{proxy.port}"
         run.on_credentials(self._refresh)
 
     def _refresh(self, credentials: dict[str, str]) -> None:

@@ -87,13 +87,9 @@ class ResourceMonitorFeature(Feature):
     """Config gate ``enableResourceMonitor``; requested by ``features.resourceMonitor`` (default true)."""
 
     name = "resourceMonitor"
-    executors = frozenset({"native"})
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableResourceMonitor)
-
-    def is_requested(self, run: TaskRun) -> bool:
-        return bool(run.payload.features.resource_monitor)
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return ResourceMonitorTask(run, read=read_meminfo)

@@ -10,25 +10,32 @@ import json
 import os
 import shlex
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
-from megalodon_core.artifacts import check_artifact_name, check_artifact_path, check_expiry
-from megalodon_core.contracts import Artifacts, TaskExecutor
+from megalodon_core.artifacts import check_artifact_name, check_expiry
+from megalodon_core.contracts import Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
-from megalodon_core.task import TaskRun
+from megalodon_core.rundata import FeatureRequest, ProxyPlacement
 from megalodon_core.timefmt import go_duration, parse_iso
 
 from .artifacts import NativeArtifacts
 from .payload import PayloadError, payload_json_schema, validate_payload
 from .process import CommandResult, TaskProcesses, memory_limit_message, run_command
+from .proxy_interface import docker_bridge_gateway
+from .shell import NativeShellLauncher
 
-#: Payload features that need a feature plugin; requesting one that is absent is malformed-payload.
+#: Payload flags naming a feature plugin; requesting one that is absent is malformed-payload.
 _PLUGIN_FEATURES = {
     "taskcluster_proxy": "taskclusterProxy",
     "interactive": "interactive",
     "loopback_video": "loopbackVideo",
     "loopback_audio": "loopbackAudio",
 }
+
+
+#: File a task may write to add data to its chain-of-trust certificate (chain_of_trust_feature.go).
+COT_ADDITIONAL = "chain-of-trust-additional-data.json"
 
 
 def _rows(rows: list[tuple[str, str]]) -> str:
@@ -57,32 +64,34 @@ def result_block(result: CommandResult, extra: list[tuple[str, str]] | None = No
     return _rows(rows)
 
 
-class NativeExecutor(TaskExecutor):
-    name = "native"
-    log_style = "generic-worker"
+class NativeRun(ExecutorRun[Any]):
+    """One generic-worker payload on the host (the insecure engine: commands run as the worker's user)."""
 
-    def __init__(self, worker: Any) -> None:
-        super().__init__(worker)
-        #: Each run's process boundary (its cgroup): every process the task started dies with the run.
-        self._processes: dict[str, TaskProcesses] = {}
+    executor: NativeExecutor
+
+    def __init__(self, executor: NativeExecutor, task_run: Any) -> None:
+        super().__init__(executor, task_run)
+        #: The run's process boundary (its cgroup): every process the task started dies with the run.
+        self.processes: TaskProcesses | None = None
 
     # -- validation --------------------------------------------------------------------------------------
-    def write_header(self, run: TaskRun) -> None:
-        meta = run.facts.get("worker_metadata", {})
+    def write_header(self) -> None:
+        run = self.task_run
+        meta = run.data.worker_metadata
         run.log.info(f"Worker Type ({self.worker.config.task_queue_id}) settings:")
         run.log.info("  " + json.dumps(meta, indent=2, sort_keys=True).replace("\n", "\n  "))
         run.log.info(f"Task ID: {run.task_id}")
         run.log.info("=== Task Starting ===")
 
-    def validate_payload(self, run: TaskRun) -> None:
-        raw = run.task.get("payload")
+    def parse_payload(self, raw: Any) -> Any:
+        run = self.task_run
         if self.worker.config.disableNativePayloads:
             raise MalformedPayload("Native payloads are disabled on this worker pool (disableNativePayloads)")
         try:
-            payload = self.parse_payload(raw)
+            payload = self.executor.parse_model(raw)
         except PayloadError as exc:
             run.log.error("Task payload for this worker type must conform to the following jsonschema:")
-            run.log.error(json.dumps(self.payload_schema(), indent=2))
+            run.log.error(json.dumps(self.executor.payload_schema(), indent=2))
             run.log.error("TASK FAIL since the task payload is invalid. See errors:")
             for field, message in exc.errors:
                 run.log.error(f"- {field}: {message}")
@@ -90,56 +99,83 @@ class NativeExecutor(TaskExecutor):
                 f"Validation of payload failed for task {run.task_id}: " + "; ".join(f"{f}: {m}" for f, m in exc.errors)
             ) from None
         for i, artifact in enumerate(payload.artifacts):
-            check_artifact_path(artifact.path, f"artifacts.{i}.path")
+            # Paths may be absolute or climb out (generic-worker's schema): what may be read is decided by who
+            # reads it (the multiuser engine reads as the task user), see megalodon_native.artifacts.
             check_artifact_name(artifact.name or artifact.path, f"artifacts.{i}.name")
             if artifact.expires is not None:
                 check_expiry(artifact.name or artifact.path, parse_iso(artifact.expires), run.deadline, run.expires)
         check_artifact_name(payload.logs.live, "logs.live")
         check_artifact_name(payload.logs.backing, "logs.backing")
-        run.payload = payload
+        return payload
 
-    def parse_payload(self, raw: Any) -> Any:
-        """The engine's payload model (the multiuser engine's schema adds two feature flags)."""
-        return validate_payload(raw)
-
-    def payload_schema(self) -> dict[str, Any]:
-        return payload_json_schema()
-
-    async def command_identity(self, run: TaskRun) -> dict[str, Any]:
+    async def command_identity(self) -> dict[str, Any]:
         """``run_command`` keyword arguments choosing who a command runs as: the worker itself here."""
         return {}
 
-    def requested_features(self, run: TaskRun) -> list[str]:
-        payload = run.payload
-        names = [name for attr, name in _PLUGIN_FEATURES.items() if getattr(payload.features, attr)]
+    def requested_features(self) -> list[FeatureRequest]:
+        payload = self.payload
+        requests = [FeatureRequest(name) for attr, name in _PLUGIN_FEATURES.items() if getattr(payload.features, attr)]
+        if payload.features.live_log:
+            requests.append(FeatureRequest("liveLog", required=False))
+        if payload.features.resource_monitor:
+            requests.append(FeatureRequest("resourceMonitor", required=False))
         if payload.mounts:
-            names.append("mounts")
+            mounts = {"mounts": list(payload.mounts), "purge_caches": list(payload.on_exit_status.purge_caches)}
+            requests.append(FeatureRequest("mounts", options=mounts))
         if payload.os_groups:
-            names.append("osGroups")
-        return names
+            options: dict[str, Any] = {"groups": list(payload.os_groups), "join": self.executor.per_task_user}
+            requests.append(FeatureRequest("osGroups", options=options))
+        return requests
 
-    def max_run_time(self, run: TaskRun) -> int:
-        return int(run.payload.max_run_time)
+    def max_run_time(self) -> int:
+        return int(self.payload.max_run_time)
 
-    def log_artifact_names(self, run: TaskRun) -> tuple[str | None, str | None]:
-        payload = run.payload
-        if payload is None:  # invalid payload: generic-worker's defaults still apply
-            return "public/logs/live.log", "public/logs/live_backing.log"
+    def log_artifact_names(self) -> tuple[str | None, str | None]:
+        payload = self.payload
         live = payload.logs.live if payload.features.live_log else None
         backing = payload.logs.backing if payload.features.backing_log else None
         return live, backing
 
+    # -- preparing ---------------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        run = self.task_run
+        if self.payload.features.taskcluster_proxy:
+            run.data.proxy = await self.proxy_placement()
+        run.data.chain_of_trust_additions = self.chain_of_trust_additions()
+        # Shells run as the task's commands do: same directory, environment (read at each start, after the
+        # features added theirs) and identity.
+        run.data.interactive = NativeShellLauncher(
+            run.task_dir,
+            self.environment,
+            self.command_identity,
+            lambda: self.processes.cgroup if self.processes is not None else None,
+        )
+
+    async def proxy_placement(self) -> ProxyPlacement:
+        """generic-worker's ``taskclusterProxyInterface``: loopback, or docker's default bridge gateway (so
+        containers the task starts reach it); the configured port first, the next free one otherwise."""
+        port = int(self.worker.config.taskclusterProxyPort)
+        interface = self.payload.taskcluster_proxy_interface
+        host = await docker_bridge_gateway() if interface == "docker-bridge" else "127.0.0.1"
+        return ProxyPlacement(host=host, port=port)
+
+    def chain_of_trust_additions(self) -> Path | None:
+        """The insecure engine's task runs as the worker's user: reading its additions as the worker reads
+        exactly what the task could."""
+        return self.task_run.task_dir / COT_ADDITIONAL
+
     # -- running -----------------------------------------------------------------------------------------
-    def base_environment(self, run: TaskRun) -> dict[str, str]:
+    def base_environment(self) -> dict[str, str]:
         """The insecure engine's starting point: the worker's environment minus its access token."""
         return {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
 
-    def environment(self, run: TaskRun) -> dict[str, str]:
+    def environment(self) -> dict[str, str]:
         """Base environment, then payload env, then feature env, then the variables the worker forces."""
+        run = self.task_run
         config = self.worker.config
-        env = self.base_environment(run)
-        env.update(run.payload.env)
-        env.update(run.env)
+        env = self.base_environment()
+        env.update(self.payload.env)
+        env.update(run.data.env)
         env.update(
             {
                 "TASK_ID": run.task_id,
@@ -155,16 +191,17 @@ class NativeExecutor(TaskExecutor):
             env["TASKCLUSTER_INSTANCE_TYPE"] = config.instanceType
         return env
 
-    async def run(self, run: TaskRun) -> None:
-        env = self.environment(run)
-        processes = TaskProcesses(run.task_id, run.run_id, self.worker.config)
-        self._processes[run.task_id + "/" + str(run.run_id)] = processes
+    async def run(self) -> None:
+        run = self.task_run
+        payload = self.payload
+        env = self.environment()
+        processes = self.processes = TaskProcesses(run.task_id, run.run_id, self.worker.config)
         await processes.create()
         started = time.monotonic()
         try:
-            for i, argv in enumerate(run.payload.command):
+            for i, argv in enumerate(payload.command):
                 run.log.info(f"Executing command {i}: {shlex.join(argv)}")
-                identity = await self.command_identity(run)
+                identity = await self.command_identity()
                 result = await run_command(
                     argv,
                     cwd=run.task_dir,
@@ -177,7 +214,7 @@ class NativeExecutor(TaskExecutor):
                 )
                 extra = [row for rows in run.result_rows for row in rows()]
                 run.log.info(result_block(result, extra))
-                run.facts["exit_code"] = "aborted" if result.aborted else result.exit_code
+                run.data.exit_code = None if result.aborted else result.exit_code
                 if result.aborted or run.aborted.is_set():
                     return  # the abort error is already recorded and decides
                 if result.system_error is not None:
@@ -186,7 +223,7 @@ class NativeExecutor(TaskExecutor):
                     run.log.error(memory_limit_message(self.worker.config))
                     raise Failure("task exceeded the per-task memory limit")
                 if result.exit_code != 0:
-                    if result.exit_code in run.payload.on_exit_status.retry:
+                    if result.exit_code in payload.on_exit_status.retry:
                         raise IntermittentTask(
                             "task appears to have failed intermittently - exit code "
                             f"{result.exit_code} found in task payload.onExitStatus list"
@@ -199,13 +236,30 @@ class NativeExecutor(TaskExecutor):
             run.log.info("=== Task Finished ===")
             run.log.info(f"Task Duration: {go_duration(time.monotonic() - started)}")
 
-    def result(self, run: TaskRun) -> Artifacts:
-        if run.payload is None:
-            return super().result(run)
-        return NativeArtifacts(run.task_dir, list(run.payload.artifacts), run.expires)
+    def artifacts(self) -> Artifacts:
+        if not hasattr(self, "payload"):  # malformed payload: nothing ran
+            return NoArtifacts()
+        run = self.task_run
+        return NativeArtifacts(run.task_dir, list(self.payload.artifacts), run.expires)
 
-    async def cleanup(self, run: TaskRun) -> None:
+    async def cleanup(self) -> None:
         """Kill whatever the task's commands left running (its cgroup, detached daemons included) and remove it."""
-        processes = self._processes.pop(run.task_id + "/" + str(run.run_id), None)
-        if processes is not None:
-            await processes.remove()
+        if self.processes is not None:
+            await self.processes.remove()
+
+
+class NativeExecutor(TaskExecutor):
+    """generic-worker's insecure engine: no worker-lifetime state beyond the payload model it parses."""
+
+    name = "native"
+    run_class: ClassVar[type[ExecutorRun[Any]]] = NativeRun
+    #: Whether each task runs as an OS account of its own (the multiuser engine), which features like
+    #: osGroups may change for the task.
+    per_task_user: ClassVar[bool] = False
+
+    def parse_model(self, raw: Any) -> Any:
+        """The engine's payload model (the multiuser engine's schema adds two feature flags)."""
+        return validate_payload(raw)
+
+    def payload_schema(self) -> dict[str, Any]:
+        return payload_json_schema()

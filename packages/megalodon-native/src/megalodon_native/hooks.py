@@ -1,8 +1,8 @@
 """Entry point of megalodon-native: registers the ``native`` executor (imported only when used).
 
 Config key ``nativeEngine`` picks generic-worker's engine: ``insecure`` (default; tasks run as the worker's
-own user) or ``multiuser`` (a fresh OS user per task, see :mod:`megalodon_native.multiuser`).  The
-``multiuserEngine`` feature carries the multiuser engine's start-up checks; it is inert with ``insecure``.
+own user) or ``multiuser`` (a fresh OS user per task, see :mod:`megalodon_native.multiuser`, whose executor's
+``initialise`` carries the engine's start-up checks).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from megalodon_core import hookimpl
-from megalodon_core.contracts import ExecutorInfo, FeatureInfo
+from megalodon_core.contracts import ExecutorInfo
 from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
 
 
@@ -45,12 +45,6 @@ def _accepts(payload: Any) -> bool:
     return isinstance(payload, dict) and "image" not in payload
 
 
-def _engine_feature(worker: Any) -> Any:
-    from .multiuser import MultiuserEngineFeature
-
-    return MultiuserEngineFeature(worker)
-
-
 @hookimpl
 def megalodon_register_executors() -> list[ExecutorInfo]:
     return [
@@ -61,17 +55,6 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
-        )
-    ]
-
-
-@hookimpl
-def megalodon_register_features() -> list[FeatureInfo]:
-    return [
-        FeatureInfo(
-            name="multiuserEngine",
-            factory=_engine_feature,
-            summary="multiuser engine start-up checks: worker secrets unreadable by task users, stale users swept",
         )
     ]
 

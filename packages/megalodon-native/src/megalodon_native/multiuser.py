@@ -17,8 +17,8 @@ What isolates one task from the worker and from other tasks, and why it is done 
   since a later task user may get the same uid).
 
 Start-up checks (config file and signing key unreadable by task users, tasksDir reachable by them, no
-desktop sessions) and the sweep of stale task users live in :class:`MultiuserEngineFeature`, because a
-feature's ``initialise`` is where the core lets a plugin refuse to start the worker.
+desktop sessions) and the sweep of stale task users are :meth:`MultiuserExecutor.initialise`, the executor's
+start hook, which refuses to start the worker (exit 77) when tasks could read its secrets.
 """
 
 from __future__ import annotations
@@ -34,22 +34,31 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from megalodon_core.contracts import ArtifactEntry, Artifacts, Feature, FeatureInitError, TaskFeature
+from megalodon_core.contracts import ArtifactEntry, Artifacts, ExecutorInitError, NoArtifacts
 from megalodon_core.errors import Failure, InternalError, MalformedPayload
+from megalodon_core.rundata import ProxyPlacement
+from megalodon_core.rundata import TaskUser as TaskUserData
 from megalodon_core.scopes import describe, satisfies
 from megalodon_core.task import TaskRun
 
 from .artifacts import NativeArtifacts
-from .executor import NativeExecutor
+from .executor import COT_ADDITIONAL, NativeExecutor, NativeRun
 from .payload_multiuser import multiuser_payload_json_schema, validate_multiuser_payload
-from .users import TASK_PATH, TaskUser, UserError, create_user, delete_user, kill_user_processes, sweep_stale_users
+from .users import (
+    TASK_PATH,
+    TaskUser,
+    UserError,
+    create_user,
+    delete_user,
+    kill_user_processes,
+    read_as_user,
+    sweep_stale_users,
+)
 
 #: Config key choosing the engine, and its values.
 ENGINE_KEY = "nativeEngine"
 #: Config key naming the worker's config file, so the start-up check can prove tasks cannot read it.
 CONFIG_FILE_KEY = "workerConfigFile"
-#: File a task may write to add data to its chain-of-trust certificate (chain_of_trust_feature.go).
-COT_ADDITIONAL = "chain-of-trust-additional-data.json"
 #: An identity no account has: probes run as it see exactly what "other users" may see.
 PROBE_ID = 2**31 - 7
 #: Concurrent ``cat`` processes copying artifacts.
@@ -66,30 +75,18 @@ def is_multiuser(config: Any) -> bool:
 async def copy_as(uid: int, gid: int, groups: list[int], source: Path, dest: Path) -> str | None:
     """Copy ``source`` to the new file ``dest`` reading it as ``uid``; returns the error text or None.
 
-    ``dest`` is created by the worker (0600, in its private directory) and handed to ``cat`` as stdout, so
-    the only thing decided with the task user's rights is whether ``source`` can be opened and read.
+    ``dest`` is created by the worker (0600, in its private directory) and handed to the helper as stdout,
+    so the only thing decided with the task user's rights is whether ``source`` can be opened and read;
+    the helper never blocks on a FIFO or device (:func:`megalodon_native.users.read_as_user`).
     """
     fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            "/bin/cat",
-            "--",
-            str(source),
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-            cwd="/",
-            env={"PATH": TASK_PATH},
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=fd,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        code, err = await read_as_user(uid, gid, groups, source, fd)
     finally:
         os.close(fd)
-    _, err = await proc.communicate()
-    if proc.returncode == 0:
+    if code == 0:
         return None
-    return err.decode(errors="replace").strip() or f"cat exited with code {proc.returncode}"
+    return err or f"copy helper exited with code {code}"
 
 
 async def _probe(script: str, path: Path) -> bool:
@@ -188,32 +185,28 @@ class MultiuserArtifacts(NativeArtifacts):
 
 
 # -- the executor -----------------------------------------------------------------------------------------
-class MultiuserExecutor(NativeExecutor):
-    """The native executor with generic-worker's multiuser engine semantics (see module docstring)."""
+class MultiuserRun(NativeRun):
+    """One run under the multiuser engine: its task user, staging directory and log inode as attributes."""
 
-    def __init__(self, worker: Any) -> None:
-        super().__init__(worker)
-        self._users: dict[str, TaskUser] = {}
-        self._staging: dict[str, Path] = {}
-        self._log_inodes: dict[str, tuple[int, int]] = {}
+    executor: MultiuserExecutor
 
-    @staticmethod
-    def _key(run: TaskRun) -> str:
-        return f"{run.task_id}/{run.run_id}"
+    def __init__(self, executor: MultiuserExecutor, task_run: TaskRun) -> None:
+        super().__init__(executor, task_run)
+        self.user: TaskUser | None = None
+        #: Worker-private directory artifact content is copied to (as the task user) before upload.
+        self.staging: Path | None = None
+        #: (device, inode) of the task log: a task that replaced it is detected after the commands.
+        self.log_inode: tuple[int, int] | None = None
 
     # -- payload ------------------------------------------------------------------------------------------
     def parse_payload(self, raw: Any) -> Any:
-        return validate_multiuser_payload(raw)
+        payload = super().parse_payload(raw)
+        if payload.features.run_task_as_current_user:
+            self._check_run_as_current_user()
+        return payload
 
-    def payload_schema(self) -> dict[str, Any]:
-        return multiuser_payload_json_schema()
-
-    def validate_payload(self, run: TaskRun) -> None:
-        super().validate_payload(run)
-        if run.payload.features.run_task_as_current_user:
-            self._check_run_as_current_user(run)
-
-    def _check_run_as_current_user(self, run: TaskRun) -> None:
+    def _check_run_as_current_user(self) -> None:
+        run = self.task_run
         config = self.worker.config
         if config.capacity > 1:
             raise MalformedPayload(
@@ -233,28 +226,41 @@ class MultiuserExecutor(NativeExecutor):
                 "some scopes to your task definition."
             )
 
-    def requested_features(self, run: TaskRun) -> list[str]:
-        names = super().requested_features(run)
-        if run.payload.features.chain_of_trust:
-            names.append("chainOfTrust")
-        return names
+    def requested_features(self) -> list[Any]:
+        requests = super().requested_features()
+        if self.payload.features.chain_of_trust:
+            from megalodon_core.rundata import FeatureRequest
 
-    def _as_current_user(self, run: TaskRun) -> bool:
-        return bool(run.payload is not None and run.payload.features.run_task_as_current_user)
+            requests.append(FeatureRequest("chainOfTrust"))
+        return requests
+
+    def _as_current_user(self) -> bool:
+        return bool(hasattr(self, "payload") and self.payload.features.run_task_as_current_user)
 
     # -- preparing ----------------------------------------------------------------------------------------
-    async def prepare(self, run: TaskRun) -> None:
-        key = self._key(run)
+    async def prepare(self) -> None:
+        run = self.task_run
         try:
             user = await create_user(run.task_dir)
         except UserError as exc:
             raise InternalError(f"could not create the task user: {exc}") from None
-        self._users[key] = user
-        run.facts["task_user"] = user.fact()
-        staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="megalodon-artifacts-"))
-        self._staging[key] = staging
-        self._log_inodes[key] = await asyncio.to_thread(self._own_task_dir, run, user)
+        self.user = user
+        run.data.task_user = TaskUserData(user.name, user.uid, user.gid, user.home, per_task=True)
+        self.staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="megalodon-artifacts-"))
+        self.log_inode = await asyncio.to_thread(self._own_task_dir, run, user)
         run.log.info(f"Running task as user {user.name} (uid {user.uid})")
+        await super().prepare()
+
+    async def proxy_placement(self) -> ProxyPlacement:
+        """As the insecure engine's, and only the task user's processes may connect (H2's access control)."""
+        placement = await super().proxy_placement()
+        if self.user is None or self._as_current_user():
+            return placement
+        return dataclasses.replace(placement, allowed_uids=frozenset({self.user.uid}))
+
+    def chain_of_trust_additions(self) -> Path | None:
+        """Replaced after the commands by a copy read as the task user (see :meth:`_secure_cot_additional_data`)."""
+        return self.task_run.task_dir / COT_ADDITIONAL
 
     @staticmethod
     def _own_task_dir(run: TaskRun, user: TaskUser) -> tuple[int, int]:
@@ -268,41 +274,41 @@ class MultiuserExecutor(NativeExecutor):
         return info.st_dev, info.st_ino
 
     # -- running ------------------------------------------------------------------------------------------
-    def base_environment(self, run: TaskRun) -> dict[str, str]:
+    def base_environment(self) -> dict[str, str]:
         """multiuser_posix.go's EnvVars: a clean environment, never the worker's own."""
-        user = self._users.get(self._key(run))
-        if self._as_current_user(run) or user is None:
+        user = self.user
+        if self._as_current_user() or user is None:
             me = pwd.getpwuid(os.getuid())
             return {"HOME": me.pw_dir, "PATH": TASK_PATH, "USER": me.pw_name}
         return {"HOME": str(user.home), "PATH": TASK_PATH, "USER": user.name}
 
-    async def command_identity(self, run: TaskRun) -> dict[str, Any]:
-        user = self._users.get(self._key(run))
-        if self._as_current_user(run):
+    async def command_identity(self) -> dict[str, Any]:
+        user = self.user
+        if self._as_current_user():
             return {}
         if user is None:
             raise InternalError("multiuser engine: no task user was created for this run")
         groups = await asyncio.to_thread(user.supplementary_gids)
         return {"user": user.uid, "group": user.gid, "extra_groups": groups}
 
-    async def run(self, run: TaskRun) -> None:
+    async def run(self) -> None:
         try:
-            await super().run(run)
+            await super().run()
         finally:
-            await self._after_commands(run)
+            await self._after_commands()
 
-    async def _after_commands(self, run: TaskRun) -> None:
+    async def _after_commands(self) -> None:
         """Stop everything the task user runs, then undo what it may have done to files the worker reads."""
-        key = self._key(run)
-        user = self._users.get(key)
+        run = self.task_run
+        user = self.user
         if user is None:
             return
         await kill_user_processes(user)
-        inode = self._log_inodes.get(key)
+        inode = self.log_inode
         if inode is not None and not await asyncio.to_thread(self._log_intact, run, inode):
             run.log.error("The task replaced or moved the task log directory; the worker's copy is kept")
             await asyncio.to_thread(self._restore_log, run)
-        await self._secure_cot_additional_data(run, user)
+        await self._secure_cot_additional_data(user)
 
     @staticmethod
     def _log_intact(run: TaskRun, inode: tuple[int, int]) -> bool:
@@ -320,11 +326,8 @@ class MultiuserExecutor(NativeExecutor):
 
     @staticmethod
     def _restore_log(run: TaskRun) -> None:
-        """Put the worker's open log file back at its path (the task moved or replaced the directory).
-
-        The worker still holds the original file open; ``/proc/self/fd/N`` reaches that inode whatever the
-        task did to the names, so it is copied to a fresh root-owned directory at the expected path.
-        """
+        """Put a fresh root-owned log directory back at its path (the task moved or replaced it), then have
+        the task log copy its content there from the handle it still holds and write on there."""
         logs = run.log.path.parent
         if os.path.lexists(logs):
             if os.path.isdir(logs) and not os.path.islink(logs):
@@ -332,24 +335,20 @@ class MultiuserExecutor(NativeExecutor):
             else:
                 os.unlink(logs)
         os.mkdir(logs, 0o700)
-        run.log.flush()
-        handle = getattr(run.log, "_file", None)
-        if handle is None:
-            raise InternalError("the task tampered with its log and the worker's copy is not reachable")
-        with open(f"/proc/self/fd/{handle.fileno()}", "rb") as src, open(run.log.path, "xb") as dst:
-            shutil.copyfileobj(src, dst)
-        # Later writes go to the original inode: swap the log's handle to the restored file.
-        new = open(run.log.path, "ab", buffering=1 << 20)  # noqa: SIM115 - replaces the log's long-lived handle
-        handle.close()
-        run.log._file = new
+        try:
+            run.log.reopen_at_path()
+        except ValueError as exc:
+            raise InternalError(
+                f"the task tampered with its log and the worker's copy is not reachable: {exc}"
+            ) from None
 
-    async def _secure_cot_additional_data(self, run: TaskRun, user: TaskUser) -> None:
+    async def _secure_cot_additional_data(self, user: TaskUser) -> None:
         """Replace the task's chain-of-trust additions by a copy read as the task user (symlink escapes)."""
+        run = self.task_run
         path = run.task_dir / COT_ADDITIONAL
-        if not await asyncio.to_thread(os.path.lexists, path):
+        if self.staging is None or not await asyncio.to_thread(os.path.lexists, path):
             return
-        staging = self._staging[self._key(run)]
-        copy = staging / COT_ADDITIONAL
+        copy = self.staging / COT_ADDITIONAL
         groups = await asyncio.to_thread(user.supplementary_gids)
         error = await copy_as(user.uid, user.gid, groups, path, copy)
         await asyncio.to_thread(os.unlink, path)
@@ -358,64 +357,57 @@ class MultiuserExecutor(NativeExecutor):
         await asyncio.to_thread(shutil.move, copy, path)
 
     # -- after ----------------------------------------------------------------------------------------------
-    def result(self, run: TaskRun) -> Artifacts:
-        if run.payload is None:
-            return super().result(run)
-        key = self._key(run)
-        staging = self._staging.get(key)
-        if staging is None:  # prepare never ran (malformed payload): nothing was produced
-            return super().result(run)
-        user = None if self._as_current_user(run) else self._users.get(key)
-        return MultiuserArtifacts(run, list(run.payload.artifacts), user, staging)
+    def artifacts(self) -> Artifacts:
+        if not hasattr(self, "payload") or self.staging is None:  # prepare never ran: nothing was produced
+            return NoArtifacts()
+        user = None if self._as_current_user() else self.user
+        return MultiuserArtifacts(self.task_run, list(self.payload.artifacts), user, self.staging)
 
-    async def cleanup(self, run: TaskRun) -> None:
-        await super().cleanup(run)
-        key = self._key(run)
-        user = self._users.pop(key, None)
-        self._log_inodes.pop(key, None)
-        staging = self._staging.pop(key, None)
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        user, self.user = self.user, None
+        staging, self.staging = self.staging, None
         if staging is not None:
             await asyncio.to_thread(shutil.rmtree, staging, True)
         if user is not None:
             await delete_user(user, remove_files=bool(self.worker.config.cleanUpTaskDirs))
 
 
-# -- start-up -------------------------------------------------------------------------------------------
-class MultiuserEngineFeature(Feature):
-    """Worker-lifetime checks of the multiuser engine; never requested by tasks.
+class MultiuserExecutor(NativeExecutor):
+    """The native executor with generic-worker's multiuser engine semantics (see module docstring).
 
-    ``initialise`` refuses to start the worker (exit 77, generic-worker's code for failing to secure its
+    :meth:`initialise` refuses to start the worker (exit 77, generic-worker's code for failing to secure its
     config) when tasks could read the worker's secrets, then removes task users a crashed worker left.
     """
 
-    name = "multiuserEngine"
-    executors = frozenset({"native"})
+    run_class = MultiuserRun
+    per_task_user = True
 
-    def is_enabled(self) -> bool:
-        return is_multiuser(self.worker.config)
+    def parse_model(self, raw: Any) -> Any:
+        return validate_multiuser_payload(raw)
+
+    def payload_schema(self) -> dict[str, Any]:
+        return multiuser_payload_json_schema()
 
     async def initialise(self) -> None:
         config = self.worker.config
-        if not is_multiuser(config):
-            return
         if os.geteuid() != 0:
-            raise FeatureInitError(
+            raise ExecutorInitError(
                 'Config setting "nativeEngine" is "multiuser", which creates an OS user per task: the worker '
                 "must run as root",
                 77,
             )
         problems = await check_worker_secrets(config)
         if problems:
-            raise FeatureInitError("multiuser engine cannot start:\n" + "\n".join(problems), 77)
+            raise ExecutorInitError("multiuser engine cannot start:\n" + "\n".join(problems), 77)
         for directory in (config.cachesDir, config.downloadsDir):
             path = await asyncio.to_thread(Path(directory).absolute)
             await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(os.chmod, path, 0o700)
+        # Task users may enter tasksDir (their task directories are below it) but never list it: a
+        # directory name would tell a task its neighbours' task ids.
+        tasks_dir = await asyncio.to_thread(Path(config.tasksDir).absolute)
+        await asyncio.to_thread(os.chown, tasks_dir, 0, 0)
+        await asyncio.to_thread(os.chmod, tasks_dir, 0o711)
         with contextlib.suppress(UserError):
             await sweep_stale_users(remove_files=bool(config.cleanUpTaskDirs))
-
-    def is_requested(self, run: TaskRun) -> bool:
-        return False
-
-    def new_task_feature(self, run: TaskRun) -> TaskFeature:  # pragma: no cover - never requested
-        raise InternalError("the multiuserEngine feature is never requested by tasks")

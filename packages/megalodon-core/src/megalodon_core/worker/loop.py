@@ -30,7 +30,7 @@ from taskcluster.exceptions import TaskclusterFailure
 
 from . import __version__
 from .config import WorkerConfig
-from .contracts import Feature, FeatureInitError, TaskExecutor
+from .contracts import ExecutorRun, Feature, FeatureInitError, TaskExecutor
 from .errors import MalformedPayload, ResourceUnavailable, State, WorkerShutdown
 from .journal import ClaimJournal, ClaimRecord, kill_processes_under
 from .pipeline import execute
@@ -93,20 +93,24 @@ class MetricsSink(Protocol):
     def set_running(self, n: int) -> None: ...
 
 
-class NoExecutor(TaskExecutor):
-    """Stands in when no installed executor accepts a payload, so the task still gets a log and a verdict."""
-
-    name = "none"
-
-    def validate_payload(self, run: TaskRun) -> None:
+class _NoExecutorRun(ExecutorRun[None]):
+    def parse_payload(self, raw: Any) -> None:
+        run = self.task_run
         installed = ", ".join(sorted(run.worker.plugins.executors)) or "none"
         raise MalformedPayload(
             f"No executor installed on this worker accepts this payload (configured executor: "
             f"{run.worker.config.executor!r}; installed executors: {installed})"
         )
 
-    async def run(self, run: TaskRun) -> None:  # pragma: no cover - validate_payload always raises
+    async def run(self) -> None:  # pragma: no cover - parse_payload always raises
         raise AssertionError("unreachable")
+
+
+class NoExecutor(TaskExecutor):
+    """Stands in when no installed executor accepts a payload, so the task still gets a log and a verdict."""
+
+    name = "none"
+    run_class = _NoExecutorRun
 
 
 class Worker:
@@ -352,6 +356,8 @@ class Worker:
             if handle_signals:
                 self.install_signal_handlers()
             try:
+                for executor in self.executors.values():
+                    await executor.initialise()
                 for feature in self.features:
                     await feature.initialise()
             except FeatureInitError as exc:
@@ -551,7 +557,7 @@ class Worker:
             task_dir=task_dir,
             log=TaskLog(task_dir / "generic-worker" / "live_backing.log", style=executor.log_style),
         )
-        run.facts["worker_metadata"] = self.metadata()
+        run.data.worker_metadata = self.metadata()
         if current is not None:
             self.running[current] = run
         if self._exit_code == EXIT_WORKER_SHUTDOWN:
