@@ -109,6 +109,7 @@ class DockerArtifacts(Artifacts):
         log_error: Callable[[str], None],
         not_found: type[Exception],
         runner: Runner[list[ArtifactEntry]] = _to_thread,
+        log_info: Callable[[str], None] | None = None,
     ) -> None:
         self.fetch = fetch
         self.specs = specs
@@ -117,6 +118,8 @@ class DockerArtifacts(Artifacts):
         self.log_error = log_error
         self.not_found = not_found
         self.runner = runner
+        #: docker-worker also writes a missing artifact's message to the task log, as a plain line.
+        self.log_info = log_info
 
     async def collect(self) -> list[ArtifactEntry]:
         entries: list[ArtifactEntry] = []
@@ -143,11 +146,10 @@ class DockerArtifacts(Artifacts):
         except self.not_found as exc:
             shutil.rmtree(workdir, ignore_errors=True)
             detail = getattr(exc, "explanation", None) or str(exc)
-            return [
-                self._error(
-                    name, expires, "file-missing-on-worker", f'Artifact "{name}" not found at "{spec.path}": {detail}'
-                )
-            ]
+            message = f'Artifact "{name}" not found at "{spec.path}": {detail}'
+            if self.log_info is not None:
+                self.log_info(message)
+            return [self._error(name, expires, "file-missing-on-worker", message)]
         try:
             return self._read(name, spec, expires, workdir, tar_path)
         except tarfile.TarError as exc:
