@@ -47,7 +47,7 @@ from megalodon_core.testing import PROVISIONER, Harness, Outcome, make_task
 from megalodon_core.timefmt import iso, parse_iso, utcnow
 from megalodon_core.upload import Publisher
 from megalodon_core.worker import Worker
-from megalodon_docker.executor import LABEL, LABEL_OWNER, LABEL_WORKER, DockerExecutor
+from megalodon_docker.executor import LABEL, LABEL_OWNER, LABEL_WORKER, DockerExecutor, DockerRun
 from megalodon_docker.payload import payload_json_schema
 from megalodon_docker.settings import DockerConfig
 
@@ -76,25 +76,35 @@ def payload(script: str, **extra: Any) -> dict[str, Any]:
 
 
 # -- the recording executor -----------------------------------------------------------------------------------
+class RecordingDockerRun(DockerRun):
+    """The production per-run object; records the run's image, container and the container's inspect."""
+
+    async def run(self) -> None:
+        received = RecordingDockerExecutor.live.setdefault(self.task_run.task_id, bytearray())
+        self.task_run.log.add_sink(received.extend)
+        await super().run()
+
+    async def cleanup(self) -> None:
+        inspect = None
+        if self.container_id is not None:
+            inspect = await self.executor.call(self.executor.client.api.inspect_container, self.container_id)
+        RecordingDockerExecutor.records[self.task_run.task_id] = {
+            "image": self.task_run.data.image,
+            "container_id": self.container_id,
+            "inspect": inspect,
+        }
+        await super().cleanup()
+
+
 class RecordingDockerExecutor(DockerExecutor):
-    """The production executor; records each run's facts and its container's inspect before removal."""
+    """The production executor, whose runs record what they did before their container is removed."""
 
     records: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Bytes the task log received so far, by task id, as a live-log sink sees them.
     live: ClassVar[dict[str, bytearray]] = {}
 
-    async def run(self, run: TaskRun) -> None:
-        received = self.live.setdefault(run.task_id, bytearray())
-        run.log.add_sink(received.extend)
-        await super().run(run)
-
-    async def cleanup(self, run: TaskRun) -> None:
-        state = self._runs.get(self._key(run))
-        inspect = None
-        if state is not None and state.container_id is not None:
-            inspect = await self._call(self.client.api.inspect_container, state.container_id)
-        self.records[run.task_id] = {"facts": dict(run.facts), "inspect": inspect}
-        await super().cleanup(run)
+    def new_run(self, run: TaskRun) -> DockerRun:
+        return RecordingDockerRun(self, run)
 
 
 class RecordingPlugin:
@@ -349,7 +359,7 @@ async def test_hello_log_format_env_and_container_settings(runner: DockerRunner,
     assert artifact(runner.harness, out, "public/r.txt")[0] == b"result\n"
     # Facts for chain of trust, and the container as created.
     rec = record(out.task_id)
-    assert rec["facts"]["docker_image_id"] == busybox_id
+    assert rec["image"].image_id == busybox_id
     host = rec["inspect"]["HostConfig"]
     assert host["ShmSize"] == 1_800_000_000
     assert host["ExtraHosts"] == ["localhost.localdomain:127.0.0.1"]
@@ -530,7 +540,7 @@ async def test_registry_image_pulled_only_when_absent_with_private_credentials(
     assert f"Pulling docker image {REGISTRY_BUSYBOX}" in pulled.log
     assert present.state == "completed", present.log
     assert "Pulling docker image" not in present.log, "a present image was pulled again"
-    assert record(pulled.task_id)["facts"]["docker_image_id"] == busybox_id
+    assert record(pulled.task_id)["image"].image_id == busybox_id
     assert "secret" not in pulled.log
 
 
@@ -583,16 +593,16 @@ async def test_artifact_images_from_the_double(
     for out, suffix in ((zst_a, ".tar.zst"), (zst_b, ".tar.zst"), (lz4_, ".tar.lz4"), (private_ok, ".tar")):
         assert out.state == "completed", out.log
         assert "image-ok" in out.log
-        facts = record(out.task_id)["facts"]
-        assert facts["docker_image_id"] == busybox_id
-        assert facts["docker_image_artifact_hash"] == sha256(image_files[suffix])
+        image = record(out.task_id)["image"]
+        assert image.image_id == busybox_id
+        assert image.artifact_hash == sha256(image_files[suffix])
         assert re.search(rf"Using image ID {re.escape(busybox_id)}\.", out.log)
     # Concurrent and later uses of one artifact image share one download and load.
     downloads = [o for o in (zst_a, zst_b, indexed) if 'Downloading artifact "public/image.tar.zst"' in o.log]
     assert len(downloads) == 1
     assert "Decompressing downloaded image" in downloads[0].log
     assert indexed.state == "completed", indexed.log
-    assert record(indexed.task_id)["facts"]["docker_image_artifact_hash"] == sha256(image_files[".tar.zst"])
+    assert record(indexed.task_id)["image"].artifact_hash == sha256(image_files[".tar.zst"])
     assert state0(private_denied) == ("failed", "failed")
     assert "Not authorized to use" in private_denied.log
     assert "queue:get-artifact:private/image.tar" in private_denied.log
@@ -600,7 +610,7 @@ async def test_artifact_images_from_the_double(
     assert 'Could not find a task associated with "project.images.nope" namespace.' in indexed_missing.log
     # The loaded image is tagged docker-worker's way.
     name = hashlib.md5(f"{upstream}public/image.tar.zst".encode()).hexdigest()
-    assert record(zst_a.task_id)["facts"]["docker_image"] == f"{name}:latest"
+    assert record(zst_a.task_id)["image"].name == f"{name}:latest"
 
 
 # == artifacts =================================================================================================
@@ -709,7 +719,7 @@ async def test_max_run_time_kills_container_and_skips_artifacts(runner: DockerRu
     assert "Unsuccessful task run with exit code: -1" in out.log
     assert "[taskcluster:error] Task timeout after 2 seconds. Force killing container." in out.log
     assert "public/f.txt" not in out.artifacts, "docker-worker uploads no artifacts after maxRunTime"
-    container_id = record(out.task_id)["facts"]["docker_container_id"]
+    container_id = record(out.task_id)["container_id"]
     with pytest.raises(docker.errors.NotFound):
         docker.from_env().containers.get(container_id)
 
