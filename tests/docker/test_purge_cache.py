@@ -17,7 +17,10 @@ import taskcluster
 import taskcluster.aio
 
 from megalodon_core.double import TaskclusterDouble
+from megalodon_core.testing import PROVISIONER, Harness
 from megalodon_docker.caches import CachePool, PurgePoller
+
+BUSYBOX = "megalodon-test/busybox:latest"
 
 
 def purge_client(double: TaskclusterDouble, creds: dict[str, str] | None = None) -> Any:
@@ -84,3 +87,30 @@ def test_an_unreachable_service_costs_a_warning_not_the_task(tmp_path: Path) -> 
     poller = PurgePoller(pool, "prov/wt", fetch)
     assert asyncio.run(poller.poll()) == []
     assert poller.since == dt.datetime.fromtimestamp(0, dt.UTC)  # not advanced: the next poll asks again
+
+
+async def test_docker_tasks_lose_a_purged_cache(harness: Harness) -> None:
+    auth = taskcluster.aio.Auth({"rootUrl": harness.double.root_url, "credentials": harness.double.root_credentials})
+    # Workers read their pool's purge requests through their worker-pool role, as deployments grant it.
+    await auth.createRole("worker-pool:*", {"description": "", "scopes": ["purge-cache:purge-requests::<..>"]})
+    payload = {
+        "image": BUSYBOX,
+        "command": ["/bin/sh", "-c", "ls /c; date >> /c/runs"],
+        "maxRunTime": 60,
+        "cache": {"purged": "/c"},
+    }
+    task = {"scopes": ["docker-worker:cache:purged"]}
+    first = await harness.run(payload, task=task, executor="docker")
+    assert first.state == "completed", first.log
+    second = await harness.run(payload, task=task, executor="docker")
+    assert second.state == "completed", second.log
+    assert "runs" in second.log.split("=== Task Starting ===")[1], second.log  # the cache persisted
+
+    next_pool = f"{PROVISIONER}/e2e-{harness.counter + 1}"
+    await purge_client(harness.double, harness.double.root_credentials).purgeCache(next_pool, {"cacheName": "purged"})
+    third = await harness.run(payload, task=task, executor="docker")
+    assert third.state == "completed", third.log
+    assert harness.double.calls["purgeRequests"] >= 1
+    instances = list((harness.tmp_path / "caches" / "docker-worker" / "purged").iterdir())
+    assert len(instances) == 1  # the old instance is gone; the third task got a new one
+    assert (instances[0] / "runs").read_text().count("\n") == 1

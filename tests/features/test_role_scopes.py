@@ -3,6 +3,7 @@
 generic-worker (``scopes.Given.Satisfies`` with the worker's credentials) and docker-worker
 (``auth.expandScopes(task.scopes)``) both accept a task that holds a feature's scopes through an
 ``assume:`` role.  The roles live in the double's auth service, created with the real client.
+The docker test needs the engine (``.ci/docker-setup.sh``) and fails, never skips, without it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import taskcluster.aio
 
 from megalodon_core.double.faults import Fault
 from megalodon_core.testing import Harness
+
+BUSYBOX = "megalodon-test/busybox:latest"
 
 
 async def create_role(harness: Harness, role_id: str, scopes: list[str]) -> None:
@@ -51,3 +54,19 @@ async def test_an_auth_service_that_cannot_expand_is_resource_unavailable(harnes
     out = await harness.run(cache_payload("x"), task={"scopes": ["assume:project:unreachable"]})
     assert (out.state, out.reason) == ("exception", "resource-unavailable"), out.log
     assert "could not expand the task's scopes through the auth service" in out.log
+
+
+async def test_docker_cache_scopes_through_a_role(harness: Harness) -> None:
+    await create_role(harness, "project:docker", ["docker-worker:cache:role-cache"])
+    payload = {
+        "image": BUSYBOX,
+        "command": ["/bin/sh", "-c", "echo in-cache > /c/f && cat /c/f"],
+        "maxRunTime": 60,
+        "cache": {"role-cache": "/c"},
+    }
+    out = await harness.run(payload, task={"scopes": ["assume:project:docker"]}, executor="docker")
+    assert out.state == "completed", out.log
+    assert "in-cache" in out.log
+    out = await harness.run(payload, task={"scopes": ["assume:project:nothing"]}, executor="docker")
+    assert out.state == "failed", out.log  # docker-worker fails the task on a scope refusal
+    assert "Insufficient scopes to attach cache volumes." in out.log
