@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from megalodon_core import cgroup as cgroups
 from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
 from megalodon_core.contracts import ExecutorInfo, ExecutorRun, executor_for
@@ -165,6 +166,33 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
     assert (Path(got["cwd"]) / "finish").exists()  # the shell ran in the task directory the task watched
     assert not alive(got["pid"]), "a process started in the shell survived the task"
     assert got["after"] == 401
+
+
+@pytest.mark.skipif(cgroups.host() is None, reason="no usable cgroup hierarchy on this host (needs root)")
+async def test_a_shell_opened_while_commands_run_shares_their_kill_boundary(harness: Harness) -> None:
+    """A daemon that leaves the shell's session (setsid) from a shell opened while the task's commands run
+    is in the task's cgroup, so it dies with the task's processes."""
+    got: dict[str, Any] = {}
+    payload = {**PAYLOAD, "command": [["sh", "-c", "touch started; " + WAIT_FOR_FINISH[2]]]}
+
+    async def during(task_id: str) -> None:
+        url = socket_url(await wait_for_artifact(harness, task_id))
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(url) as ws:
+                first = Shell(ws)
+                await first.type("until [ -e started ]; do sleep 0.1; done; echo R=$((1+2))\r")
+                await first.expect(r"R=3")
+            async with session.ws_connect(url) as ws:
+                shell = Shell(ws)
+                await shell.type("setsid sh -c 'echo Q=$$; exec sleep 1001' & sleep 0.5; touch finish\r")
+                got["pid"] = int((await shell.expect(r"Q=(\d+)"))[1])
+                got["alive_during"] = alive(got["pid"])
+                await shell.closed()
+
+    out = await harness.run(payload, during=during, interactivePort=0)
+    assert out.state == "completed", out.log
+    assert got["alive_during"]
+    assert not alive(got["pid"]), "a daemon started from the shell survived the task"
 
 
 async def test_wrong_secret_is_refused_and_secrets_are_per_task(harness: Harness, tmp_path: Path) -> None:

@@ -12,7 +12,9 @@ shell: no Python code runs between fork and exec.  User and groups (the multiuse
 applied by ``subprocess`` in the child before that exec, as for the task's commands.
 
 Closing a session kills every process of the shell's session (found through ``/proc``), so a
-``sleep 1000 &`` typed into the shell does not outlive it.
+``sleep 1000 &`` typed into the shell does not outlive it.  A shell started while the task's cgroup exists
+also joins it (right after spawn, from the worker's side), so what leaves the session (``setsid``) is killed
+with the task's processes when its commands end.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from megalodon_core.cgroup import CgroupError, TaskCgroup
 from megalodon_core.errors import InternalError
 
 #: generic-worker's interactive shell (``generic-worker/insecure.go``, ``multiuser_posix.go``).
@@ -166,6 +169,7 @@ class NativeShellLauncher:
     ``environment`` and ``identity`` are called at each start, not when the launcher is built, because the
     launcher is set during ``prepare`` and features (the taskcluster proxy) add variables after that.
     ``identity`` returns ``run_command``-style keyword arguments (``user``, ``group``, ``extra_groups``).
+    ``cgroup`` returns the run's cgroup when it has one at that moment (the commands' kill boundary).
     """
 
     def __init__(
@@ -173,12 +177,30 @@ class NativeShellLauncher:
         cwd: Path,
         environment: Callable[[], dict[str, str]],
         identity: Callable[[], Awaitable[dict[str, Any]]],
+        cgroup: Callable[[], TaskCgroup | None] = lambda: None,
         argv: tuple[str, ...] = SHELL_ARGV,
     ) -> None:
         self.cwd = cwd
         self.environment = environment
         self.identity = identity
+        self.cgroup = cgroup
         self.argv = argv
+
+    @staticmethod
+    async def _join(cgroup: TaskCgroup, pid: int) -> None:
+        """Move ``pid`` into the run's cgroup (best effort: the session kill still covers the shell)."""
+
+        def join() -> None:
+            fds = cgroup.open_procs()
+            try:
+                for fd in fds:
+                    os.write(fd, str(pid).encode())
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+        with contextlib.suppress(CgroupError, OSError):
+            await asyncio.to_thread(join)
 
     async def start(self, rows: int, cols: int, command: list[str] | None = None) -> PtyShell:
         """A shell on a new pty of ``rows`` x ``cols``; ``command`` replaces ``bash`` when given."""
@@ -208,4 +230,7 @@ class NativeShellLauncher:
             raise InternalError(f"interactive shell could not start: {exc.strerror or exc}") from None
         finally:
             os.close(slave)
+        cgroup = self.cgroup()
+        if cgroup is not None:
+            await self._join(cgroup, proc.pid)
         return PtyShell(master, proc)
