@@ -83,7 +83,7 @@ async def test_max_run_time_kills_the_process_group_and_fails(harness: Harness, 
 async def test_max_run_time_above_worker_limit_is_malformed(harness: Harness) -> None:
     out = await harness.run({"command": [["true"]], "maxRunTime": 301})
     assert (out.state, out.reason) == ("exception", "malformed-payload")
-    assert "maxTaskRunTime" in out.log
+    assert "task's maxRunTime of 301 exceeded allowed maximum of 300" in out.log  # generic-worker's words
 
 
 async def test_retry_exit_code_is_intermittent_and_queue_retries(harness: Harness) -> None:

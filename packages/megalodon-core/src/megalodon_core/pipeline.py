@@ -37,10 +37,9 @@ def _check_max_run_time(run: TaskRun, executor_run: ExecutorRun[Any]) -> int:
     max_run_time = int(executor_run.max_run_time())
     limit = run.worker.config.maxTaskRunTime
     if max_run_time > limit:
-        raise MalformedPayload(
-            f"Task's maxRunTime of {max_run_time} seconds exceeds this worker's limit "
-            f"(config maxTaskRunTime) of {limit} seconds"
-        )
+        # generic-worker's wording (max_run_time_feature.go), which users grep for; the limit is the
+        # worker's config maxTaskRunTime.
+        raise MalformedPayload(f"task's maxRunTime of {max_run_time} exceeded allowed maximum of {limit}")
     return max_run_time
 
 
