@@ -46,6 +46,7 @@ import taskcluster.aio
 from megalodon_core.config import parse_config
 from megalodon_core.double import PUBLIC_ARTIFACTS, TaskclusterDouble
 from megalodon_core.plugins import PluginHost
+from megalodon_core.task import TaskRun
 from megalodon_core.timefmt import iso, utcnow
 from megalodon_core.worker import Worker
 
@@ -114,6 +115,8 @@ class Harness:
         self.counter = 0
         #: Unique per harness: executors sweep leftovers by worker id, and tests may run side by side.
         self.worker_id = f"test-worker-{uuid.uuid4().hex[:8]}"
+        #: The worker of the latest :meth:`run` (a ``during`` callback may stop it, as SIGTERM would).
+        self.worker: Worker | None = None
 
     def config(self, worker_type: str, **overrides: Any) -> dict[str, Any]:
         creds = self.double.worker_credentials(PROVISIONER, worker_type, "test-group", self.worker_id)
@@ -163,6 +166,40 @@ class Harness:
             log = data.decode(errors="replace")
         return Outcome(task_id, status, log, exit_code, artifacts)
 
+    async def wait_for_output(self, task_id: str, text: str, within: float = 60.0) -> None:
+        """Wait until the task running on the latest worker has printed ``text`` into its log (read where the
+        worker writes it, so it works for every executor and without the live log)."""
+        needle = text.encode()
+        found = asyncio.Event()
+        tail = bytearray()
+
+        def sink(data: bytes) -> None:
+            tail.extend(data)
+            if needle in tail:
+                found.set()
+            del tail[: max(0, len(tail) - len(needle))]  # bounded: only what a match could still need
+
+        try:
+            async with asyncio.timeout(within):
+                run = await self._running(task_id)
+                run.log.add_sink(sink)  # before the flush: no byte falls between the file and the sink
+                try:
+                    run.log.flush()
+                    if needle not in await asyncio.to_thread(run.log.path.read_bytes):
+                        await found.wait()
+                finally:
+                    run.log.remove_sink(sink)
+        except TimeoutError:
+            raise AssertionError(f"task {task_id} did not print {text!r} within {within} s") from None
+
+    async def _running(self, task_id: str) -> TaskRun:
+        while True:
+            runs = list(self.worker.running.values()) if self.worker is not None else []
+            for run in runs:
+                if run is not None and run.task_id == task_id:
+                    return run
+            await asyncio.sleep(0.02)
+
     async def run(
         self,
         payload: Any,
@@ -175,6 +212,7 @@ class Harness:
         task_id = await self.create(payload, worker_type, **(task or {}))
         host = PluginHost()
         worker = Worker(parse_config(self.config(worker_type, **config), host.config_fields()), host)
+        self.worker = worker
         if during is None:
             code = await asyncio.wait_for(worker.run(), 120)
         else:

@@ -152,6 +152,10 @@ class ExecutorKit(ABC):
         """Sleeps ``seconds`` (longer than ``max_run_time``)."""
         return self.shell(f"sleep {seconds}", max_run_time=max_run_time)
 
+    def print_then_sleep(self, marker: str, seconds: int, max_run_time: int) -> Any:
+        """Prints ``marker``, then sleeps ``seconds``."""
+        return self.shell(f"echo {shlex.quote(marker)}; sleep {seconds}", max_run_time=max_run_time)
+
     def write_artifact(self, name: str, content: str) -> Any:
         """Writes ``content`` to a file and declares it as artifact ``name``."""
         path = self.artifact_path("conformance-artifact.txt")
@@ -205,15 +209,6 @@ async def wait_for_artifact(double: TaskclusterDouble, task_id: str, name: str) 
     raise AssertionError(f"{name} was never created")
 
 
-async def wait_for_running(queue: Any, task_id: str) -> None:
-    for _ in range(1200):
-        runs = (await queue.status(task_id))["status"]["runs"]
-        if runs and runs[0]["state"] == "running":
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"task {task_id} never started running")
-
-
 def write_signing_key(path: Path) -> bytes:
     """A chain-of-trust key in generic-worker's format (base64 of a 32-byte ed25519 seed); returns the seed."""
     seed = os.urandom(32)
@@ -263,9 +258,10 @@ class ExecutorConformance:
     @pytest.mark.asyncio
     async def test_max_run_time_aborts_the_run(self, executor_kit: ExecutorKit, harness: Harness) -> None:
         # The task would sleep 10 minutes: the harness's 2-minute bound fails the test if nothing aborts it.
-        out = await run_task(executor_kit, harness, executor_kit.sleep(600, max_run_time=2))
+        out = await run_task(executor_kit, harness, executor_kit.print_then_sleep("conformance-running", 600, 3))
         assert resolution(out) == executor_kit.max_run_time_resolution, out.log
         assert executor_kit.max_run_time_message in out.log
+        assert "conformance-running" in out.log  # the command ran, and was stopped
 
     @pytest.mark.asyncio
     async def test_max_run_time_above_the_worker_limit_is_malformed(
@@ -288,13 +284,30 @@ class ExecutorConformance:
             harness = Harness(double, tmp_path, session)
 
             async def cancel(task_id: str) -> None:
-                await wait_for_running(harness.root, task_id)
+                await harness.wait_for_output(task_id, "conformance-running")
                 await harness.root.cancelTask(task_id)
 
-            out = await run_task(executor_kit, harness, executor_kit.sleep(600, max_run_time=300), during=cancel)
+            payload = executor_kit.print_then_sleep("conformance-running", 600, max_run_time=300)
+            out = await run_task(executor_kit, harness, payload, during=cancel)
             reports = [double.calls[m] for m in ("reportCompleted", "reportFailed", "reportException")]
         assert resolution(out) == ("exception", "canceled"), out.log
         assert reports == [0, 0, 0], "the worker reported a run the queue had cancelled"
+
+    @pytest.mark.asyncio
+    async def test_worker_shutdown_aborts_the_run_as_worker_shutdown(
+        self, executor_kit: ExecutorKit, harness: Harness
+    ) -> None:
+        """SIGTERM's path (``Worker.stop(finish_tasks=False)``): the run is aborted and resolved
+        ``exception/worker-shutdown`` so the queue retries it elsewhere."""
+
+        async def shut_down(task_id: str) -> None:
+            await harness.wait_for_output(task_id, "conformance-running")
+            assert harness.worker is not None
+            harness.worker.stop(finish_tasks=False)
+
+        payload = executor_kit.print_then_sleep("conformance-running", 600, max_run_time=300)
+        out = await run_task(executor_kit, harness, payload, during=shut_down)
+        assert resolution(out) == ("exception", "worker-shutdown"), out.log
 
     # -- artifacts ------------------------------------------------------------------------------------------
     @pytest.mark.asyncio
