@@ -53,10 +53,6 @@ class TaskUser:
     home: Path
     groups: list[str] = field(default_factory=list)
 
-    def fact(self) -> dict[str, object]:
-        """What features read from ``run.facts["task_user"]`` (mounts chown to it, osGroups adds it)."""
-        return {"name": self.name, "uid": self.uid, "gid": self.gid, "home": str(self.home)}
-
     def supplementary_gids(self) -> list[int]:
         """The groups a fresh login of the user gets (read at every command: osGroups may add some)."""
         return [g for g in os.getgrouplist(self.name, self.gid) if g != self.gid]
