@@ -96,3 +96,27 @@ def test_directories_the_worker_creates_are_created_or_named(tmp_path: Path) -> 
     cfg = parse_config({**BASE, "stateDir": str(tmp_path / "state"), "tasksDir": "/proc/megalodon-no-such-dir"})
     with pytest.raises(ConfigError, match='"tasksDir" is invalid: cannot create /proc/megalodon-no-such-dir'):
         check_directories(cfg, create=True)
+
+
+def test_exactly_the_keys_that_do_nothing_are_warned_about() -> None:
+    """A key in NOT_APPLICABLE is read nowhere; every other generic-worker key is read somewhere.  Catches a
+    key that becomes used (its warning would lie) or one silently ignored (it deserves a warning)."""
+    from megalodon_core.config import NOT_APPLICABLE, WorkerConfig, config_warnings
+
+    sources = [
+        p.read_text()
+        for p in (Path(__file__).resolve().parents[2] / "packages").glob("*/src/**/*.py")
+        if p.name != "config.py"
+    ]
+
+    def read_somewhere(key: str) -> bool:
+        return any(f".{key}" in text or f'"{key}"' in text for text in sources)
+
+    for key in NOT_APPLICABLE:
+        assert not read_somewhere(key), f"{key} is used now: drop it from NOT_APPLICABLE"
+        assert config_warnings({key: 1}) == [
+            f'Config setting "{key}" is accepted for generic-worker compatibility but has no effect: '
+            + NOT_APPLICABLE[key]
+        ]
+    unused = [k for k in WorkerConfig.model_fields if k not in NOT_APPLICABLE and not read_somewhere(k)]
+    assert unused == [], f"read nowhere, so they need a NOT_APPLICABLE warning: {unused}"
