@@ -18,9 +18,9 @@ FEATURES: list[tuple[str, str, str, str]] = [
     ("liveLog", "livelog", "LiveLogFeature", "task log streamed over HTTP while the task runs"),
     ("taskclusterProxy", "proxy", "TaskclusterProxyFeature", "signs API calls with task credentials; masks secrets"),
     # -- osGroups --
-    ("osGroups", "os_groups", "OSGroupsFeature", "refuses osGroups the worker's user lacks (insecure engine)"),
+    ("osGroups", "os_groups", "OSGroupsFeature", "osGroups the task user has or joins for the task"),
     # -- mounts --
-    ("mounts", "mounts", "MountsFeature", "file, readOnlyDirectory and writableDirectoryCache mounts (native)"),
+    ("mounts", "mounts", "MountsFeature", "file, readOnlyDirectory and writableDirectoryCache mounts"),
     # -- resource monitor --
     ("resourceMonitor", "resource_monitor", "ResourceMonitorFeature", "memory lines per command, OOM abort"),
     # -- chain of trust --

@@ -1,4 +1,4 @@
-"""Resource monitor (native tasks): system memory figures per command, and an abort before the OOM killer.
+"""Resource monitor (for any executor that requests it): memory figures per command, abort before the OOM killer.
 
 generic-worker's ``resource_monitor_feature.go`` and ``process.MonitorResources``: memory is sampled every
 500 ms while the task runs; each command's result block gets four lines (average available, average used,
