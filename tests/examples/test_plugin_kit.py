@@ -4,6 +4,7 @@ entry point and runs the conformance suite with one fixture."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import textwrap
@@ -61,3 +62,15 @@ def test_fixtures_and_conformance_suite_work_outside_the_repository(tmp_path: Pa
     assert "megalodon-core" in proc.stdout  # pytest lists the plugin the entry point registered
     assert "mode=Mode.STRICT" in proc.stdout, proc.stdout  # nothing relied on asyncio auto mode
     assert "4 passed" in proc.stdout, proc.stdout
+
+
+def test_testing_extra_and_pytest_entry_point_are_declared() -> None:
+    """``pip install 'megalodon-core[testing]'`` brings what the fixtures need; pytest finds the plugin."""
+    dist = importlib.metadata.distribution("megalodon-core")
+    assert "testing" in (dist.metadata.get_all("Provides-Extra") or [])
+    extra = [
+        r.split(";")[0].replace(" ", "") for r in dist.requires or [] if "extra == 'testing'" in r.replace('"', "'")
+    ]
+    assert {r.split(">")[0] for r in extra} == {"pytest", "pytest-asyncio"}
+    (entry,) = [ep for ep in dist.entry_points if ep.group == "pytest11"]
+    assert (entry.name, entry.value) == ("megalodon_core.testing", "megalodon_core.testing")
