@@ -118,3 +118,30 @@ async def test_third_party_executor_without_proxy_placement_is_malformed(harness
     assert 'feature "taskclusterProxy", which needs run data "proxy" from the executor' in out.log
     assert "TASKCLUSTER_PROXY_URL is unset" not in out.log
     assert "proxy status" not in out.log
+
+
+def test_features_never_look_at_an_executor_name_or_payload() -> None:
+    """megalodon-features' code names no executor and reads no payload model: executor-name string
+    literals, ``run.payload`` / ``.facts`` and ``Feature.executors`` lists are absent (docstrings aside)."""
+    import ast
+
+    import megalodon_features
+
+    offences: list[str] = []
+    for path in sorted(Path(megalodon_features.__file__).parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            where = f"{path.name}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Constant) and id(node) not in docstrings and node.value in ("native", "docker"):
+                offences.append(f"{where}: executor name {node.value!r}")
+            if isinstance(node, ast.Attribute) and node.attr in ("payload", "facts", "executors"):
+                offences.append(f"{where}: .{node.attr}")
+    assert offences == []
