@@ -31,6 +31,12 @@ it is.  An executor that sets none gets malformed-payload from the pipeline for 
 - an address of the run's own (``exact_port`` True; docker: the gateway of the task container's own network,
   port 80, which the container resolves as ``taskcluster``): exactly that port, and ``TASKCLUSTER_PROXY_URL``
   is the placement's ``url`` (``http://taskcluster``, as on docker-worker).
+
+Who may connect is the placement's too, because the proxy signs for whoever reaches it: with
+``allowed_uids`` (multiuser: the task user) a loopback connection is answered only when the kernel's socket
+tables say the connecting socket belongs to one of those uids (generic-worker's ``--allowed-user``); with
+``allowed_sources`` (docker: the task's own network) only connections from that network, never from its
+gateway (the host), are answered (:mod:`megalodon_features.peer`).  Anyone else gets 403 and nothing is signed.
 """
 
 from __future__ import annotations
@@ -57,6 +63,8 @@ from yarl import URL
 
 from megalodon_core.contracts import Feature, TaskFeature
 from megalodon_core.errors import InternalError
+
+from .peer import peer_uid, source_allowed
 
 if TYPE_CHECKING:
     from megalodon_core.errors import ExecutionErrors
@@ -193,6 +201,10 @@ class TaskclusterProxy:
         self.host = ""
         self.port = 0
         self.retry_delay = 0.1
+        #: Who may use this proxy (the run's ProxyPlacement): the uids owning a connecting loopback socket,
+        #: and the networks a connection may come from.  None / empty: not restricted that way.
+        self.allowed_uids: frozenset[int] | None = None
+        self.allowed_sources: tuple[str, ...] = ()
         self._runner: web.ServerRunner | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -259,7 +271,31 @@ class TaskclusterProxy:
         return headers
 
     # -- serving ------------------------------------------------------------------------------------------
+    async def _refusal(self, request: web.BaseRequest) -> str | None:
+        """Why this connection may not use the proxy, or None: it signs with the task's credentials, so only
+        the task's own OS user (multiuser) or container (docker) may (generic-worker's ``--allowed-user``)."""
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        local = request.transport.get_extra_info("sockname") if request.transport else None
+        if not peer or not local:
+            return "the connection's addresses are unknown"
+        in_network = bool(self.allowed_sources) and source_allowed(str(peer[0]), self.allowed_sources, self.host)
+        if self.allowed_uids is None:
+            return None if in_network else f"connections from {peer[0]} are not allowed"
+        uid = await asyncio.to_thread(peer_uid, (str(peer[0]), int(peer[1])), (str(local[0]), int(local[1])))
+        if uid is None:
+            # Not in this network namespace's tables: a container's socket (generic-worker's --allowed-network
+            # fallback), admitted only from the allowed networks.
+            return None if in_network else "only the task's own user may use its taskcluster-proxy"
+        if uid == 0 or uid in self.allowed_uids:  # root: the worker itself, as generic-worker's verifier
+            return None
+        return "only the task's own user may use its taskcluster-proxy"
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self.allowed_uids is not None or self.allowed_sources:
+            refused = await self._refusal(request)
+            if refused is not None:
+                log.warning("taskcluster-proxy on %s:%s refused a connection: %s", self.host, self.port, refused)
+                return web.Response(status=403, text=f"Forbidden: {refused}\n")
         headers = self.identity_headers()
         try:
             path = request.raw_path
@@ -463,6 +499,8 @@ class TaskclusterProxyTask(TaskFeature):
             self.feature.session(),
             on_secret=run.log.add_secret,
         )
+        proxy.allowed_uids = placement.allowed_uids
+        proxy.allowed_sources = placement.allowed_sources
         try:
             if placement.exact_port:  # an address of the run's own (a container network): that very port
                 await proxy.listen(host, base)
