@@ -52,4 +52,28 @@ def test_chain_of_trust_task_is_signed_with_an_ephemeral_key(tmp_path: Path, bus
         [*MEGALODON, "run-task", str(task)], cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False
     )
     assert human.returncode == 0, human.stderr
-    assert "Chain of trust: signed with an ephemeral ed25519 key made for this run" in human.stdout
+    assert "Chain of trust: signed with an ephemeral ed25519 key made for this run; public key" in human.stdout
+
+
+def test_ephemeral_key_summary_is_honest_when_nothing_was_signed(tmp_path: Path) -> None:
+    task = tmp_path / "malformed.json"
+    task.write_text(
+        json.dumps({"image": BUSYBOX_IMAGE, "command": ["true"], "maxRunTime": -1, "features": {"chainOfTrust": True}})
+    )
+    proc = subprocess.run(
+        [*MEGALODON, "run-task", str(task)], cwd=tmp_path, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "an ephemeral ed25519 key was made for this run but signed nothing" in proc.stdout
+    # --config turning chain of trust off: no key is made.
+    overrides = tmp_path / "overrides.json"
+    overrides.write_text(json.dumps({"enableChainOfTrust": False}))
+    proc = subprocess.run(
+        [*MEGALODON, "run-task", str(task), "--json", "--config", str(overrides)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert "chainOfTrustPublicKey" not in json.loads(proc.stdout)

@@ -371,9 +371,14 @@ def _print_run_summary(result: Any) -> None:
     if result.log_path:
         console.print(f"Log: {result.log_path}", markup=False)
     if result.public_key:
+        signed = any(a.name.endswith("chain-of-trust.json.sig") and a.path for a in result.artifacts)
         console.print(
-            "Chain of trust: signed with an ephemeral ed25519 key made for this run; public key "
-            f"{result.public_key} (in {result.public_key_path})",
+            (
+                "Chain of trust: signed with an ephemeral ed25519 key made for this run"
+                if signed
+                else "Chain of trust: an ephemeral ed25519 key was made for this run but signed nothing (see the log)"
+            )
+            + f"; public key {result.public_key} (in {result.public_key_path})",
             markup=False,
         )
     if result.state != "completed":

@@ -248,7 +248,8 @@ async def run_task(
                 raw_config["certificate"] = worker_creds["certificate"]
             overrides = config_overrides or {}
             public_key: str | None = None
-            if requests_chain_of_trust(task) and not overrides.get("ed25519SigningKeyLocation"):
+            wants_key = overrides.get("enableChainOfTrust", True) is not False
+            if requests_chain_of_trust(task) and wants_key and not overrides.get("ed25519SigningKeyLocation"):
                 # run-task shows what the task does on a real pool: sign with a key made for this run only.
                 key_path = Path(tmp) / "ed25519-signing-key"
                 public_key = await asyncio.to_thread(make_ephemeral_key, plugins, key_path)
