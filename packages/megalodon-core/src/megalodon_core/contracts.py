@@ -206,6 +206,11 @@ class ExecutorRun(ABC, Generic[P]):
     def worker(self) -> WorkerContext:
         return self.executor.worker
 
+    @property
+    def parsed(self) -> bool:
+        """Whether :attr:`payload` is set: ``artifacts`` and ``cleanup`` also run after a malformed payload."""
+        return "payload" in self.__dict__
+
     def write_header(self) -> None:
         """First lines of the task log, written before the payload is parsed."""
 

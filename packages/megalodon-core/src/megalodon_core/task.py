@@ -59,11 +59,6 @@ class TaskRun:
 
     _credential_listeners: list[Callable[[dict[str, str]], None]] = field(default_factory=list)
 
-    @property
-    def env(self) -> dict[str, str]:
-        """Environment variables features add for the task's processes (``data.env``)."""
-        return self.data.env
-
     # -- cancellation ------------------------------------------------------------------------------------
     def abort(self, error: ExecutionError) -> None:
         """Stop the run as soon as possible because of ``error`` (first call wins)."""

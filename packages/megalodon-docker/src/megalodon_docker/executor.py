@@ -453,7 +453,7 @@ class DockerRun(ExecutorRun[Any]):
         """Feature env, then the payload's, then docker-worker's forced variables (never overridable)."""
         run = self.task_run
         config = self.worker.config
-        env = dict(run.env)
+        env = dict(run.data.env)
         env.update(self.payload.env or {})
         env.update(
             {
@@ -662,7 +662,7 @@ class DockerRun(ExecutorRun[Any]):
 
     def artifacts(self) -> Artifacts:
         run = self.task_run
-        payload = getattr(self, "payload", None)
+        payload = self.payload if self.parsed else None
         if payload is None or self.container_id is None or self.work is None:
             return NoArtifacts()
         if run.aborted.is_set():
@@ -706,9 +706,9 @@ class DockerRun(ExecutorRun[Any]):
     def _should_purge(self) -> bool:
         """docker-worker evaluates ``onExitStatus.purgeCaches`` only for unsuccessful exits."""
         run = self.task_run
-        payload = getattr(self, "payload", None)
-        if payload is None:
+        if not self.parsed:
             return False
+        payload = self.payload
         code = run.data.exit_code
         on_exit = payload.on_exit_status
         return bool(on_exit and on_exit.purge_caches and code and code in on_exit.purge_caches)

@@ -237,7 +237,7 @@ class NativeRun(ExecutorRun[Any]):
             run.log.info(f"Task Duration: {go_duration(time.monotonic() - started)}")
 
     def artifacts(self) -> Artifacts:
-        if not hasattr(self, "payload"):  # malformed payload: nothing ran
+        if not self.parsed:  # malformed payload: nothing ran
             return NoArtifacts()
         run = self.task_run
         return NativeArtifacts(run.task_dir, list(self.payload.artifacts), run.expires)

@@ -235,7 +235,7 @@ class MultiuserRun(NativeRun):
         return requests
 
     def _as_current_user(self) -> bool:
-        return bool(hasattr(self, "payload") and self.payload.features.run_task_as_current_user)
+        return bool(self.parsed and self.payload.features.run_task_as_current_user)
 
     # -- preparing ----------------------------------------------------------------------------------------
     async def prepare(self) -> None:
@@ -358,7 +358,7 @@ class MultiuserRun(NativeRun):
 
     # -- after ----------------------------------------------------------------------------------------------
     def artifacts(self) -> Artifacts:
-        if not hasattr(self, "payload") or self.staging is None:  # prepare never ran: nothing was produced
+        if not self.parsed or self.staging is None:  # prepare never ran: nothing was produced
             return NoArtifacts()
         user = None if self._as_current_user() else self.user
         return MultiuserArtifacts(self.task_run, list(self.payload.artifacts), user, self.staging)
