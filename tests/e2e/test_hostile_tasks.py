@@ -380,3 +380,40 @@ async def test_multiuser_task_cannot_use_its_neighbours_proxy(harness: Harness, 
     assert "A-STATUS=403" in stolen, stolen
     assert "A-BEWIT=403" in stolen, stolen
     assert "B-OWN-STATUS=200" in out_b.log  # the proxy still serves its own task
+
+
+@needs_root
+async def test_multiuser_task_cannot_learn_its_neighbours_task_id(harness: Harness, shared: dict[str, Path]) -> None:
+    from megalodon_core.config import parse_config
+    from megalodon_core.plugins import PluginHost
+    from megalodon_core.worker import Worker
+
+    drop, state = shared["drop"], shared["base"] / "state"
+    b_script = f"touch {drop}/b_running; for i in $(seq 600); do [ -e {drop}/a_done ] && break; sleep 0.1; done"
+    a_script = (
+        f"touch {drop}/a_running; for i in $(seq 600); do [ -e {drop}/both_running ] && break; sleep 0.1; done; "
+        f"ls {shared['tasks']} && echo TASKS-''LISTED; "
+        f"cat {state}/*.json {state}/*.txt 2>/dev/null; ls -R {state} 2>/dev/null; "
+        "cat /proc/[0-9]*/cgroup 2>/dev/null | sort -u; ls /sys/fs/cgroup/*/megalodon/ 2>/dev/null; "
+        f"touch {drop}/a_done"
+    )
+    worker_type = harness.worker_type()
+    b = await harness.create({"command": [["/bin/sh", "-c", b_script]], "maxRunTime": 120}, worker_type)
+    a = await harness.create({"command": [["/bin/sh", "-c", a_script]], "maxRunTime": 120}, worker_type)
+    host = PluginHost()
+    config = harness.config(worker_type, capacity=2, numberOfTasksToRun=2, stateDir=str(state), **mu(shared))
+    worker = Worker(parse_config(config, host.config_fields()), host)
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: ((drop / "a_running").exists() and (drop / "b_running").exists()) or running.done())
+        status = state / "worker-status.json"
+        assert status.stat().st_mode & 0o077 == 0, "worker-status.json is readable by task users"
+    finally:
+        (drop / "both_running").touch()  # A looks now, while both tasks run
+        code = await asyncio.wait_for(running, 120)
+    assert code == 0
+    out_a = await harness.outcome(a, 0)
+    assert out_a.state == "completed", out_a.log
+    assert (await harness.outcome(b, 0)).state == "completed"
+    assert "TASKS-LISTED" not in out_a.log
+    assert b not in out_a.log, "task A learnt task B's id"
