@@ -15,7 +15,7 @@ import shutil
 import struct
 import tempfile
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +28,21 @@ from megalodon_core.config import parse_config
 from megalodon_core.contracts import ExecutorInfo, ExecutorRun, executor_for
 from megalodon_core.plugins import PluginHost
 from megalodon_core.rundata import FeatureRequest
-from megalodon_core.testing import Harness
+from megalodon_core.testing import Harness, Outcome
 from megalodon_core.timefmt import parse_iso, utcnow
 from megalodon_core.worker import Worker
 
 ARTIFACT = "private/generic-worker/shell.html"
 #: The task runs until its shell creates ``finish`` in the task directory.
 WAIT_FOR_FINISH = ["sh", "-c", "while [ ! -e finish ]; do sleep 0.1; done; echo task-saw-finish"]
-PAYLOAD: dict[str, Any] = {"command": [WAIT_FOR_FINISH], "maxRunTime": 120, "features": {"interactive": True}}
+#: HOME without rc files: the insecure engine's shell is the worker's user (root here), whose ~/.bashrc may do
+#: slow things (pyenv rehash takes a lock a killed shell leaves behind).
+PAYLOAD: dict[str, Any] = {
+    "command": [WAIT_FOR_FINISH],
+    "maxRunTime": 120,
+    "features": {"interactive": True},
+    "env": {"HOME": "/nonexistent/megalodon-test-home"},
+}
 
 
 async def wait_for_artifact(harness: Harness, task_id: str, name: str = ARTIFACT) -> dict[str, Any]:
@@ -107,6 +114,36 @@ def alive(pid: int) -> bool:
     return "\nState:\tZ" not in state
 
 
+async def resolved(harness: Harness, task_id: str) -> None:
+    """Until run 0 is resolved: the secret is retired when the feature stops, which is after the commands
+    end (a shell in the task's cgroup dies with them) and before the resolution."""
+    for _ in range(2400):
+        if harness.double.task_state(task_id)["runs"][0]["state"] not in ("pending", "running"):
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"task {task_id} never resolved")
+
+
+async def run_kept_alive(
+    harness: Harness, payload: dict[str, Any], during: Callable[[str], Awaitable[None]], **config: Any
+) -> Outcome:
+    """Run ``payload`` on a worker that stays up after it (until a second, trivial task), so ``during`` can
+    still reach the worker's server once the first task is resolved."""
+    worker_type = harness.worker_type()
+    task_id = await harness.create(payload, worker_type)
+    host = PluginHost()
+    raw = harness.config(worker_type, numberOfTasksToRun=2, interactivePort=0, **config)
+    running = asyncio.create_task(Worker(parse_config(raw, host.config_fields()), host).run())
+    try:
+        await during(task_id)
+        await harness.create({"command": [["true"]], "maxRunTime": 30}, worker_type)
+        code = await asyncio.wait_for(running, 120)
+    finally:
+        if not running.done():
+            running.cancel()
+    return await harness.outcome(task_id, code)
+
+
 async def refused_status(session: aiohttp.ClientSession, url: str) -> int:
     with pytest.raises(aiohttp.WSServerHandshakeError) as info:
         async with session.ws_connect(url):
@@ -141,10 +178,11 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
                 assert alive(got["pid"])
                 await shell.type("touch finish\r")
                 got["close"] = await shell.closed()
+            await resolved(harness, task_id)
             got["after"] = await refused_status(session, url)
 
     before = utcnow()
-    out = await harness.run(PAYLOAD, during=during, interactivePort=0)
+    out = await run_kept_alive(harness, PAYLOAD, during)
     after = utcnow()
     assert out.state == "completed", out.log
     assert "task-saw-finish" in out.log
@@ -220,6 +258,7 @@ async def test_wrong_secret_is_refused_and_secrets_are_per_task(harness: Harness
                 assert seen == ids
                 await shells[0].type("touch finish\r")
                 await shells[0].closed()
+                await resolved(harness, ids[0])
                 assert await refused_status(session, urls[0]) == 401
                 await shells[1].type("echo still-$((1+1))\r")
                 await shells[1].expect(r"still-2")
@@ -331,7 +370,8 @@ async def test_multiuser_shell_runs_as_the_task_user(harness: Harness, shared_ta
             await shell.closed()
 
     config = {"nativeEngine": "multiuser", "headlessTasks": True, "tasksDir": str(shared_tasks_dir)}
-    out = await harness.run(PAYLOAD, during=during, interactivePort=0, **config)
+    payload = {key: value for key, value in PAYLOAD.items() if key != "env"}  # the task user's own HOME
+    out = await harness.run(payload, during=during, interactivePort=0, **config)
     assert out.state == "completed", out.log
     assert re.fullmatch(r"task_\d+", got["user"]) and got["uid"] != 0
     assert f"Running task as user {got['user']}" in out.log

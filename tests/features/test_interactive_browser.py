@@ -24,7 +24,13 @@ from megalodon_core.testing import Harness
 CHROMIUM = shutil.which("chromium")
 ARTIFACT = "private/generic-worker/shell.html"
 WAIT_FOR_FINISH = ["sh", "-c", "while [ ! -e finish ]; do sleep 0.1; done; echo task-saw-finish"]
-PAYLOAD: dict[str, Any] = {"command": [WAIT_FOR_FINISH], "maxRunTime": 120, "features": {"interactive": True}}
+#: HOME without rc files: the shell is the worker's user (root here), whose ~/.bashrc may be slow.
+PAYLOAD: dict[str, Any] = {
+    "command": [WAIT_FOR_FINISH],
+    "maxRunTime": 120,
+    "features": {"interactive": True},
+    "env": {"HOME": "/nonexistent/megalodon-test-home"},
+}
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (run .ci/browser-setup.sh)")
 
