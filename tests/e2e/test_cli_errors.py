@@ -188,3 +188,25 @@ def test_list_plugins_never_truncates_names_at_80_columns(tmp_path: Path) -> Non
     for record in listed:
         assert record["name"] in name_column
         assert record["distribution"] in dist_column
+
+
+def test_run_task_with_an_unwritable_out_dir(tmp_path: Path) -> None:
+    task = tmp_path / "task.yml"
+    task.write_text("command: [[true]]\nmaxRunTime: 5\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    proc = megalodon("run-task", str(task), "--out", str(blocker / "out"), cwd=tmp_path)
+    assert proc.returncode == 64, proc.stderr
+    assert_clean(proc)
+    assert "run-task cannot write" in proc.stderr and "(see --out)" in proc.stderr
+
+
+def test_tc_double_on_a_busy_port(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = megalodon("tc-double", "--port", str(port), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert_clean(proc)
+    assert f"cannot serve the Taskcluster double on 127.0.0.1:{port}" in proc.stderr

@@ -340,6 +340,11 @@ def run_task_cmd(
     except (ValueError, ConfigError) as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(64) from None
+    except OSError as exc:
+        # The output directory (or a temporary one) cannot be written: nothing the task did.
+        where = f" {exc.filename}" if exc.filename else ""
+        err_console.print(f"run-task cannot write{where}: {exc.strerror or exc} (see --out)", markup=False)
+        raise typer.Exit(64) from None
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:
@@ -461,6 +466,9 @@ def tc_double(
         asyncio.run(serve())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        err_console.print(f"cannot serve the Taskcluster double on {host}:{port}: {exc.strerror or exc}", markup=False)
+        raise typer.Exit(2) from None
 
 
 def main() -> None:
