@@ -18,8 +18,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from megalodon_core.cgroup import host as cgroup_host
+from megalodon_core.config import parse_config
+from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness
 from megalodon_core.testing.conformance import wait_for_artifact, write_signing_key
+from megalodon_core.worker import Worker
 
 LIVE = "public/logs/live.log"
 BACKING = "public/logs/live_backing.log"
@@ -144,3 +147,16 @@ def test_run_task_demo_payload(tmp_path: Path) -> None:
     assert json.loads((task_dir / "public" / "result.json").read_text()) == {"ok": True}
     assert (task_dir / "public" / "hello.txt").read_text().startswith("hello from ")
     assert "hello from a third-party executor: hello from " in (task_dir / "public/logs/live_backing.log").read_text()
+
+
+async def test_an_unusable_shell_stops_the_worker_at_start(
+    harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The executor's start-up check (its worker-lifetime half): exit 69 naming the config key, no claim."""
+    missing = tmp_path / "no-such-shell"
+    host = PluginHost()
+    config = harness.config(harness.worker_type(), executor="script", scriptShell=str(missing))
+    worker = Worker(parse_config(config, host.config_fields()), host)
+    assert await worker.run() == 69
+    assert f"config scriptShell: {missing} is not an executable file" in capsys.readouterr().err
+    assert harness.double.calls["claimWork"] == 0

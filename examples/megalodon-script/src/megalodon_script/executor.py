@@ -1,11 +1,11 @@
-"""The ``script`` executor: one task run = one ``/bin/sh -c SCRIPT`` in the task directory.
+"""The ``script`` executor: one task run = one ``/bin/sh -c SCRIPT`` (config ``scriptShell``) in the task dir.
 
-Everything megalodon needs from an executor, and nothing more: the worker-lifetime half is the default
-:class:`~megalodon_core.contracts.TaskExecutor`; the per-run half parses the payload, names the features the
-payload requests, tells them where the task reaches a proxy (typed run data), runs the script with the
-core's process helper (output into the task log, the task's cgroup or process group killed on abort) and
-lists the artifacts.  The pipeline does the rest: maxRunTime, cancellation, feature start/stop, uploads,
-resolution.
+Everything megalodon needs from an executor, and nothing more: the worker-lifetime half
+(:class:`ScriptExecutor`) checks the shell once at start; the per-run half (:class:`ScriptRun`) parses the
+payload, names the features the payload requests, tells them where the task reaches a proxy (typed run
+data), runs the script with the core's process helper (output into the task log, the task's cgroup or
+process group killed on abort) and lists the artifacts.  The pipeline does the rest: maxRunTime,
+cancellation, feature start/stop, uploads, resolution.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from megalodon_core.cgroup import CgroupError, TaskCgroup, task_cgroup_name
 from megalodon_core.cgroup import host as cgroup_host
-from megalodon_core.contracts import Artifacts, ExecutorRun, TaskExecutor
+from megalodon_core.contracts import Artifacts, ExecutorInitError, ExecutorRun, TaskExecutor
 from megalodon_core.errors import Failure
 from megalodon_core.process import kill_group, run_command
 from megalodon_core.rundata import FeatureRequest, ProxyPlacement
@@ -81,9 +81,10 @@ class ScriptRun(ExecutorRun[ScriptPayload]):
 
     async def run(self) -> None:
         run = self.task_run
-        run.log.info("Running script with /bin/sh")
+        shell = shell_of(self.worker.config)
+        run.log.info(f"Running script with {shell}")
         result = await run_command(
-            ["/bin/sh", "-c", self.payload.script],
+            [shell, "-c", self.payload.script],
             cwd=run.task_dir,
             env=self.environment(),
             output=run.log.write,
@@ -117,7 +118,17 @@ class ScriptRun(ExecutorRun[ScriptPayload]):
 
 
 class ScriptExecutor(TaskExecutor):
-    """No worker-lifetime state: the default start-up, disk and close hooks do nothing."""
+    """The worker-lifetime half: one start-up check; no state kept across runs."""
 
     name = "script"
     run_class = ScriptRun
+
+    async def initialise(self) -> None:
+        # A shell that cannot run would fail every task: refuse to start instead (generic-worker's exit 69).
+        shell = shell_of(self.worker.config)
+        if not await asyncio.to_thread(lambda: os.path.isfile(shell) and os.access(shell, os.X_OK)):
+            raise ExecutorInitError(f"config scriptShell: {shell} is not an executable file")
+
+
+def shell_of(config: Any) -> str:
+    return str(config.extra("scriptShell", "/bin/sh"))

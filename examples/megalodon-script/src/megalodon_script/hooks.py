@@ -1,4 +1,4 @@
-"""Entry point of megalodon-script: registers the ``script`` executor.
+"""Entry point of megalodon-script: registers the ``script`` executor and its ``scriptShell`` config key.
 
 Light on purpose: the executor module (pydantic model, process handling) is imported only when a worker
 builds the executor or a command asks for the schema.
@@ -54,3 +54,9 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             validate=_validate,
         )
     ]
+
+
+@hookimpl
+def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    # the shell that runs each task's script (checked to be executable when the worker starts)
+    return {"scriptShell": (str, "/bin/sh")}
