@@ -439,4 +439,6 @@ __all__ = [
     "ExecutorKit",
     "FileArtifact",
     "run_task",
+    "wait_for_artifact",
+    "write_signing_key",
 ]
