@@ -116,3 +116,19 @@ def test_tables_keep_artifact_paths_whole_at_80_columns(tmp_path: Path) -> None:
     # --json is not affected by the terminal width.
     proc = megalodon("run-task", str(task), "--json", cwd=tmp_path, columns=80)
     assert any(a["name"] == name for a in json.loads(proc.stdout)["artifacts"])
+
+
+def test_run_task_does_not_need_the_pools_fixed_ports(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            holder.bind(("127.0.0.1", 53654))  # generic-worker's interactivePort
+            holder.listen()
+        except OSError:
+            pass  # already held by something else: the same situation
+        task = write(tmp_path / "ok.json", {"command": [["true"]], "maxRunTime": 10})
+        proc = megalodon("run-task", str(task), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "53654" not in proc.stderr

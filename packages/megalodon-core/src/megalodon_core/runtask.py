@@ -243,6 +243,8 @@ async def run_task(
                 "numberOfTasksToRun": 1,
                 # No signing key exists for a local run; --config can enable it with one.
                 "enableChainOfTrust": False,
+                # Any free port: a worker on this machine (or another run-task) may hold generic-worker's.
+                "interactivePort": 0,
             }
             if worker_creds.get("certificate"):
                 raw_config["certificate"] = worker_creds["certificate"]
