@@ -298,6 +298,34 @@ async def test_the_worker_serves_a_terminal_page_at_the_socket_address(harness: 
     assert got["wrong"] == 401
 
 
+async def test_sessions_per_task_are_bounded(harness: Harness) -> None:
+    """docker-worker's limit of 10 sessions, for every task: the 11th is told so and closed."""
+    got: dict[str, Any] = {}
+
+    async def during(task_id: str) -> None:
+        url = socket_url(await wait_for_artifact(harness, task_id))
+        async with aiohttp.ClientSession() as session:
+            sockets = [await session.ws_connect(url) for _ in range(10)]
+            shells = [Shell(ws) for ws in sockets]
+            for i, shell in enumerate(shells):
+                await shell.type(f"echo N=$(({i}+100))\r")
+            for i, shell in enumerate(shells):
+                await shell.expect(rf"N={i + 100}\b")
+            async with session.ws_connect(url) as extra:
+                refused = Shell(extra)
+                await refused.closed()
+                got["extra"] = bytes(refused.output)
+            await shells[0].type("touch finish\r")
+            for shell in shells:
+                await shell.closed()
+            for ws in sockets:
+                await ws.close()
+
+    out = await harness.run(PAYLOAD, during=during, interactivePort=0)
+    assert out.state == "completed", out.log
+    assert got["extra"] == b"Too many sessions active!"
+
+
 async def test_disabled_by_config_is_malformed_payload(harness: Harness) -> None:
     payload = {"command": [["true"]], "maxRunTime": 30, "features": {"interactive": True}}
     out = await harness.run(payload, enableInteractive=False)

@@ -190,15 +190,16 @@ class InteractiveTask(TaskFeature):
         assert current is not None
         self.handlers.add(current)
         try:
-            if len(self.sessions) >= MAX_SESSIONS:
+            if len(self.handlers) > MAX_SESSIONS:  # this connection counts (sessions may still be starting)
                 await self._report(ws, docker_protocol, "Too many sessions active!")
                 return ws
             command = request.query.getall("command", []) if docker_protocol else []
             try:
                 shell = await self.launcher.start(DEFAULT_ROWS, DEFAULT_COLS, command or None)
-            except ExecutionError as exc:
-                log.warning("interactive shell for task %s could not start: %s", self.run.task_id, exc.message)
-                await self._report(ws, docker_protocol, f"Error while spawning command {exc.message}")
+            except (ExecutionError, OSError) as exc:  # OSError: no pty or descriptor left on this host
+                reason = exc.message if isinstance(exc, ExecutionError) else str(exc)
+                log.warning("interactive shell for task %s could not start: %s", self.run.task_id, reason)
+                await self._report(ws, docker_protocol, f"Error while spawning command {reason}")
                 return ws
             session = Session(ws, shell)
             if self.closed:  # the task ended while the shell was starting
