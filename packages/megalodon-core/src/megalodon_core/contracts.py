@@ -323,7 +323,13 @@ def executor_for(name: str, run_class: type[ExecutorRun[Any]]) -> Callable[[Work
 # -- registration records ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ExecutorInfo:
-    """What a plugin registers for an executor.  ``factory`` is imported lazily by the plugin's hooks."""
+    """What a plugin registers for an executor.  ``factory`` is imported lazily by the plugin's hooks.
+
+    ``factory`` builds the worker-lifetime :class:`TaskExecutor` once per worker (a ``TaskExecutor``
+    subclass, or :func:`executor_for` around an :class:`ExecutorRun` class when no lifetime state is needed);
+    with ``"executor": "auto"``, raising there leaves the executor unavailable on that worker (its tasks get
+    malformed-payload).  Host checks that must stop the worker belong in :meth:`TaskExecutor.initialise`.
+    """
 
     name: str
     factory: Callable[[WorkerContext], TaskExecutor]
