@@ -48,6 +48,11 @@ def test_yaml_nesting_is_bounded_while_composing() -> None:
     with pytest.raises(yaml.YAMLError, match="depth limit"):
         load_yaml_bounded("[" * 5000 + "]" * 5000)
     assert load_yaml_bounded("[" * 50 + "]" * 50) is not None
+    # The same depth as the walk counts it: MAX_DEPTH nested lists (with a scalar inside) pass, one more not.
+    ok = "[" * MAX_DEPTH + "1" + "]" * MAX_DEPTH
+    check_payload_limits(load_yaml_bounded(ok))
+    with pytest.raises(yaml.YAMLError, match="depth limit"):
+        load_yaml_bounded("[" + ok + "]")
 
 
 BOMB = "\n".join(

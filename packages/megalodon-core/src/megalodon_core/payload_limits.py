@@ -95,6 +95,8 @@ class _BoundedLoader(yaml.SafeLoader):
                     None, None, f"more than {MAX_ALIASES} aliases (megalodon's task file limit)", event.start_mark
                 )
             return super().compose_node(parent, index)
+        if not self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent):
+            return super().compose_node(parent, index)  # a scalar: no level of its own, as in the walk above
         self._depth += 1
         try:
             if self._depth > MAX_DEPTH:
