@@ -423,8 +423,10 @@ async def test_order_of_checks(runner: DockerRunner, tmp_path: Path) -> None:
     assert state0(schema) == ("exception", "malformed-payload")
     assert "`task.payload` format is invalid json schema errors:" in schema.log
     assert "maxRunTime" in schema.log and "expires" not in schema.log
+    assert '"\\nSchema Validation Failed!\\nRejecting Schema: ' in schema.log  # docker-worker's JSON list
     assert state0(expiry) == ("exception", "malformed-payload")
-    assert "Artifact 'public/a' expires" in expiry.log
+    assert "Artifact expiration for 'public/a' must not be greater than task expiration. Artifact" in expiry.log
+    assert "GMT+0000 (Coordinated Universal Time)' but task expiration is '" in expiry.log  # JS Date text
     assert "Pulling docker image" not in expiry.log
     assert state0(image) == ("exception", "malformed-payload"), image.log
     assert "(attempt 1/2)" not in image.log, "an unknown image was retried"

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import functools
+import json
 import logging
 import os
 import shutil
@@ -45,11 +47,25 @@ from megalodon_core.timefmt import parse_iso
 from .artifacts import ArchiveFetcher, DockerArtifacts
 from .caches import CacheInstance, CachePool, PurgePoller, delete_tree
 from .images import ImageError, ImageManager, ImageOptions, resolution_error
-from .payload import PayloadError, validate_payload
+from .payload import DockerPayload, PayloadError, validate_payload
 from .settings import DockerConfig
 from .shell import DockerShellLauncher
 
 log = logging.getLogger(__name__)
+
+
+def _is_date(value: str) -> bool:
+    try:
+        parse_iso(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _js_date(when: dt.datetime) -> str:
+    """A JavaScript ``Date``'s ``toString()`` in UTC, as docker-worker's messages print dates."""
+    return when.astimezone(dt.UTC).strftime("%a %b %d %Y %H:%M:%S GMT+0000 (Coordinated Universal Time)")
+
 
 LABEL = "megalodon.task"
 LABEL_WORKER = "megalodon.worker"
@@ -342,18 +358,33 @@ class DockerRun(ExecutorRun[Any]):
             unknown = sorted(set(features) - KNOWN_FEATURES)
             if unknown:
                 raise Failure(f"Task was aborted because of unknown features: {', '.join(unknown)}")
+        # docker-worker's validatePayload: the schema error, then one line per artifact expiring after the
+        # task, logged as `logSchemaErrors` does (a JSON list of strings).
+        errors: list[str] = []
+        payload: DockerPayload | None = None
         try:
             payload = validate_payload(raw)
         except PayloadError as exc:
-            details = "\n".join(f" - {field}: {message}" for field, message in exc.errors)
-            raise MalformedPayload(f"`task.payload` format is invalid json schema errors:\n{details}") from None
-        for name, spec in (payload.artifacts or {}).items():
-            check_artifact_name(name, f"artifacts.{name}")
-            if spec.expires and parse_iso(spec.expires) > run.expires:
-                raise MalformedPayload(
-                    "`task.payload` format is invalid json schema errors:\n - "
-                    f"Artifact {name!r} expires ({spec.expires}) after the task ({run.task['expires']})"
+            schema = f"{self.worker.config.rootURL}/schemas/docker-worker/v1/payload.json#"
+            items = "\n  * ".join(
+                f"data{'' if f == '(root)' else '/' + f.replace('.', '/')} {m}" for f, m in exc.errors
+            )
+            errors.append(f"\nSchema Validation Failed!\nRejecting Schema: {schema}\nErrors:\n  * {items}")
+        artifacts = raw.get("artifacts") if isinstance(raw, dict) else None
+        for name, spec in (artifacts if isinstance(artifacts, dict) else {}).items():
+            expires = spec.get("expires") if isinstance(spec, dict) else None
+            when = parse_iso(expires) if isinstance(expires, str) and _is_date(expires) else None
+            if when is not None and when > run.expires:
+                errors.append(
+                    f"Artifact expiration for '{name}' must not be greater than task expiration. Artifact "
+                    f"expiration is '{_js_date(when)}' but task expiration is '{_js_date(run.expires)}'"
                 )
+        if errors or payload is None:
+            raise MalformedPayload(
+                "`task.payload` format is invalid json schema errors:\n " + json.dumps(errors, indent=2)
+            )
+        for name in payload.artifacts or {}:
+            check_artifact_name(name, f"artifacts.{name}")
         check_artifact_name(payload.log, "log")
         return payload
 
