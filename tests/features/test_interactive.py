@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import re
 import shutil
+import socket
 import struct
 import tempfile
 import urllib.parse
@@ -324,6 +325,30 @@ async def test_sessions_per_task_are_bounded(harness: Harness) -> None:
     out = await harness.run(PAYLOAD, during=during, interactivePort=0)
     assert out.state == "completed", out.log
     assert got["extra"] == b"Too many sessions active!"
+
+
+async def test_no_port_is_opened_until_a_task_asks_for_a_shell(harness: Harness) -> None:
+    """Like generic-worker, the interactive port is listened on only for tasks that request a shell."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    got: dict[str, Any] = {}
+    payload = {"command": [["sh", "-c", "sleep 1"]], "maxRunTime": 30}
+
+    async def during(task_id: str) -> None:
+        for _ in range(400):  # until the task runs
+            if (
+                harness.double.task_state(task_id)["runs"]
+                and harness.double.task_state(task_id)["runs"][0]["state"] == "running"
+            ):
+                break
+            await asyncio.sleep(0.025)
+        with socket.socket() as client:
+            got["connect"] = client.connect_ex(("127.0.0.1", port))
+
+    out = await harness.run(payload, during=during, interactivePort=port)
+    assert out.state == "completed", out.log
+    assert got["connect"] != 0, "the interactive port was open for a task that asked for no shell"
 
 
 async def test_disabled_by_config_is_malformed_payload(harness: Harness) -> None:

@@ -344,7 +344,12 @@ class InteractiveServer:
 
 
 class InteractiveFeature(Feature):
-    """Worker-lifetime half: the config gate and the server (started at worker start, retried lazily)."""
+    """Worker-lifetime half: the config gate and the server.
+
+    The server starts with the first task that requests a shell (generic-worker listens only for such
+    tasks), so a worker whose tasks never ask opens no port; it then serves every later task until the
+    worker stops.
+    """
 
     name: ClassVar[str] = "interactive"
     needs: ClassVar[tuple[RunDataField, ...]] = ("interactive",)
@@ -361,12 +366,6 @@ class InteractiveFeature(Feature):
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return InteractiveTask(self, run)
-
-    async def initialise(self) -> None:
-        if self.is_enabled():
-            await self.ensure_server()
-            if self.start_error is not None:
-                log.warning("interactive server could not start (tasks will retry): %s", self.start_error)
 
     async def ensure_server(self) -> bool:
         async with self._lock:
