@@ -20,7 +20,7 @@ from megalodon_core.rundata import FeatureRequest, ProxyPlacement
 from megalodon_core.timefmt import go_duration, parse_iso
 
 from .artifacts import NativeArtifacts
-from .payload import PayloadError, payload_json_schema, validate_payload
+from .payload import PayloadError, payload_json_schema, published_schema, validate_payload
 from .process import CommandResult, TaskProcesses, memory_limit_message, run_command
 from .proxy_interface import docker_bridge_gateway
 from .shell import NativeShellLauncher
@@ -90,8 +90,11 @@ class NativeRun(ExecutorRun[Any]):
         try:
             payload = self.executor.parse_model(raw)
         except PayloadError as exc:
-            run.log.error("Task payload for this worker type must conform to the following jsonschema:")
-            run.log.error(json.dumps(self.executor.payload_schema(), indent=2))
+            # generic-worker's validateJSON: its *published* schema, not this worker's pydantic model.
+            run.log.error(
+                "Task payload for this worker type must conform to the following jsonschema:\n"
+                + published_schema(self.executor.published_schema_file)
+            )
             run.log.error("TASK FAIL since the task payload is invalid. See errors:")
             for field, message in exc.errors:
                 run.log.error(f"- {field}: {message}")
@@ -263,3 +266,6 @@ class NativeExecutor(TaskExecutor):
 
     def payload_schema(self) -> dict[str, Any]:
         return payload_json_schema()
+
+    #: generic-worker's published schema for this engine (package data), shown for a malformed payload.
+    published_schema_file: ClassVar[str] = "insecure_posix.yml"

@@ -389,6 +389,8 @@ class MultiuserExecutor(NativeExecutor):
     def payload_schema(self) -> dict[str, Any]:
         return multiuser_payload_json_schema()
 
+    published_schema_file = "multiuser_posix.yml"
+
     async def initialise(self) -> None:
         config = self.worker.config
         if os.geteuid() != 0:

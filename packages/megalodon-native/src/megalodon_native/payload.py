@@ -18,9 +18,13 @@ as the schema does.
 from __future__ import annotations
 
 import calendar
+import functools
+import json
 import re
+from importlib import resources
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -55,6 +59,7 @@ __all__ = [
     "URLContent",
     "WritableDirectoryCache",
     "payload_json_schema",
+    "published_schema",
     "validate_payload",
 ]
 
@@ -539,3 +544,18 @@ class _SchemaExport(GenerateJsonSchema):
 def payload_json_schema() -> dict[str, Any]:
     """The payload schema derived from the model, for ``megalodon show-payload-schema --executor native``."""
     return NativePayload.model_json_schema(by_alias=True, schema_generator=_SchemaExport)
+
+
+@functools.cache
+def published_schema(file_name: str) -> str:
+    """generic-worker's published payload schema, as its ``JSONSchema()`` text: what a malformed payload's log shows.
+
+    The official YAML (``insecure_posix.yml``, ``multiuser_posix.yml``) ships as package data; generic-worker
+    converts it to JSON with Go's ``json.MarshalIndent`` at build time, so keys are sorted, the indent is
+    two spaces and ``<``, ``>``, ``&`` are written ``\\u003c``, ``\\u003e``, ``\\u0026``.
+    """
+    text = resources.files("megalodon_native").joinpath("schemas", file_name).read_text(encoding="utf-8")
+    rendered = json.dumps(yaml.safe_load(text), indent=2, sort_keys=True, ensure_ascii=False)
+    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        rendered = rendered.replace(char, escaped)
+    return rendered.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
