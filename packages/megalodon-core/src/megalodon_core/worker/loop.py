@@ -1,11 +1,9 @@
 """The worker loop: claim work for free capacity, run each claim, report its resolution, exit when told.
 
-Exit codes are generic-worker's (NOTES.md 1.8): 0 after ``numberOfTasksToRun`` tasks (a count persisted
-across restarts), 68 idle timeout, 69 internal error, 70 worker-manager says terminate, 71 stopped by
-SIGINT (running tasks finish), 72 shut down by SIGTERM or worker-runner's graceful-termination without
-finish-tasks (running tasks are aborted with exception/worker-shutdown and still get their logs
-uploaded).  Before each claim the worker makes sure ``requiredDiskSpaceMegabytes`` are free, asking
-features and executors to evict what they keep; it never claims a task it could not run.
+What surrounds the loop lives next to it: exit codes and machine shutdown (:mod:`.exit_codes`), the state
+files and claim bookkeeping (:mod:`.state_files`, :mod:`.bookkeeping`), the disk gate before each claim
+(:mod:`.disk_gate`), crash recovery (:mod:`.recovery`), worker-manager's termination answer
+(:mod:`.termination`), executor choice (:mod:`.executor_choice`) and the resolution report (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -13,104 +11,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
 import platform
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 from taskcluster.exceptions import TaskclusterFailure
 
-from . import __version__
-from .config import WorkerConfig
-from .contracts import ExecutorRun, Feature, FeatureInitError, TaskExecutor
-from .errors import MalformedPayload, ResourceUnavailable, State, WorkerShutdown
-from .journal import ClaimJournal, ClaimRecord, kill_processes_under
-from .pipeline import execute
-from .plugins import PluginHost
-from .reclaim import reclaim_loop
-from .task import TaskRun
-from .tasklog import TaskLog
-from .timefmt import parse_iso
-from .worker_context import WorkerContext
+from .. import __version__
+from ..config import WorkerConfig
+from ..contracts import Feature, FeatureInitError, TaskExecutor
+from ..errors import ResourceUnavailable, WorkerShutdown
+from ..journal import ClaimRecord
+from ..pipeline import execute
+from ..plugins import PluginHost
+from ..reclaim import reclaim_loop
+from ..task import TaskRun
+from ..tasklog import TaskLog
+from ..timefmt import parse_iso
+from ..worker_context import WorkerContext
+from .bookkeeping import ClaimBooks
+from .disk_gate import DiskSpaceOwner, ensure_disk_space
+from .executor_choice import choose_executor, instantiate_executors
+from .exit_codes import (
+    EXIT_IDLE_TIMEOUT,
+    EXIT_INTERNAL_ERROR,
+    EXIT_TASKS_COMPLETE,
+    EXIT_WORKER_MANAGER_SHUTDOWN,
+    EXIT_WORKER_SHUTDOWN,
+    EXIT_WORKER_STOPPED,
+    shutdown_after_exit,
+)
+from .recovery import recover_runs
+from .report import report_resolution
+from .runner_link import MetricsSink, RunnerLink
+from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
+from .termination import TerminationCheck
 
 log = logging.getLogger(__name__)
 
-EXIT_TASKS_COMPLETE = 0
-EXIT_CANT_LOAD_CONFIG = 64
-EXIT_IDLE_TIMEOUT = 68
-EXIT_INTERNAL_ERROR = 69
-EXIT_WORKER_MANAGER_SHUTDOWN = 70
-EXIT_WORKER_STOPPED = 71
-EXIT_WORKER_SHUTDOWN = 72
-EXIT_INVALID_CONFIG = 73
-
 #: Pause after a failed claimWork call, or while disk is short, before trying again.
 CLAIM_ERROR_BACKOFF = 5.0
-#: generic-worker asks worker-manager about termination about this often (every loop iteration, >= 5 s).
-TERMINATE_CHECK_INTERVAL = 5.0
-
-RESOLVED_COUNT_FILE = "tasks-resolved-count.txt"
-#: Config values the running worker received from worker-runner, for ``megalodon config explain``.
-RUNTIME_CONFIG_FILE = "worker-runner-config.json"
-STATUS_FILE = "worker-status.json"
-METADATA_FILE = "generic-worker-metadata.json"
-JOURNAL_DIR = "megalodon-claims"
-
-
-class RunnerLink(Protocol):
-    """What the worker needs of the worker-runner protocol (a null one when not run by worker-runner)."""
-
-    def capable(self, capability: str) -> bool: ...
-
-    async def shutdown(self) -> bool: ...
-
-    async def error_report(
-        self, description: str, extra: Mapping[str, Any] | None = None, *, title: str = ..., kind: str = ...
-    ) -> bool: ...
-
-
-class MetricsSink(Protocol):
-    def task_claimed(self) -> None: ...
-
-    def task_resolved(self, state: str, reason: str, duration: float) -> None: ...
-
-    def bytes_uploaded(self, n: int) -> None: ...
-
-    def upload_error(self) -> None: ...
-
-    def reclaim_failed(self) -> None: ...
-
-    def observe_queue_call(self, method: str, seconds: float) -> None: ...
-
-    def set_running(self, n: int) -> None: ...
-
-
-class _NoExecutorRun(ExecutorRun[None]):
-    def parse_payload(self, raw: Any) -> None:
-        run = self.task_run
-        installed = ", ".join(sorted(run.worker.plugins.executors)) or "none"
-        raise MalformedPayload(
-            f"No executor installed on this worker accepts this payload (configured executor: "
-            f"{run.worker.config.executor!r}; installed executors: {installed})"
-        )
-
-    async def run(self) -> None:  # pragma: no cover - parse_payload always raises
-        raise AssertionError("unreachable")
-
-
-class NoExecutor(TaskExecutor):
-    """Stands in when no installed executor accepts a payload, so the task still gets a log and a verdict."""
-
-    name = "none"
-    run_class = _NoExecutorRun
 
 
 class Worker:
@@ -134,21 +79,15 @@ class Worker:
         self._stop_claiming = False
         self._exit_code: int | None = None
         self._wake = asyncio.Event()
-        self._last_terminate_check = 0.0
+        self._termination = TerminationCheck(config, enabled=runner is not None)
         self.last_claim_at = time.monotonic()
         self.ctx: WorkerContext | None = None
         self.executors: dict[str, TaskExecutor] = {}
         self.features: list[Feature] = []
-        self.journal: ClaimJournal | None = None
-        #: One thread for claim bookkeeping (journal, state files, task dir removal): writes stay ordered,
-        #: and the end-of-task part need not hold up the next claim.
-        self._books = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
-        self._books_pending: set[asyncio.Future[None]] = set()
+        self.books = ClaimBooks(self.state_dir)
         #: Config values received at run time (worker-runner's new-credentials), for ``config explain``.
         self.runtime_config: dict[str, Any] = {}
-        # What a previous worker process received from its runner does not describe this one.
-        with contextlib.suppress(OSError):
-            (self.state_dir / RUNTIME_CONFIG_FILE).unlink()
+        clear_runtime_config(self.state_dir)
 
     # -- stopping ----------------------------------------------------------------------------------------
     def stop(self, *, finish_tasks: bool) -> None:
@@ -185,41 +124,17 @@ class Worker:
             }
         )
         # Secrets are never written: only which keys came from worker-runner, and the clientId.
-        path = self.state_dir / RUNTIME_CONFIG_FILE
-        path.write_text(json.dumps(self.runtime_config) + "\n")  # a few bytes, on the loop: fine
+        write_runtime_config(self.state_dir, self.runtime_config)
         log.info("worker credentials replaced (clientId %s)", credentials.get("clientId"))
 
     # -- setup -------------------------------------------------------------------------------------------
     def _instantiate(self, ctx: WorkerContext) -> None:
-        available = self.plugins.executors
-        wanted = self.config.executor
-        if wanted == "auto":
-            # A pool that installed several executors keeps running the kinds it can when one cannot start
-            # (e.g. no Docker engine on a native pool): that executor's tasks then get malformed-payload.
-            for name, info in available.items():
-                try:
-                    self.executors[name] = info.factory(ctx)
-                except Exception as exc:
-                    log.warning("executor %s unavailable on this worker: %s", name, exc)
-        elif wanted in available:
-            self.executors = {wanted: available[wanted].factory(ctx)}
-        else:
-            raise LookupError(
-                f'Config setting "executor" names {wanted!r}, which no installed plugin provides '
-                f"(installed: {', '.join(sorted(available)) or 'none'})"
-            )
+        self.executors = instantiate_executors(self.config, self.plugins, ctx)
         self.features = [info.factory(ctx) for info in self.plugins.features.values()]
 
     def executor_for(self, payload: Any) -> TaskExecutor:
-        if self.config.executor != "auto":
-            return next(iter(self.executors.values()))
-        info = self.plugins.executor_for_payload(payload)
-        if info is not None and info.name in self.executors:
-            return self.executors[info.name]
-        if len(self.executors) == 1:
-            return next(iter(self.executors.values()))
         assert self.ctx is not None
-        return NoExecutor(self.ctx)
+        return choose_executor(self.config, self.plugins, self.executors, self.ctx, payload)
 
     @functools.cached_property
     def _metadata(self) -> dict[str, Any]:
@@ -238,111 +153,18 @@ class Worker:
         """What the task log header shows about this worker (computed once: it cannot change)."""
         return self._metadata
 
-    # -- state files -------------------------------------------------------------------------------------
-    def _read_resolved_count(self) -> int:
-        try:
-            return int((self.state_dir / RESOLVED_COUNT_FILE).read_text().strip() or 0)
-        except (OSError, ValueError):
-            return 0
-
     def _current_ids(self) -> list[str]:
         return sorted(r.task_id for r in self.running.values() if r is not None)
 
-    def _write_state(self, resolved: int | None = None, current: list[str] | None = None) -> None:
-        """tasks-resolved-count.txt and worker-status.json, as generic-worker keeps them.
-
-        Runs in a thread: callers pass values read on the loop rather than let the thread read live state.
-        """
-        resolved = self.resolved if resolved is None else resolved
-        current = self._current_ids() if current is None else current
-        (self.state_dir / RESOLVED_COUNT_FILE).write_text(f"{resolved}\n")
-        status = self.state_dir / STATUS_FILE
-        if current:
-            status.write_text(json.dumps({"currentTaskIds": current}) + "\n")
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                status.unlink()
-
-    async def _save_state(self) -> None:
-        await asyncio.to_thread(self._write_state, self.resolved, self._current_ids())
-
-    # -- crash recovery ----------------------------------------------------------------------------------
     async def recover(self) -> int:
         """Resolve the runs a previous, killed process of this worker still held (exception/worker-shutdown)."""
-        assert self.journal is not None and self.ctx is not None
-        recovered = 0
-        for entry in await asyncio.to_thread(self.journal.entries):
-            task_dir = Path(entry.task_dir)
-            killed = await asyncio.to_thread(kill_processes_under, task_dir)
-            queue = self.ctx.queue(entry.credentials)
-            try:
-                await queue.reportException(entry.task_id, str(entry.run_id), {"reason": "worker-shutdown"})
-                log.warning(
-                    "recovered run %s/%s left by a previous worker process: resolved exception/worker-shutdown "
-                    "(%d leftover processes killed)",
-                    entry.task_id,
-                    entry.run_id,
-                    killed,
-                )
-                recovered += 1
-            except (TaskclusterFailure, aiohttp.ClientError) as exc:
-                # 409: already resolved (cancelled, deadline, claim expired); 401: credentials long expired.
-                log.warning(
-                    "run %s/%s left by a previous process could not be resolved: %s",
-                    entry.task_id,
-                    entry.run_id,
-                    str(exc).splitlines()[0],
-                )
-            if self.config.cleanUpTaskDirs:
-                await asyncio.to_thread(shutil.rmtree, task_dir, True)
-            await asyncio.to_thread(self.journal.remove, entry.task_id, entry.run_id)
-        return recovered
-
-    # -- disk space --------------------------------------------------------------------------------------
-    def _free_bytes(self) -> int:
-        return shutil.disk_usage(self.config.tasksDir).free
+        assert self.ctx is not None
+        return await recover_runs(self.books.journal, self.ctx, clean_task_dirs=self.config.cleanUpTaskDirs)
 
     async def ensure_disk_space(self) -> bool:
         """True when ``requiredDiskSpaceMegabytes`` are free, after evicting what can be evicted."""
-        required = self.config.requiredDiskSpaceMegabytes * 1024 * 1024
-        if await asyncio.to_thread(self._free_bytes) >= required:
-            return True
-        owners: list[Feature | TaskExecutor] = [*self.features, *self.executors.values()]
-        for owner in owners:
-            try:
-                await owner.free_disk_space()
-            except Exception:
-                log.exception("%s failed to free disk space", type(owner).__name__)
-            free = await asyncio.to_thread(self._free_bytes)
-            if free >= required:
-                return True
-        log.warning(
-            "not able to free up enough disk space - require %d bytes, but only have %d bytes - and nothing "
-            "left to delete: not claiming",
-            required,
-            free,
-        )
-        return False
-
-    # -- worker-manager ----------------------------------------------------------------------------------
-    async def _worker_manager_says_terminate(self) -> bool:
-        if self.runner is None or self.ctx is None:
-            return False
-        now = time.monotonic()
-        if now - self._last_terminate_check < TERMINATE_CHECK_INTERVAL:
-            return False
-        self._last_terminate_check = now
-        import taskcluster.aio
-
-        wm = taskcluster.aio.WorkerManager(self.ctx.client_options(), session=self.ctx.session)
-        try:
-            answer = await wm.shouldWorkerTerminate(
-                self.config.task_queue_id, self.config.workerGroup, self.config.workerId
-            )
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
-            log.warning("shouldWorkerTerminate failed: %s", str(exc).splitlines()[0])
-            return False
-        return bool(answer.get("terminate"))
+        owners: list[DiskSpaceOwner] = [*self.features, *self.executors.values()]
+        return await ensure_disk_space(self.config.tasksDir, self.config.requiredDiskSpaceMegabytes, owners)
 
     # -- main loop ---------------------------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False) -> int:
@@ -350,9 +172,8 @@ class Worker:
             self.ctx = WorkerContext(self.config, self.plugins, session, self.config.credentials)
             self._instantiate(self.ctx)
             await asyncio.to_thread(Path(self.config.tasksDir).mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
-            self.journal = await asyncio.to_thread(ClaimJournal, self.state_dir / JOURNAL_DIR)
-            self.resolved = await asyncio.to_thread(self._read_resolved_count)
+            await self.books.open()
+            self.resolved = await asyncio.to_thread(read_resolved_count, self.state_dir)
             if handle_signals:
                 self.install_signal_handlers()
             try:
@@ -387,29 +208,9 @@ class Worker:
                         await executor.close()
                     except Exception:
                         log.exception("executor %s failed to close", executor.name)
-                if self._books_pending:
-                    await asyncio.wait(set(self._books_pending))
-                self._books.shutdown(wait=True)
-                await self._save_state()
-            await self._after_exit(code)
+                await self.books.close(self.resolved, self._current_ids())
+            await shutdown_after_exit(code, self.config, self.runner)
             return code
-
-    async def _after_exit(self, code: int) -> None:
-        """generic-worker shuts the machine down after exit 70 always, 68/69 when configured."""
-        wanted = (
-            code == EXIT_WORKER_MANAGER_SHUTDOWN
-            or (code == EXIT_IDLE_TIMEOUT and self.config.shutdownMachineOnIdle)
-            or (code == EXIT_INTERNAL_ERROR and self.config.shutdownMachineOnInternalError)
-        )
-        if not wanted:
-            return
-        if self.runner is not None and self.runner.capable("shutdown"):
-            await self.runner.shutdown()
-            return
-        if code != EXIT_WORKER_MANAGER_SHUTDOWN or self.runner is not None:
-            log.warning("shutting down the machine (exit code %d)", code)
-            proc = await asyncio.create_subprocess_exec("sudo", "/sbin/shutdown", "-h", "now")
-            await proc.wait()
 
     async def _loop(self) -> int:
         assert self.ctx is not None
@@ -423,7 +224,7 @@ class Worker:
             if limit and self.resolved >= limit:
                 await self._drain()
                 return EXIT_TASKS_COMPLETE
-            if await self._worker_manager_says_terminate():
+            if await self._termination.says_terminate(self.ctx):
                 log.info("worker-manager says this worker should terminate")
                 self._stop_claiming = True
                 await self._drain()
@@ -437,7 +238,8 @@ class Worker:
             if not self.running and self.config.idleTimeoutSecs:
                 idle = time.monotonic() - idle_since
                 if idle > self.config.idleTimeoutSecs:
-                    if self.runner is None or await self._worker_manager_agrees_to_idle_exit():
+                    # With worker-runner, an idle worker only exits when worker-manager agrees (generic-worker).
+                    if not self._termination.enabled or await self._termination.says_terminate(self.ctx, now=True):
                         log.info("idle for more than %ss: exiting", self.config.idleTimeoutSecs)
                         return EXIT_IDLE_TIMEOUT
                     idle_since = time.monotonic()
@@ -454,11 +256,6 @@ class Worker:
                 task.add_done_callback(self._task_done)
             if self.running:
                 idle_since = time.monotonic()
-
-    async def _worker_manager_agrees_to_idle_exit(self) -> bool:
-        """With worker-runner, an idle worker only exits when worker-manager agrees (generic-worker)."""
-        self._last_terminate_check = 0.0
-        return await self._worker_manager_says_terminate()
 
     async def _claim(self, count: int) -> list[dict[str, Any]]:
         assert self.ctx is not None
@@ -524,7 +321,7 @@ class Worker:
         return candidate
 
     async def _run_claim(self, claim: dict[str, Any]) -> None:
-        assert self.ctx is not None and self.journal is not None
+        assert self.ctx is not None
         started = time.monotonic()
         task_def: dict[str, Any] = claim["task"]
         task_id: str = claim["status"]["taskId"]
@@ -532,16 +329,7 @@ class Worker:
         current = asyncio.current_task()
         task_dir = self.task_dir_for(task_id, run_id)
         record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], str(task_dir))
-        current_ids = sorted({*self._current_ids(), task_id})
-        journal = self.journal
-
-        def start_files() -> None:
-            # One thread hop for the claim's bookkeeping: task directory, journal record, status file.
-            task_dir.mkdir(parents=True)
-            journal.record(record)
-            self._write_state(self.resolved, current_ids)
-
-        await asyncio.get_running_loop().run_in_executor(self._books, start_files)
+        await self.books.claim_started(record, task_dir, self.resolved, sorted({*self._current_ids(), task_id}))
         if self.metrics is not None:
             self.metrics.task_claimed()
             self.metrics.set_running(len(self.running))
@@ -564,8 +352,9 @@ class Worker:
             run.abort(WorkerShutdown("Task aborted: worker is shutting down (worker-shutdown)"))
 
         def remember(credentials: dict[str, str]) -> None:
-            entry = ClaimRecord(task_id, run_id, credentials, run.taken_until.isoformat(), str(task_dir))
-            journal.record(entry)  # a few hundred bytes, written atomically: cheap enough on the loop
+            self.books.credentials_changed(
+                ClaimRecord(task_id, run_id, credentials, run.taken_until.isoformat(), str(task_dir))
+            )
 
         run.on_credentials(remember)
         log.info("task %s/%s claimed (executor %s)", task_id, run_id, executor.name)
@@ -577,68 +366,21 @@ class Worker:
             reclaimer.cancel()
             with contextlib.suppress(BaseException):
                 await reclaimer
-        await self._report(run, state, reason)
+        await report_resolution(run, state, reason, plugins=self.plugins, metrics=self.metrics)
         if current is not None:
             self.running[current] = None
-        resolved = self.resolved + 1  # _task_done counts it once this coroutine returns
-        remaining_ids = self._current_ids()
-        metadata = (
-            json.dumps({"lastTaskUrl": f"{self.config.rootURL}/tasks/{task_id}/runs/{run_id}"}) + "\n"
-            if self.config.enableMetadata
-            else None
+        self.books.claim_ended(
+            task_id,
+            run_id,
+            task_dir,
+            resolved=self.resolved + 1,  # _task_done counts it once this coroutine returns
+            current=self._current_ids(),
+            metadata=metadata_document(self.config.rootURL, task_id, run_id) if self.config.enableMetadata else None,
+            clean=self.config.cleanUpTaskDirs,
         )
-        clean = self.config.cleanUpTaskDirs
-
-        def end_files() -> None:
-            # One thread hop: forget the claim, persist the count (survives a kill), tidy up.
-            journal.remove(task_id, run_id)
-            self._write_state(resolved, remaining_ids)
-            if metadata is not None:
-                (self.state_dir / METADATA_FILE).write_text(metadata)
-            if clean:
-                shutil.rmtree(task_dir, True)
-
-        pending = asyncio.get_running_loop().run_in_executor(self._books, end_files)
-        self._books_pending.add(pending)
-        pending.add_done_callback(self._books_pending.discard)
         if self.metrics is not None:
             self.metrics.task_resolved(state, reason if not run.canceled else "canceled", time.monotonic() - started)
             self.metrics.bytes_uploaded(sum(a.size for a in run.uploaded.values()))
             for error in run.errors.errors:
                 if isinstance(error, ResourceUnavailable):
                     self.metrics.upload_error()
-
-    async def _report(self, run: TaskRun, state: State, reason: str) -> None:
-        if run.canceled:
-            log.info("task %s/%s was cancelled by the queue: nothing to report", run.task_id, run.run_id)
-            self.plugins.task_resolved(task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled")
-            return
-        queue = run.queue()
-        started = time.monotonic()
-        method = {"completed": "reportCompleted", "failed": "reportFailed"}.get(state, "reportException")
-        try:
-            if state == "completed":
-                await queue.reportCompleted(run.task_id, str(run.run_id))
-            elif state == "failed":
-                await queue.reportFailed(run.task_id, str(run.run_id))
-            else:
-                await queue.reportException(run.task_id, str(run.run_id), {"reason": reason})
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
-            log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
-        else:
-            log.info("task %s/%s resolved %s/%s", run.task_id, run.run_id, state, reason)
-        if self.metrics is not None:
-            self.metrics.observe_queue_call(method, time.monotonic() - started)
-        self.plugins.task_resolved(task_id=run.task_id, run_id=run.run_id, state=state, reason=reason)
-
-
-def running_task_ids(state_dir: Path) -> list[str]:
-    """What ``megalodon status`` shows: the tasks a worker using ``state_dir`` runs now."""
-    try:
-        data = json.loads((state_dir / STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return []
-    return list(data.get("currentTaskIds", []))
-
-
-__all__ = ["EXIT_TASKS_COMPLETE", "Worker", "running_task_ids"]

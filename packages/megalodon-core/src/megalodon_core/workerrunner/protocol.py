@@ -1,117 +1,45 @@
-"""The worker side of Taskcluster's worker-runner protocol (NOTES.md section 7).
+"""The worker side of Taskcluster's worker-runner protocol: the handshake, dispatch and the ordered outbox.
 
-worker-runner starts the worker with ``run --with-worker-runner`` and talks to it over the worker's stdin
-(runner -> worker) and stdout (worker -> runner), one message per line: ``~{json}\\n``.  The runner opens
-with ``welcome`` listing its capabilities, the worker answers ``hello`` with its own, and from then on only
-messages of capabilities both sides listed may be used.  This is how a pool switching from generic-worker
-keeps spot-termination handling (``graceful-termination``), credential rotation (``new-credentials``),
-worker-pool error reports, ``removeWorker`` on shutdown and centralised worker logs.
-
-Design points, each for a reason:
-
-- Everything runs on the asyncio loop through pipe transports (``connect_read_pipe`` /
-  ``connect_write_pipe``), so a slow or vanished runner can never stall the claim loop.  Only stdio that
-  cannot be polled (a regular file, ``/dev/null``) is read or written in a worker thread instead.
-- All outgoing messages go through one ordered queue drained by one writer task: ``hello`` always
-  precedes anything else, and :meth:`RunnerProtocol.log` (called from any thread, from inside logging) only
-  appends to that queue, never waits.  Log lines beyond a bound are dropped and counted rather than
-  growing memory without limit while the runner is not reading.
-- Incoming lines longer than :data:`MAX_LINE_BYTES` are discarded up to their newline; lines that are not
-  ``~{json}`` are logged and ignored, as ``tools/workerproto`` does.
-- Losing the runner (EOF on its end, or a broken pipe when writing) is logged and the worker keeps
-  running: generic-worker does not stop either.  After a failed write :meth:`RunnerProtocol.capable`
-  answers ``False`` for everything, so logs fall back to stderr and :meth:`RunnerProtocol.shutdown`
-  reports ``False`` (the caller then shuts the machine down itself, as generic-worker does).
-- :class:`NullRunnerProtocol` has the same interface with no capabilities, so callers never branch on
-  whether worker-runner is in use.
+:class:`WorkerRunnerProtocol` runs over a transport from :mod:`.transport`; :class:`NullRunnerProtocol`
+has the same interface with no capabilities, so callers never branch on whether worker-runner is in use.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import inspect
 import json
 import logging
 import os
-import stat
 import sys
 import threading
-import time
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
-__all__ = [
-    "MAX_LINE_BYTES",
-    "WORKER_CAPABILITIES",
-    "EofCallback",
-    "HandshakeTimeout",
-    "Message",
-    "MessageCallback",
-    "NullRunnerProtocol",
-    "ProtocolClosed",
-    "RunnerLogHandler",
-    "RunnerProtocol",
-    "WorkerRunnerError",
-    "WorkerRunnerProtocol",
-    "connect",
-]
+from .messages import (
+    MAX_LINE_BYTES,
+    WORKER_CAPABILITIES,
+    EofCallback,
+    HandshakeTimeout,
+    Message,
+    MessageCallback,
+    ProtocolClosed,
+    WorkerRunnerError,
+    encode,
+    invalid_reason,
+    log_message,
+    preview,
+)
+from .transport import READ_CHUNK, Sink, StreamSink, isolate_stdio, open_fifo_pair, open_reader, open_sink
 
 log = logging.getLogger(__name__)
 
-#: Longest accepted protocol line (without its newline); longer lines are discarded with a log message.
-MAX_LINE_BYTES: Final = 1024 * 1024
-
-#: What this worker supports, in generic-worker's order (``workerrunner.go:startProtocol``).
-WORKER_CAPABILITIES: Final[tuple[str, ...]] = (
-    "graceful-termination",
-    "new-credentials",
-    "error-report",
-    "log",
-    "shutdown",
-)
-
-#: Suffixes of the two FIFOs behind ``--worker-runner-protocol-pipe PIPE``.  generic-worker names them from
-#: the runner's (the pipe server's) side: ``PIPE-input`` carries worker -> runner traffic (the worker opens it
-#: for writing), ``PIPE-output`` carries runner -> worker traffic (the worker opens it for reading); see
-#: ``generic-worker/main.go`` and ``worker-runner/worker/genericworker/runmethod_windows.go``.
-PIPE_WORKER_TO_RUNNER_SUFFIX: Final = "-input"
-PIPE_RUNNER_TO_WORKER_SUFFIX: Final = "-output"
-
-_READ_CHUNK: Final = 64 * 1024
 _MAX_QUEUED_LOGS: Final = 10_000
 _CLOSE_FLUSH_SECONDS: Final = 5.0
-_PIPE_OPEN_POLL_SECONDS: Final = 0.02
 _BEST_EFFORT_SEND_SECONDS: Final = 10.0
-
-Message = dict[str, Any]
-MessageCallback = Callable[[Message], Awaitable[None] | None]
-EofCallback = Callable[[], Awaitable[None] | None]
-
-
-class WorkerRunnerError(Exception):
-    """The worker-runner protocol could not be set up or used (e.g. the protocol pipe cannot be opened)."""
-
-
-class ProtocolClosed(WorkerRunnerError):
-    """The runner is gone (EOF or broken pipe) or the protocol was closed; the message was not sent."""
-
-
-class HandshakeTimeout(WorkerRunnerError, TimeoutError):
-    """worker-runner did not send ``welcome`` in time."""
-
-
-def _encode(message: Mapping[str, Any]) -> bytes:
-    """Frame one message; ``json.dumps`` escapes newlines, so the frame is always a single line.
-
-    ``default=str`` keeps an odd value in an error report's ``extra`` from turning a report into a crash.
-    """
-    if not isinstance(message.get("type"), str):
-        raise ValueError(f"worker-runner message needs a string 'type': {message!r}")
-    return b"~" + json.dumps(message, separators=(",", ":"), default=str).encode() + b"\n"
 
 
 def _run_callback(result: Awaitable[None] | None, keep: set[asyncio.Future[None]], what: str) -> None:
@@ -127,169 +55,6 @@ def _run_callback(result: Awaitable[None] | None, keep: set[asyncio.Future[None]
             log.error("worker-runner %s callback failed", what, exc_info=f.exception())
 
     fut.add_done_callback(done)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Byte sinks: where framed messages go.  A pipe/socket transport when the fd can be polled, a thread otherwise.
-
-
-class _Sink(ABC):
-    @abstractmethod
-    async def write(self, data: bytes) -> None:
-        """Hand ``data`` to the OS; raise :class:`ProtocolClosed` when the runner's end is gone."""
-
-    @property
-    @abstractmethod
-    def closed(self) -> bool:
-        """Whether the runner's end is known to be gone (a pipe transport notices without writing)."""
-
-    @abstractmethod
-    async def aclose(self) -> None: ...
-
-
-class _WritePipeProtocol(asyncio.Protocol):
-    """Flow control for a write pipe, so a runner that stops reading only parks the writer task."""
-
-    def __init__(self) -> None:
-        self.closed = False
-        self._paused = False
-        self._waiters: list[asyncio.Future[None]] = []
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        self._wake(None)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._wake(exc or BrokenPipeError("worker-runner closed its end of the protocol"))
-
-    def _wake(self, exc: BaseException | None) -> None:
-        waiters, self._waiters = self._waiters, []
-        for w in waiters:
-            if not w.done():
-                if exc is None:
-                    w.set_result(None)
-                else:
-                    w.set_exception(ProtocolClosed(str(exc)))
-
-    async def drain(self) -> None:
-        if self.closed:
-            raise ProtocolClosed("worker-runner closed its end of the protocol")
-        if not self._paused:
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        await waiter
-
-
-class _PipeSink(_Sink):
-    def __init__(self, transport: asyncio.WriteTransport, protocol: _WritePipeProtocol) -> None:
-        self._transport = transport
-        self._protocol = protocol
-
-    @property
-    def closed(self) -> bool:
-        return self._protocol.closed or self._transport.is_closing()
-
-    async def write(self, data: bytes) -> None:
-        if self._protocol.closed or self._transport.is_closing():
-            raise ProtocolClosed("worker-runner closed its end of the protocol")
-        self._transport.write(data)
-        await self._protocol.drain()
-
-    async def aclose(self) -> None:
-        self._transport.close()
-
-
-class _StreamSink(_Sink):
-    def __init__(self, writer: asyncio.StreamWriter) -> None:
-        self._writer = writer
-
-    @property
-    def closed(self) -> bool:
-        return self._writer.is_closing()
-
-    async def write(self, data: bytes) -> None:
-        if self._writer.is_closing():
-            raise ProtocolClosed("protocol stream is closed")
-        try:
-            self._writer.write(data)
-            await self._writer.drain()
-        except (ConnectionError, RuntimeError) as e:
-            raise ProtocolClosed(str(e)) from e
-
-    async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(Exception):
-            await self._writer.wait_closed()
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
-class _ThreadFdSink(_Sink):
-    """For an fd the selector cannot poll (a regular file): each write runs in a worker thread."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    async def write(self, data: bytes) -> None:
-        if self._closed:
-            raise ProtocolClosed("protocol output is closed")
-        try:
-            await asyncio.to_thread(_write_all, self._fd, data)
-        except OSError as e:
-            raise ProtocolClosed(str(e)) from e
-
-    async def aclose(self) -> None:
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-
-
-def _pollable(fd: int) -> bool:
-    """Whether asyncio's pipe transports can serve ``fd``: epoll refuses regular files and ``/dev/null``."""
-    mode = os.fstat(fd).st_mode
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
-
-
-async def _open_sink(fd: int) -> _Sink:
-    if not _pollable(fd):
-        os.set_blocking(fd, True)
-        return _ThreadFdSink(fd)
-    loop = asyncio.get_running_loop()
-    pipe = os.fdopen(fd, "wb", buffering=0)
-    transport, protocol = await loop.connect_write_pipe(_WritePipeProtocol, pipe)
-    return _PipeSink(transport, protocol)
-
-
-async def _feed_from_fd(fd: int, reader: asyncio.StreamReader) -> None:
-    """Thread-based reading for an fd that cannot be polled; such reads never block for long."""
-    try:
-        while True:
-            data = await asyncio.to_thread(os.read, fd, _READ_CHUNK)
-            if not data:
-                break
-            reader.feed_data(data)
-    except OSError as e:
-        log.warning("reading from worker-runner failed: %s", e)
-    finally:
-        reader.feed_eof()
-        with contextlib.suppress(OSError):
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -466,7 +231,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
     def __init__(
         self,
         reader: asyncio.StreamReader,
-        sink: _Sink,
+        sink: Sink,
         *,
         capabilities: tuple[str, ...] = WORKER_CAPABILITIES,
         read_transport: asyncio.BaseTransport | None = None,
@@ -514,7 +279,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
         capabilities: tuple[str, ...] = WORKER_CAPABILITIES,
     ) -> WorkerRunnerProtocol:
         """Run over existing asyncio streams (tests, or a transport opened elsewhere)."""
-        return cls(reader, _StreamSink(writer), capabilities=capabilities)
+        return cls(reader, StreamSink(writer), capabilities=capabilities)
 
     @classmethod
     async def from_fds(
@@ -528,24 +293,13 @@ class WorkerRunnerProtocol(RunnerProtocol):
         """Run over two file descriptors (pipes, FIFOs, sockets, ttys or files); takes ownership of them.
 
         ``keepalive_fd`` is an extra write end of the input FIFO, closed when the runner's first bytes
-        arrive (see :meth:`from_pipe`).
+        arrive (see :func:`.transport.open_fifo_pair`).
         """
         reader = asyncio.StreamReader(limit=MAX_LINE_BYTES + 1)
         read_transport: asyncio.BaseTransport | None = None
-        feeder: Callable[[], Awaitable[None]] | None = None
         try:
-            if _pollable(read_fd):
-                loop = asyncio.get_running_loop()
-                pipe = os.fdopen(read_fd, "rb", buffering=0)
-                read_transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-            else:
-                os.set_blocking(read_fd, True)
-
-                def feed() -> Awaitable[None]:
-                    return _feed_from_fd(read_fd, reader)
-
-                feeder = feed
-            sink = await _open_sink(write_fd)
+            read_transport, feeder = await open_reader(read_fd, reader)
+            sink = await open_sink(write_fd)
         except BaseException:
             if read_transport is not None:
                 read_transport.close()
@@ -567,22 +321,10 @@ class WorkerRunnerProtocol(RunnerProtocol):
     ) -> WorkerRunnerProtocol:
         """The ``--with-worker-runner`` transport: runner messages on stdin, ours on stdout.
 
-        With ``isolate`` (the default) the protocol gets private duplicates of fds 0 and 1, then fd 0 is
-        pointed at ``/dev/null`` and fd 1 at stderr.  That keeps the channel the protocol's alone: a stray
-        ``print`` or a child process inheriting stdio can neither corrupt the runner's input nor swallow its
-        messages, and the non-blocking mode asyncio sets on the pipes does not leak onto ``sys.stdout``.
+        With ``isolate`` (the default) the protocol gets private duplicates of fds 0 and 1 and the process's
+        own stdio is moved out of the way (:func:`.transport.isolate_stdio`).
         """
-        if isolate:
-            sys.stdout.flush()
-            in_fd, out_fd = os.dup(0), os.dup(1)
-            devnull = os.open(os.devnull, os.O_RDONLY)
-            try:
-                os.dup2(devnull, 0)
-            finally:
-                os.close(devnull)
-            os.dup2(2, 1)
-        else:
-            in_fd, out_fd = 0, 1
+        in_fd, out_fd = isolate_stdio() if isolate else (0, 1)
         return await cls.from_fds(in_fd, out_fd, capabilities=capabilities)
 
     @classmethod
@@ -591,55 +333,12 @@ class WorkerRunnerProtocol(RunnerProtocol):
     ) -> WorkerRunnerProtocol:
         """The ``--worker-runner-protocol-pipe PATH`` transport on posix: FIFOs ``PATH-output`` and ``PATH-input``.
 
-        The worker reads ``PATH-output`` and writes ``PATH-input`` (generic-worker's names, given from the
-        runner's side).  The runner creates both FIFOs.  Opening never blocks and never deadlocks,
-        whatever order the runner opens its ends in:
-
-        1. ``PATH-output`` is opened ``O_RDONLY|O_NONBLOCK``, which succeeds at once, so a runner blocked
-           opening its write end is released.  A second, ``O_WRONLY`` descriptor of it is held until the
-           runner's first bytes arrive: without it a read before the runner opened its end would be EOF.
-           (So a runner that dies before writing anything shows as a :meth:`wait_ready` timeout, not EOF.)
-        2. ``PATH-input`` is opened ``O_WRONLY|O_NONBLOCK``, which fails with ``ENXIO`` until the runner has
-           it open for reading; that is retried every 20 ms (sleeping on the loop) until ``connect_timeout``.
-
-        Raises :class:`WorkerRunnerError` (generic-worker exits 78, CANT_CONNECT_PROTOCOL_PIPE) if a FIFO is
-        missing or the runner does not open its end within ``connect_timeout`` seconds.
+        Opening never blocks (:func:`.transport.open_fifo_pair`); a runner that never opens its end makes
+        this raise :class:`WorkerRunnerError` after ``connect_timeout`` seconds (generic-worker exits 78).
         """
         if sys.platform == "win32":  # pragma: no cover - megalodon runs on posix
             raise WorkerRunnerError("named-pipe protocol transport is not supported on Windows")
-        in_path = path + PIPE_RUNNER_TO_WORKER_SUFFIX
-        out_path = path + PIPE_WORKER_TO_RUNNER_SUFFIX
-        for p in (in_path, out_path):
-            try:
-                mode = os.stat(p).st_mode
-            except OSError as e:
-                raise WorkerRunnerError(f"cannot connect to protocol pipe {p}: {e}") from e
-            if not stat.S_ISFIFO(mode):
-                raise WorkerRunnerError(f"cannot connect to protocol pipe {p}: not a FIFO")
-        flags = os.O_NONBLOCK | os.O_CLOEXEC
-        read_fd = os.open(in_path, os.O_RDONLY | flags)
-        keepalive_fd: int | None = None
-        write_fd: int | None = None
-        try:
-            keepalive_fd = os.open(in_path, os.O_WRONLY | flags)
-            deadline = time.monotonic() + connect_timeout
-            while write_fd is None:
-                try:
-                    write_fd = os.open(out_path, os.O_WRONLY | flags)
-                except OSError as e:
-                    if e.errno != errno.ENXIO:
-                        raise WorkerRunnerError(f"cannot connect to protocol pipe {out_path}: {e}") from e
-                    if time.monotonic() >= deadline:
-                        raise WorkerRunnerError(
-                            f"cannot connect to protocol pipe {out_path}: worker-runner did not open it "
-                            f"within {connect_timeout:g}s"
-                        ) from e
-                    await asyncio.sleep(_PIPE_OPEN_POLL_SECONDS)
-        except BaseException:
-            for fd in (read_fd, keepalive_fd, write_fd):
-                if fd is not None:
-                    os.close(fd)
-            raise
+        read_fd, write_fd, keepalive_fd = await open_fifo_pair(path, connect_timeout)
         return await cls.from_fds(read_fd, write_fd, capabilities=capabilities, keepalive_fd=keepalive_fd)
 
     # -- state -------------------------------------------------------------------------------------------------
@@ -732,7 +431,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
         discarding = False
         try:
             while True:
-                chunk = await self._reader.read(_READ_CHUNK)
+                chunk = await self._reader.read(READ_CHUNK)
                 if not chunk:
                     break
                 self._release_keepalive()
@@ -756,7 +455,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
                         continue
                     await self._handle_line(line)
             if buf.strip() and not discarding:
-                log.info("worker-runner (unterminated line at EOF): %s", _preview(bytes(buf)))
+                log.info("worker-runner (unterminated line at EOF): %s", preview(bytes(buf)))
         except Exception:
             log.exception("reading from worker-runner failed")
         finally:
@@ -776,15 +475,15 @@ class WorkerRunnerProtocol(RunnerProtocol):
         if not line:
             return
         if not line.startswith(b"~"):
-            log.info("worker-runner: %s", _preview(line))
+            log.info("worker-runner: %s", preview(line))
             return
         try:
             message = json.loads(line[1:])
         except ValueError:
-            log.warning("ignoring invalid worker-runner protocol line: %s", _preview(line))
+            log.warning("ignoring invalid worker-runner protocol line: %s", preview(line))
             return
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):
-            log.warning("ignoring worker-runner message without a string type: %s", _preview(line))
+            log.warning("ignoring worker-runner message without a string type: %s", preview(line))
             return
         await self._dispatch(message)
 
@@ -793,15 +492,9 @@ class WorkerRunnerProtocol(RunnerProtocol):
         if kind == "welcome":
             await self._on_welcome(message)
             return
-        if kind == "graceful-termination" and not isinstance(message.get("finish-tasks"), bool):
-            log.warning("ignoring graceful-termination without a boolean finish-tasks: %r", message)
-            return
-        if kind == "new-credentials" and not (
-            isinstance(message.get("client-id"), str)
-            and isinstance(message.get("access-token"), str)
-            and isinstance(message.get("certificate", ""), str)
-        ):
-            log.warning("ignoring malformed new-credentials message (fields: %s)", sorted(message))
+        problem = invalid_reason(message)
+        if problem is not None:
+            log.warning("%s", problem)
             return
         callbacks = self._callbacks.get(kind)
         if not callbacks:
@@ -847,7 +540,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
         """
         if self._broken or self._closed or self._sink.closed:
             raise ProtocolClosed("worker-runner is not reachable")
-        data = _encode(message)
+        data = encode(message)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._outbox.append((data, fut))
         self._wakeup.set()
@@ -856,7 +549,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
     def log(self, line: str) -> bool:
         if not self.capable("log"):
             return False
-        data = _encode({"type": "log", "body": {"textPayload": line}})
+        data = log_message(line)
         loop = self._loop
         if loop is None or threading.get_ident() == self._loop_thread:
             self._queue_log(data)
@@ -890,7 +583,7 @@ class WorkerRunnerProtocol(RunnerProtocol):
             chunks = [data for data, _ in batch]
             if self._dropped_logs > reported_drops and "log" in self._effective:
                 chunks.append(
-                    _encode(
+                    encode(
                         {
                             "type": "log",
                             "body": {
@@ -940,11 +633,6 @@ class WorkerRunnerProtocol(RunnerProtocol):
         self._settle()
 
 
-def _preview(line: bytes, limit: int = 1000) -> str:
-    text = line.decode("utf-8", errors="replace")
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 async def connect(
     *, with_worker_runner: bool, protocol_pipe: str | None = None, pipe_timeout: float = 30.0
 ) -> RunnerProtocol:
@@ -957,86 +645,3 @@ async def connect(
     if protocol_pipe:
         return await WorkerRunnerProtocol.from_pipe(protocol_pipe, connect_timeout=pipe_timeout)
     return await WorkerRunnerProtocol.from_stdio()
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Logging
-
-
-class RunnerLogHandler(logging.Handler):
-    """Send the worker's log records to worker-runner as ``log`` messages, else to a fallback (stderr).
-
-    Like generic-worker's ``loggingWriter``: with the ``log`` capability the worker's own log goes to the
-    runner (which ships it to the pool's log destination); without it, lines go to the fallback handler.
-    Records arriving before the handshake settles are held (up to ``max_pending``) and replayed once it is
-    known where they belong, because guessing would either lose them or print them twice.
-
-    It never blocks (the protocol only queues) and never recurses: records from this module's own logger
-    (the protocol reporting on itself) and records emitted while this handler is already emitting on the
-    same thread go straight to the fallback.
-    """
-
-    def __init__(
-        self,
-        proto: RunnerProtocol,
-        fallback: logging.Handler | None = None,
-        *,
-        level: int = logging.NOTSET,
-        max_pending: int = 1000,
-    ) -> None:
-        super().__init__(level)
-        self._proto = proto
-        self._own_fallback = fallback is None
-        self.fallback: logging.Handler = fallback if fallback is not None else logging.StreamHandler(sys.stderr)
-        self._pending: deque[logging.LogRecord] = deque(maxlen=max_pending)
-        self._local = threading.local()
-        proto.on_settled(self._flush_pending)
-
-    def setFormatter(self, fmt: logging.Formatter | None) -> None:
-        """Format both destinations alike, unless the caller brought its own fallback."""
-        super().setFormatter(fmt)
-        if self._own_fallback:
-            self.fallback.setFormatter(fmt)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if getattr(self._local, "busy", False) or record.name == log.name or record.name.startswith(log.name + "."):
-            self._to_fallback(record)
-            return
-        self._local.busy = True
-        try:
-            if not self._proto.settled:
-                self._pending.append(record)
-                return
-            if self._pending:
-                self._flush_pending()
-            self._deliver(record)
-        except Exception:
-            self.handleError(record)
-        finally:
-            self._local.busy = False
-
-    def _deliver(self, record: logging.LogRecord) -> None:
-        if not self._proto.log(self.format(record)):
-            self._to_fallback(record)
-
-    def _to_fallback(self, record: logging.LogRecord) -> None:
-        if record.levelno >= self.fallback.level:
-            self.fallback.handle(record)
-
-    def _flush_pending(self) -> None:
-        with self.lock or contextlib.nullcontext():
-            while self._pending:
-                self._deliver(self._pending.popleft())
-
-    def flush(self) -> None:
-        self.fallback.flush()
-
-    def close(self) -> None:
-        """Whatever is still held goes to the fallback, so a failed handshake does not lose early logs."""
-        with self.lock or contextlib.nullcontext():
-            while self._pending:
-                self._to_fallback(self._pending.popleft())
-        self.fallback.flush()
-        if self._own_fallback:
-            self.fallback.close()
-        super().close()

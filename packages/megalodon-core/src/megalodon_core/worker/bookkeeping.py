@@ -1,0 +1,86 @@
+"""Claim bookkeeping: the journal record, state files and task directory of each claim, on one thread.
+
+One thread (not the default pool) so writes stay ordered — a claim's end never overtakes its start — and
+the end-of-task part is not awaited before the next claim: the loop hands it over and moves on; the
+worker waits for what is still pending only when it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from ..journal import ClaimJournal, ClaimRecord
+from .state_files import JOURNAL_DIR, METADATA_FILE, write_private, write_state
+
+
+class ClaimBooks:
+    """The journal and state files of one worker; :meth:`open` before use, :meth:`close` at exit."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._journal: ClaimJournal | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
+        self._pending: set[asyncio.Future[None]] = set()
+
+    async def open(self) -> ClaimJournal:
+        """Create the state dir and journal (in a thread: start-up may find a slow disk)."""
+        await asyncio.to_thread(self.state_dir.mkdir, parents=True, exist_ok=True)
+        self._journal = await asyncio.to_thread(ClaimJournal, self.state_dir / JOURNAL_DIR)
+        return self._journal
+
+    @property
+    def journal(self) -> ClaimJournal:
+        if self._journal is None:
+            raise RuntimeError("ClaimBooks.open() was not awaited")
+        return self._journal
+
+    async def claim_started(self, record: ClaimRecord, task_dir: Path, resolved: int, current: list[str]) -> None:
+        """One thread hop for the claim's start: task directory, journal record, status file."""
+        journal = self.journal
+
+        def start_files() -> None:
+            task_dir.mkdir(parents=True)
+            journal.record(record)
+            write_state(self.state_dir, resolved, current)
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, start_files)
+
+    def credentials_changed(self, record: ClaimRecord) -> None:
+        """A reclaim swapped the run's credentials: a few hundred bytes written atomically, fine on the loop."""
+        self.journal.record(record)
+
+    def claim_ended(
+        self,
+        task_id: str,
+        run_id: int,
+        task_dir: Path,
+        *,
+        resolved: int,
+        current: list[str],
+        metadata: str | None,
+        clean: bool,
+    ) -> None:
+        """Forget the claim, persist the count (survives a kill), tidy up — without waiting for it."""
+        journal = self.journal
+
+        def end_files() -> None:
+            journal.remove(task_id, run_id)
+            write_state(self.state_dir, resolved, current)
+            if metadata is not None:
+                write_private(self.state_dir / METADATA_FILE, metadata)
+            if clean:
+                shutil.rmtree(task_dir, True)
+
+        pending = asyncio.get_running_loop().run_in_executor(self._thread, end_files)
+        self._pending.add(pending)
+        pending.add_done_callback(self._pending.discard)
+
+    async def close(self, resolved: int, current: list[str]) -> None:
+        """Wait for pending bookkeeping, then write the final state."""
+        if self._pending:
+            await asyncio.wait(set(self._pending))
+        self._thread.shutdown(wait=True)
+        await asyncio.to_thread(write_state, self.state_dir, resolved, current)

@@ -1,0 +1,49 @@
+"""The disk gate before each claim: ``requiredDiskSpaceMegabytes`` free, after evicting what can be evicted.
+
+generic-worker checks free space before claiming and refuses to claim when short; megalodon first asks
+features (download and cache stores) and executors (unused images) to free what they keep, one owner at a
+time, stopping as soon as enough is free — so the worker never claims a task it could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections.abc import Sequence
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class DiskSpaceOwner(Protocol):
+    """A feature or executor that keeps evictable data on disk."""
+
+    async def free_disk_space(self) -> None: ...
+
+
+def free_bytes(path: str) -> int:
+    return shutil.disk_usage(path).free
+
+
+async def ensure_disk_space(tasks_dir: str, required_mb: int, owners: Sequence[DiskSpaceOwner]) -> bool:
+    """True when ``required_mb`` megabytes are free on ``tasks_dir``'s filesystem, evicting if needed."""
+    required = required_mb * 1024 * 1024
+    free = await asyncio.to_thread(free_bytes, tasks_dir)
+    if free >= required:
+        return True
+    for owner in owners:
+        try:
+            await owner.free_disk_space()
+        except Exception:
+            log.exception("%s failed to free disk space", type(owner).__name__)
+        free = await asyncio.to_thread(free_bytes, tasks_dir)
+        if free >= required:
+            return True
+    log.warning(
+        "not able to free up enough disk space - require %d bytes, but only have %d bytes - and nothing "
+        "left to delete: not claiming",
+        required,
+        free,
+    )
+    return False

@@ -1,0 +1,82 @@
+"""The files a worker keeps in its ``stateDir``, as generic-worker keeps them, and their readers.
+
+``tasks-resolved-count.txt`` (the ``numberOfTasksToRun`` count survives restarts), ``worker-status.json``
+(``megalodon status``: the tasks running now), ``generic-worker-metadata.json`` (``enableMetadata``), the
+claim journal directory, and ``worker-runner-config.json`` (which config values a running worker received
+from worker-runner, for ``megalodon config explain``; never the secrets themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+RESOLVED_COUNT_FILE = "tasks-resolved-count.txt"
+#: Config values the running worker received from worker-runner, for ``megalodon config explain``.
+RUNTIME_CONFIG_FILE = "worker-runner-config.json"
+STATUS_FILE = "worker-status.json"
+METADATA_FILE = "generic-worker-metadata.json"
+JOURNAL_DIR = "megalodon-claims"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a state file only the worker's user can read (0600, also when it already existed).
+
+    A multiuser task must not read them: the status file names the tasks running next to it, the metadata
+    file the last task (with a task id, a neighbour's live log can be read through the queue).
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(text)
+
+
+def read_resolved_count(state_dir: Path) -> int:
+    """The persisted count of resolved tasks (0 when missing or unreadable)."""
+    try:
+        return int((state_dir / RESOLVED_COUNT_FILE).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def write_state(state_dir: Path, resolved: int, current: list[str]) -> None:
+    """Write the resolved count and the running task ids (the status file is removed when none run).
+
+    Called from a thread: callers pass values read on the loop rather than let the thread read live state.
+    """
+    write_private(state_dir / RESOLVED_COUNT_FILE, f"{resolved}\n")
+    status = state_dir / STATUS_FILE
+    if current:
+        write_private(status, json.dumps({"currentTaskIds": current}) + "\n")
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            status.unlink()
+
+
+def running_task_ids(state_dir: Path) -> list[str]:
+    """What ``megalodon status`` shows: the tasks a worker using ``state_dir`` runs now."""
+    try:
+        data = json.loads((state_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return []
+    return list(data.get("currentTaskIds", []))
+
+
+def clear_runtime_config(state_dir: Path) -> None:
+    """What a previous worker process received from its runner does not describe this one."""
+    with contextlib.suppress(OSError):
+        (state_dir / RUNTIME_CONFIG_FILE).unlink()
+
+
+def write_runtime_config(state_dir: Path, values: Mapping[str, Any]) -> None:
+    """Record which keys came from worker-runner (secrets as ``<set>``): a few bytes, fine on the loop."""
+    write_private(state_dir / RUNTIME_CONFIG_FILE, json.dumps(dict(values)) + "\n")
+
+
+def metadata_document(root_url: str, task_id: str, run_id: int) -> str:
+    """generic-worker's ``generic-worker-metadata.json`` content after a task."""
+    return json.dumps({"lastTaskUrl": f"{root_url}/tasks/{task_id}/runs/{run_id}"}) + "\n"
