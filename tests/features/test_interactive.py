@@ -171,6 +171,9 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
                 got["cwd"] = (await shell.expect(r"W=(/[^\s;]+)"))[1]
                 got["task_id"] = (await shell.expect(r"E=([\w-]+)"))[1]
                 await shell.expect(r"S=24 80\b")
+                # A short resize (generic-worker once panicked on one) and an unknown code are ignored.
+                await ws.send_bytes(b"\x02\x01")
+                await ws.send_bytes(b"\x07junk")
                 await shell.resize(33, 101)
                 await shell.type("echo S=$(stty size)\r")
                 await shell.expect(r"S=33 101\b")
