@@ -417,3 +417,64 @@ async def test_multiuser_task_cannot_learn_its_neighbours_task_id(harness: Harne
     assert (await harness.outcome(b, 0)).state == "completed"
     assert "TASKS-LISTED" not in out_a.log
     assert b not in out_a.log, "task A learnt task B's id"
+
+
+@needs_root
+async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user_only(
+    harness: Harness, shared: dict[str, Path]
+) -> None:
+    import subprocess
+
+    from megalodon_core.config import parse_config
+    from megalodon_core.plugins import PluginHost
+    from megalodon_core.worker import Worker
+
+    drop = shared["drop"]
+    own = 'curl -s -o /dev/null -w "OWN-STATUS=%{http_code}\\n" "$TASKCLUSTER_PROXY_URL/auth/v1/scopes/current"'
+    script = (
+        f'echo "$TASKCLUSTER_PROXY_URL" > {drop}/url.tmp && mv {drop}/url.tmp {drop}/url; {own}; '
+        f"for i in $(seq 600); do [ -e {drop}/done ] && break; sleep 0.1; done"
+    )
+    worker_type = harness.worker_type()
+    payload = {
+        "command": [["/bin/sh", "-c", script]],
+        "maxRunTime": 120,
+        "features": {"taskclusterProxy": True},
+        "taskclusterProxyInterface": "docker-bridge",
+    }
+    task_id = await harness.create(payload, worker_type, scopes=["auth:current-scopes"])
+    host = PluginHost()
+    config = harness.config(worker_type, taskclusterProxyPort=0, **mu(shared))
+    worker = Worker(parse_config(config, host.config_fields()), host)
+    running = asyncio.create_task(worker.run())
+    try:
+        await wait_for(lambda: (drop / "url").exists() or running.done(), 60)
+        url = (drop / "url").read_text().strip() + "/auth/v1/scopes/current"
+
+        def status(argv: list[str], **kwargs: Any) -> str:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)
+            return done.stdout.strip()
+
+        curl = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", url]
+        stranger = await asyncio.to_thread(status, curl, user=65534, group=65534)
+        container = await asyncio.to_thread(
+            status,
+            [
+                "docker",
+                "run",
+                "--rm",
+                "megalodon-test/busybox:latest",
+                "sh",
+                "-c",
+                f"wget -q -O /dev/null {url} && echo 200",
+            ],
+        )
+    finally:
+        (drop / "done").touch()
+        code = await asyncio.wait_for(running, 120)
+    assert code == 0
+    out = await harness.outcome(task_id, code)
+    assert out.state == "completed", out.log
+    assert "OWN-STATUS=200" in out.log
+    assert stranger == "403"  # a host process of another user
+    assert container == "200"  # a container on docker's bridge, as one the task starts

@@ -42,10 +42,16 @@ def _candidates(ip: str, port: int) -> set[str]:
 def peer_uid(peer: tuple[str, int], local: tuple[str, int], tables: tuple[Path, ...] = TABLES) -> int | None:
     """The uid owning the socket at ``peer`` connected to ``local``, or None when no table has it.
 
-    Blocking (reads procfs): call it in a thread.
+    The exact match (both ends) comes first.  When the host rewrites the source address of a connection to
+    one of its own addresses (SNAT/masquerade rules on the path to a bridge address), the connecting
+    socket's local address is not the one the proxy sees: then the socket with the same source port
+    connected to exactly ``local`` is the peer, if there is one such socket; several with different owners
+    answer -1 (nobody's uid), never a guess.  Blocking (reads procfs): call it in a thread.
     """
     peers = _candidates(*peer)
     locals_ = _candidates(*local)
+    port_suffix = f":{peer[1]:04X}"
+    by_port: set[int] = set()
     for table in tables:
         try:
             lines = table.read_text().splitlines()[1:]
@@ -53,9 +59,15 @@ def peer_uid(peer: tuple[str, int], local: tuple[str, int], tables: tuple[Path, 
             continue
         for line in lines:
             fields = line.split()
-            if len(fields) > 7 and fields[1] in peers and fields[2] in locals_:
+            if len(fields) <= 7 or fields[2] not in locals_:
+                continue
+            if fields[1] in peers:
                 return int(fields[7])
-    return None
+            if fields[1].endswith(port_suffix):
+                by_port.add(int(fields[7]))
+    if not by_port:
+        return None
+    return by_port.pop() if len(by_port) == 1 else -1
 
 
 def source_allowed(source: str, networks: tuple[str, ...], listen_host: str) -> bool:

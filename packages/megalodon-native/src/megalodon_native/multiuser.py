@@ -44,6 +44,7 @@ from megalodon_core.task import TaskRun
 from .artifacts import NativeArtifacts
 from .executor import COT_ADDITIONAL, NativeExecutor, NativeRun
 from .payload_multiuser import multiuser_payload_json_schema, validate_multiuser_payload
+from .proxy_interface import docker_bridge_subnets
 from .users import (
     TASK_PATH,
     TaskUser,
@@ -256,7 +257,10 @@ class MultiuserRun(NativeRun):
         placement = await super().proxy_placement()
         if self.user is None or self._as_current_user():
             return placement
-        return dataclasses.replace(placement, allowed_uids=frozenset({self.user.uid}))
+        # Containers the task starts (docker-bridge) connect from docker's bridge network, from a socket the
+        # host's tables do not list: generic-worker's --allowed-network fallback.
+        sources = await docker_bridge_subnets() if self.payload.taskcluster_proxy_interface == "docker-bridge" else ()
+        return dataclasses.replace(placement, allowed_uids=frozenset({self.user.uid}), allowed_sources=sources)
 
     def chain_of_trust_additions(self) -> Path | None:
         """Replaced after the commands by a copy read as the task user (see :meth:`_secure_cot_additional_data`)."""

@@ -48,3 +48,30 @@ async def docker_bridge_gateway() -> str:
             f"interface {bridge.strip() or 'docker0'} has no IPv4 address"
         )
     return address
+
+
+async def docker_bridge_subnets() -> tuple[str, ...]:
+    """The IPv4 subnets of docker's default ``bridge`` network (empty when the engine reports none).
+
+    The multiuser engine admits connections from them to a ``docker-bridge`` proxy whose peer socket is not
+    in the host's tables (a container's, in its own network namespace), as generic-worker passes
+    ``--allowed-network``; a host process of another user is still refused by its uid.
+    """
+    fmt = "{{range .IPAM.Config}}{{if .Subnet}}{{.Subnet}} {{end}}{{end}}"
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "docker",
+            "network",
+            "inspect",
+            "bridge",
+            "--format",
+            fmt,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        out, _ = await proc.communicate()
+    except OSError:
+        return ()
+    if proc.returncode != 0:
+        return ()
+    return tuple(s for s in out.decode().split() if "." in s)
