@@ -17,6 +17,7 @@ from megalodon_core.artifacts import check_artifact_name, check_expiry
 from megalodon_core.contracts import Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
 from megalodon_core.rundata import FeatureRequest, ProxyPlacement
+from megalodon_core.scopes import ScopeCheck, describe
 from megalodon_core.timefmt import go_duration, parse_iso
 
 from .artifacts import NativeArtifacts
@@ -29,9 +30,12 @@ from .shell import NativeShellLauncher
 _PLUGIN_FEATURES = {
     "taskcluster_proxy": "taskclusterProxy",
     "interactive": "interactive",
-    "loopback_video": "loopbackVideo",
-    "loopback_audio": "loopbackAudio",
 }
+#: generic-worker's loopback device features: (payload flag, feature name, device kind, config key).
+_LOOPBACK = (
+    ("loopback_video", "loopbackVideo", "video", "enableLoopbackVideo"),
+    ("loopback_audio", "loopbackAudio", "audio", "enableLoopbackAudio"),
+)
 
 
 #: File a task may write to add data to its chain-of-trust certificate (chain_of_trust_feature.go).
@@ -140,8 +144,36 @@ class NativeRun(ExecutorRun[Any]):
         return live, backing
 
     # -- preparing ---------------------------------------------------------------------------------------
+    async def check_loopback(self) -> None:
+        """generic-worker's loopback features, in its order: enabled, then the scope (named as generic-worker
+        names it, so a task author learns what to add), then the device, which this host never has."""
+        run = self.task_run
+        config = self.worker.config
+        pool = config.task_queue_id
+        scopes = ScopeCheck(run.scopes, self.worker.expand_scopes)
+        for attr, name, kind, key in _LOOPBACK:
+            if not getattr(self.payload.features, attr, False):
+                continue
+            if not getattr(config, key, True):
+                raise MalformedPayload(
+                    f'this task is attempting to use feature "{name}", but it\'s not enabled on this worker pool '
+                    f"({pool})"
+                )
+            required = [[f"generic-worker:loopback-{kind}:{pool}"], [f"generic-worker:loopback-{kind}"]]
+            if not await scopes.satisfies(required):
+                raise MalformedPayload(
+                    f'Feature "{name}" requires scopes:\n\n{describe(required)}\n\nbut task only has scopes:\n\n'
+                    + "\n".join(f"  {s}" for s in run.scopes)
+                    + "\n\nYou probably should add some scopes to your task definition."
+                )
+            raise MalformedPayload(
+                f'feature "{name}": this worker has no loopback {kind} device (it needs a kernel module this host '
+                "does not provide)"
+            )
+
     async def prepare(self) -> None:
         run = self.task_run
+        await self.check_loopback()
         if self.payload.features.taskcluster_proxy:
             run.data.proxy = await self.proxy_placement()
         run.data.chain_of_trust_additions = self.chain_of_trust_additions()
