@@ -49,11 +49,13 @@ async def test_container_on_another_task_network_cannot_use_the_proxy(harness: H
     await secrets.set("project/b", {"secret": {"token": SECRET}, "expires": iso(utcnow() + dt.timedelta(days=1))})
     worker_type = harness.worker_type()
     own = "wget -q -O - http://taskcluster/secrets/v1/secret/project%2Fb >/dev/null && echo B-OWN-OK"
-    b_script = f"sleep 3; {own}; for i in $(seq 300); do [ -e /tmp/never ] && break; sleep 0.1; done"
+    # B keeps its proxy up until the test says A is done (a secret only B may read appears).
+    done = "wget -q -O /dev/null http://taskcluster/secrets/v1/secret/project%2Fb-done"
+    b_script = f"{own}; for i in $(seq 600); do {done} && break; sleep 0.2; done"
     b = await harness.create(
         {"image": IMAGE, "command": ["sh", "-c", b_script], "maxRunTime": 120, "features": {"taskclusterProxy": True}},
         worker_type,
-        scopes=["secrets:get:project/b"],
+        scopes=["secrets:get:project/b", "secrets:get:project/b-done"],
     )
     worker = worker_for(harness, worker_type, capacity=2, numberOfTasksToRun=2)
     running = asyncio.create_task(worker.run())
@@ -85,6 +87,14 @@ async def test_container_on_another_task_network_cannot_use_the_proxy(harness: H
         {"image": IMAGE, "command": ["sh", "-c", a_script], "maxRunTime": 60, "features": {"taskclusterProxy": True}},
         worker_type,
     )
+    try:
+        deadline = time.monotonic() + 120
+        while harness.double.task_state(a)["runs"][0]["state"] in ("pending", "running"):
+            assert time.monotonic() < deadline and not running.done(), "task A never finished"
+            await asyncio.sleep(0.2)
+    finally:
+        expires = iso(utcnow() + dt.timedelta(days=1))
+        await secrets.set("project/b-done", {"secret": {}, "expires": expires})
     assert await asyncio.wait_for(running, 180) == 0
     out_a = await harness.outcome(a, 0)
     out_b = await harness.outcome(b, 0)
