@@ -254,6 +254,18 @@ class ExecutorConformance:
         assert resolution(out) == ("exception", "malformed-payload"), out.log
         assert field in out.log
 
+    @pytest.mark.asyncio
+    async def test_the_worker_access_token_in_its_environment_never_reaches_the_task(
+        self, executor_kit: ExecutorKit, harness: Harness, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A worker started with ``TASKCLUSTER_ACCESS_TOKEN`` set (a deployment's habit): the task never sees it.
+        (The value differs from the config's token, which the task log masks anyway.)"""
+        token = f"worker-env-token-{uuid.uuid4().hex}"
+        monkeypatch.setenv("TASKCLUSTER_ACCESS_TOKEN", token)
+        out = await run_task(executor_kit, harness, executor_kit.shell('echo "token=[$TASKCLUSTER_ACCESS_TOKEN]"; env'))
+        assert resolution(out) == ("completed", "completed"), out.log
+        assert token not in out.log
+
     # -- maxRunTime and cancellation ------------------------------------------------------------------------
     @pytest.mark.asyncio
     async def test_max_run_time_aborts_the_run(self, executor_kit: ExecutorKit, harness: Harness) -> None:
