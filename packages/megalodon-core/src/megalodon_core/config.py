@@ -214,7 +214,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "wstAudience": "websocktunnel is not supported; the live log is exposed directly",
     "wstServerURL": "websocktunnel is not supported; the live log is exposed directly",
     "disableReboots": "megalodon never reboots the machine",
-    "runAfterUserCreation": "running a command after task-user creation is not implemented",
     "d2gConfig": "docker-worker payloads run on the docker executor, not through d2g",
     "enableLoopbackAudio": "loopback audio is not supported (requesting it is malformed-payload)",
     "enableLoopbackVideo": "loopback video is not supported (requesting it is malformed-payload)",

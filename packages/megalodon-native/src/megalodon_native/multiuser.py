@@ -56,6 +56,9 @@ from .users import (
     sweep_stale_users,
 )
 
+#: Worker credentials that must not reach the runAfterUserCreation script with the worker's environment.
+_WORKER_CREDENTIAL_ENV = frozenset({"TASKCLUSTER_ACCESS_TOKEN", "TASKCLUSTER_CERTIFICATE", "TASKCLUSTER_CLIENT_ID"})
+
 #: Config key choosing the engine, and its values.
 ENGINE_KEY = "nativeEngine"
 #: Config key naming the worker's config file, so the start-up check can prove tasks cannot read it.
@@ -250,7 +253,45 @@ class MultiuserRun(NativeRun):
         self.staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="megalodon-artifacts-"))
         self.log_inode = await asyncio.to_thread(self._own_task_dir, run, user)
         run.log.info(f"Running task as user {user.name} (uid {user.uid})")
+        if self.worker.config.runAfterUserCreation:
+            await self._run_after_user_creation(self.worker.config.runAfterUserCreation, user)
         await super().prepare()
+
+    async def _run_after_user_creation(self, script: str, user: TaskUser) -> None:
+        """generic-worker's ``runAfterUserCreation`` (``PostRebootSetup``): after the task user and its task
+        directory exist, before anything of the task runs, ``[script]`` is executed (one argument, no shell)
+        as the *task user* even when the task runs as the current user (bugzil.la/1559210), in the task
+        directory, with the worker's environment (Go's nil ``Env``) less the worker's Taskcluster
+        credentials, its output going to the worker's stdout.  A failure is the worker's, not the task's:
+        generic-worker panics; here the run is resolved exception/internal-error naming the script.
+        """
+        run = self.task_run
+        env = {k: v for k, v in os.environ.items() if k not in _WORKER_CREDENTIAL_ENV}
+        groups = await asyncio.to_thread(user.supplementary_gids)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                script,
+                cwd=run.task_dir,
+                env=env,
+                user=user.uid,
+                group=user.gid,
+                extra_groups=groups,
+                stdin=asyncio.subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise InternalError(
+                f"runAfterUserCreation: could not run {script!r} as task user {user.name}: {exc.strerror or exc}"
+            ) from None
+        try:
+            code = await proc.wait()
+        finally:
+            if proc.returncode is None:  # the run was aborted meanwhile: nothing of it may outlive the run
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, 9)
+                await proc.wait()
+        if code != 0:
+            raise InternalError(f"runAfterUserCreation: {script!r} exited with code {code} as task user {user.name}")
 
     async def proxy_placement(self) -> ProxyPlacement:
         """As the insecure engine's, and only the task user's processes may connect (H2's access control)."""
