@@ -1,4 +1,5 @@
-"""Multiuser ``runAfterUserCreation``: run as generic-worker's ``PostRebootSetup`` runs it, as root.
+"""Multiuser ``runAfterUserCreation`` (run as generic-worker's ``PostRebootSetup`` runs it), and the
+``runTaskAsCurrentUser`` scope held through a role.  As root.
 
 ``[script]`` as the new task user, in the task directory, with the worker's environment (less its
 Taskcluster credentials), after the user exists and before the task's first command; a failing script
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import taskcluster.aio
 
 from megalodon_core.testing import Harness
 
@@ -83,3 +85,17 @@ async def test_a_failing_script_fails_the_run_before_any_command(harness: Harnes
     missing = await harness.run({"command": [["true"]], "maxRunTime": 60}, **mu(base, str(base / "no-such-script")))
     assert (missing.state, missing.reason) == ("exception", "internal-error"), missing.log
     assert "runAfterUserCreation: could not run" in missing.log
+
+
+async def test_run_task_as_current_user_scope_through_a_role(harness: Harness, base: Path) -> None:
+    """The feature's scope held through ``assume:`` is expanded, as generic-worker's Satisfies does."""
+    auth = taskcluster.aio.Auth({"rootUrl": harness.double.root_url, "credentials": harness.double.root_credentials})
+    await auth.createRole(
+        "project:admin/*", {"description": "", "scopes": ["generic-worker:run-task-as-current-user:*"]}
+    )
+    payload = {"command": [["/bin/sh", "-c", "echo WHO=$(id -un)"]], "maxRunTime": 30}
+    payload["features"] = {"runTaskAsCurrentUser": True}
+    config = {k: v for k, v in mu(base, "").items() if k != "runAfterUserCreation"}
+    out = await harness.run(payload, task={"scopes": ["assume:project:admin/ops"]}, **config)
+    assert out.state == "completed", out.log
+    assert "WHO=root" in out.log

@@ -38,7 +38,7 @@ from megalodon_core.contracts import ArtifactEntry, Artifacts, ExecutorInitError
 from megalodon_core.errors import Failure, InternalError, MalformedPayload
 from megalodon_core.rundata import ProxyPlacement
 from megalodon_core.rundata import TaskUser as TaskUserData
-from megalodon_core.scopes import describe, satisfies
+from megalodon_core.scopes import ScopeCheck, describe
 from megalodon_core.task import TaskRun
 
 from .artifacts import NativeArtifacts
@@ -210,7 +210,6 @@ class MultiuserRun(NativeRun):
         return payload
 
     def _check_run_as_current_user(self) -> None:
-        run = self.task_run
         config = self.worker.config
         if config.capacity > 1:
             raise MalformedPayload(
@@ -222,8 +221,12 @@ class MultiuserRun(NativeRun):
                 'this task is attempting to use feature "runTaskAsCurrentUser", but it\'s not enabled on this '
                 f"worker pool ({config.task_queue_id})"
             )
-        required = [[f"generic-worker:run-task-as-current-user:{config.task_queue_id}"]]
-        if not satisfies(run.scopes, required):
+
+    async def _check_run_as_current_user_scopes(self) -> None:
+        """The feature's scope, literal first and then with roles expanded (generic-worker's Satisfies)."""
+        run = self.task_run
+        required = [[f"generic-worker:run-task-as-current-user:{self.worker.config.task_queue_id}"]]
+        if not await ScopeCheck(run.scopes, self.worker.expand_scopes).satisfies(required):
             raise MalformedPayload(
                 f'Feature "runTaskAsCurrentUser" requires scopes:\n\n{describe(required)}\n\nbut task only has '
                 "scopes:\n\n" + "\n".join(f"  {s}" for s in run.scopes) + "\n\nYou probably should add "
@@ -244,6 +247,8 @@ class MultiuserRun(NativeRun):
     # -- preparing ----------------------------------------------------------------------------------------
     async def prepare(self) -> None:
         run = self.task_run
+        if self.payload.features.run_task_as_current_user:
+            await self._check_run_as_current_user_scopes()
         try:
             user = await create_user(run.task_dir)
         except UserError as exc:
