@@ -9,10 +9,12 @@ published artifact links to) and docker-worker's ``docker-exec-websocket-server`
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +22,7 @@ import docker
 import pytest
 
 from megalodon_core.config import parse_config
+from megalodon_core.double import TaskclusterDouble
 from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness, Outcome
 from megalodon_core.worker import Worker
@@ -30,11 +33,18 @@ BUSYBOX = "megalodon-test/busybox:latest"
 ARTIFACT = "private/docker-worker/shell.html"
 PAYLOAD: dict[str, Any] = {
     "image": BUSYBOX,
-    "command": ["sh", "-c", "while [ ! -e /tmp/finish ]; do sleep 0.1; done; echo task-saw-finish"],
+    "command": ["sh", "-c", "while [ ! -e /tmp/finish ]; do sleep 0.1; done; echo task-saw-finish; touch /tmp/done"],
     "maxRunTime": 120,
     "features": {"interactive": True},
 }
-CONFIG: dict[str, Any] = {"executor": "docker", "requiredDiskSpaceMegabytes": 0, "interactivePort": 0}
+#: No keep-alive beyond the open sessions (docker-worker's 180 s / 900 s would make every test minutes long).
+NO_LINGER = {"interactiveMinTimeSeconds": 0, "interactiveExpirationAfterSessionSeconds": 0}
+CONFIG: dict[str, Any] = {
+    "executor": "docker",
+    "requiredDiskSpaceMegabytes": 0,
+    "interactivePort": 0,
+    "dockerConfig": NO_LINGER,
+}
 
 
 async def wait_for_artifact(harness: Harness, task_id: str) -> dict[str, Any]:
@@ -174,8 +184,11 @@ async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
                 await shell.resize(41, 132)
                 await shell.type("echo S=$(stty size)\r")
                 await shell.expect(r"S=41 132\b")
-                await shell.type("touch /tmp/finish\r")
-                await shell.closed()
+                # docker-worker's keep-alive: the command ends, the open session keeps the container up.
+                await shell.type("touch /tmp/finish; until [ -e /tmp/done ]; do sleep 0.1; done; echo C=$((4+4))\r")
+                await shell.expect(r"C=8")
+                got["running_after_command"] = harness.double.task_state(task_id)["runs"][0]["state"]
+            # The last session closed: the container may end now (no linger configured).
             await resolved(harness, task_id)
             got["after"] = await refused_status(session, url)
 
@@ -192,29 +205,69 @@ async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
     assert got["task_id"] == out.task_id
     assert len(got["hostname"]) == 12, "the shell ran on the host, not in the container"  # a container id
     assert got["after"] == 401
+    assert got["running_after_command"] == "running"
 
 
-async def test_docker_session_is_closed_when_the_task_ends_on_its_own(
-    harness: Harness, docker_client: docker.DockerClient
+async def test_container_outlives_its_command_until_the_task_is_cancelled(
+    tmp_path: Path, docker_client: docker.DockerClient
 ) -> None:
-    """The task's command finishing (not the shell) ends the session: the websocket closes, the secret is
-    retired, the container is gone."""
+    """docker-worker's ``minTime``: a shell can be opened after the command ended (exit 3); cancelling the
+    task then ends the session (websocket closed) with the run."""
     got: dict[str, Any] = {}
-    payload = {**PAYLOAD, "command": ["sh", "-c", "while [ ! -e /tmp/go ]; do sleep 0.1; done; sleep 1"]}
+    payload = {**PAYLOAD, "command": ["sh", "-c", "echo started; touch /tmp/done; exit 3"]}
+    linger = {"interactiveMinTimeSeconds": 600, "interactiveExpirationAfterSessionSeconds": 0}
+    async with (
+        TaskclusterDouble(claim_timeout=2.0, claim_work_wait=1.0, resolver_interval=0.2) as double,
+        aiohttp.ClientSession() as client,
+    ):
+        harness = Harness(double, tmp_path, client)
+
+        async def during(task_id: str) -> None:
+            meta = await wait_for_artifact(harness, task_id)
+            url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
+            async with client.ws_connect(url) as ws:
+                shell = Session(ws)
+                await shell.type("until [ -e /tmp/done ]; do sleep 0.1; done; sleep 1; echo G=$((2+3))\r")
+                await shell.expect(r"G=5")
+                got["state"] = double.task_state(task_id)["runs"][0]["state"]
+                double.cancel_task(task_id)
+                await shell.closed()
+
+        out = await harness.run(payload, during=during, **{**CONFIG, "dockerConfig": linger})
+    assert got["state"] == "running"
+    run = out.status["runs"][0]
+    assert (run["state"], run["reasonResolved"]) == ("exception", "canceled")
+
+
+async def test_the_wrapped_command_keeps_its_exit_code(harness: Harness) -> None:
+    """Under the keep-alive wrapper the task still fails with its command's exit code and output."""
+    failing = {**PAYLOAD, "command": ["sh", "-c", "echo about-to-fail; exit 3"]}
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_artifact(harness, task_id)
-        url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
-        async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(url) as ws:
-                shell = Session(ws)
-                await shell.type("touch /tmp/go; echo G=$((2+3))\r")
-                await shell.expect(r"G=5")
-                # The shell stays idle: only the task ending can close this session.
-                await shell.closed()
-            await resolved(harness, task_id)
-            got["after"] = await refused_status(session, url)
+        await wait_for_artifact(harness, task_id)
 
-    out = await run_task(harness, payload, during)
+    out = await run_task(harness, failing, during)
+    assert out.state == "failed", out.log
+    assert "about-to-fail" in out.log and "exit code: 3" in out.log
+
+
+async def test_a_payload_without_command_runs_the_image_cmd_under_the_wrapper(
+    harness: Harness, docker_client: docker.DockerClient, tmp_path: Path
+) -> None:
+    """Setting the wrapper as entrypoint drops the image's CMD at create: the executor passes it on."""
+    context = tmp_path / "image"
+    context.mkdir()
+    (context / "Dockerfile").write_text(f'FROM {BUSYBOX}\nCMD ["sh", "-c", "echo from-the-image-cmd"]\n')
+    tag = f"megalodon-test/interactive-cmd:{os.getpid()}"
+    await asyncio.to_thread(docker_client.images.build, path=str(context), tag=tag, rm=True)
+    try:
+        payload = {key: value for key, value in PAYLOAD.items() if key != "command"} | {"image": tag}
+
+        async def during(task_id: str) -> None:
+            await wait_for_artifact(harness, task_id)
+
+        out = await run_task(harness, payload, during)
+    finally:
+        await asyncio.to_thread(docker_client.images.remove, tag, force=True)
     assert out.state == "completed", out.log
-    assert got["after"] == 401
+    assert "from-the-image-cmd" in out.log

@@ -49,7 +49,7 @@ from .caches import CacheInstance, CachePool, PurgePoller, delete_tree
 from .images import ImageError, ImageManager, ImageOptions, resolution_error
 from .payload import DockerPayload, PayloadError, validate_payload
 from .settings import DockerConfig
-from .shell import DockerShellLauncher
+from .shell import KEEP_ALIVE_MOUNT, DockerShellLauncher, KeepAlive, keep_alive_entrypoint
 
 log = logging.getLogger(__name__)
 
@@ -324,6 +324,8 @@ class DockerRun(ExecutorRun[Any]):
         self.network_name: str | None = None
         self.extra_hosts: dict[str, str] = {}
         self.caches: list[CacheInstance] = []
+        #: docker-worker's interactive keep-alive (``features.interactive``), set in prepare.
+        self.keep_alive: KeepAlive | None = None
         #: The task's scopes with roles expanded (docker-worker checks capabilities and caches against those).
         self.expanded_scopes: list[str] = list(task_run.scopes)
 
@@ -436,7 +438,17 @@ class DockerRun(ExecutorRun[Any]):
         run.data.image = ImageIdentity(image.name, image.image_id, image.artifact_hash or None)
         # Interactive shells are ``docker exec`` sessions: they join the container once ``run`` started it.
         self.container_started: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        run.data.interactive = DockerShellLauncher(self.executor.stream_api, self.executor.call, self.container_started)
+        if self.payload.effective_features.interactive:
+            settings = self.executor.settings
+            self.keep_alive = KeepAlive(
+                self.work / "interactive",
+                settings.interactiveMinTimeSeconds,
+                settings.interactiveExpirationAfterSessionSeconds,
+            )
+            await asyncio.to_thread(self.keep_alive.create)
+        run.data.interactive = DockerShellLauncher(
+            self.executor.stream_api, self.executor.call, self.container_started, self.keep_alive
+        )
 
     async def _create_network(self) -> None:
         """A bridge network of the task's own, whose gateway (an address of this host) the taskcluster
@@ -590,11 +602,20 @@ class DockerRun(ExecutorRun[Any]):
         api = self.executor.client.api
         command = list(self.payload.command) or None
         env = [f"{k}={v}" for k, v in self.environment().items()]
+        entrypoint = None
+        if self.keep_alive is not None:
+            # docker-worker's interactive wrapper around the image's entrypoint; an entrypoint set at create
+            # drops the image's CMD, so a payload without command gets it explicitly.
+            host["binds"].append(f"{self.keep_alive.directory}:{KEEP_ALIVE_MOUNT}:ro")
+            image_config = (await self.executor.call(api.inspect_image, self.image)).get("Config") or {}
+            entrypoint = keep_alive_entrypoint(image_config.get("Entrypoint"))
+            command = command or list(image_config.get("Cmd") or [])
         try:
             created = await self.executor.call(
                 api.create_container,
                 image=self.image,
                 command=command,
+                entrypoint=entrypoint,
                 environment=env,
                 tty=True,
                 stdin_open=False,
@@ -620,6 +641,8 @@ class DockerRun(ExecutorRun[Any]):
                 await self.executor.call(stream.close)
                 raise Failure(f"Failure to properly start execution environment.\n{exc.explanation or exc}") from None
             self.container_started.set_result(container_id)
+            if self.keep_alive is not None:
+                self.keep_alive.started()
             exit_code = await self._stream_and_wait(container_id, stream)
         finally:
             if run.aborted.is_set():
@@ -719,6 +742,8 @@ class DockerRun(ExecutorRun[Any]):
     async def cleanup(self) -> None:
         """Remove the container, give caches back (purging on request), drop the work dir and image hold."""
         run = self.task_run
+        if self.keep_alive is not None:
+            self.keep_alive.close()
         if self.container_id is not None and not await self.executor.remove_container(self.container_id):
             self.executor.leftovers.add(self.container_id)
         if self.network_id is not None:

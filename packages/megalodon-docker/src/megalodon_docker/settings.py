@@ -44,6 +44,11 @@ class DockerConfig(BaseModel):
     shmSize: int = Field(default=1_800_000_000, ge=0)
     #: Unused images are removed this long after their last use (docker-worker: 2 h).
     imageExpirationSeconds: int = Field(default=7200, ge=0)
+    #: docker-worker's ``interactive.minTime`` and ``interactive.expirationAfterSession``: a task requesting
+    #: ``features.interactive`` keeps its container (and the run) alive at least this long after it started,
+    #: and this long after its last shell session closed, even when its command has ended.
+    interactiveMinTimeSeconds: float = Field(default=180.0, ge=0)
+    interactiveExpirationAfterSessionSeconds: float = Field(default=900.0, ge=0)
     #: Docker-API endpoint the executor talks to, e.g. ``unix:///run/podman/podman.sock`` for podman's
     #: Docker-compatible service (default: the docker SDK's from-environment one: ``DOCKER_HOST``, else
     #: ``unix:///var/run/docker.sock``).
