@@ -13,6 +13,14 @@ thread).  The only bytes kept in memory are a tail of the most recent log bytes,
 through a 1 MiB user-space buffer and bytes still in that buffer are not in the file yet; the tail always holds
 at least :data:`TAIL_KEEP` bytes (more than the buffer), so every byte is either on disk or in the tail.
 
+File descriptors: while its task runs, a stream holds one descriptor of the backing log (opened right after
+the executor's ``prepare``, so it is the file the worker writes whatever the task later does to the names);
+each reader reads through a duplicate of it.  Once the log is closed the stream holds none: a finished
+stream kept for late readers reopens the file on request, and serves it only if it is still the very same
+file (device and inode); when it is gone (``cleanUpTaskDirs``) the reader is redirected to the backing log
+artifact, as the live log artifact itself now is.  So a busy worker holds descriptors for its running tasks
+and connected readers only, never for the finished tasks of the last minute.
+
 Best effort, like generic-worker: a server that cannot start, or a reference artifact that cannot be created,
 only costs a warning in the task log; the task runs on.
 """
@@ -27,7 +35,9 @@ import logging
 import os
 import secrets
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -98,9 +108,25 @@ class LiveStream:
     is then complete, the tail is dropped, and readers that catch up get EOF.
     """
 
-    def __init__(self, secret: str, fd: int, start: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        secret: str,
+        fd: int,
+        start: int,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        path: Path | None = None,
+        artifact_url: str | None = None,
+    ) -> None:
+        """``fd``: the backing log, open for reading.  With ``path``, :meth:`finish` releases ``fd`` and
+        late readers reopen ``path`` (the same file only); ``artifact_url`` is where a reader is sent when
+        the file is gone.  Without ``path`` the descriptor is kept until :meth:`close`."""
         self.secret = secret
         self._fd: int | None = fd
+        self.path = path
+        self.artifact_url = artifact_url
+        st = os.fstat(fd)
+        self._identity = (st.st_dev, st.st_ino)
         self._loop = loop
         self._lock = threading.Lock()
         self._tail = bytearray()
@@ -133,26 +159,68 @@ class LiveStream:
         changed.set()
 
     def finish(self, end: int | None = None) -> None:
-        """The log is closed: everything is in the file now; readers get the rest, then EOF."""
+        """The log is closed: everything is in the file now; readers get the rest, then EOF.
+
+        A stream that knows its path releases its descriptor here (readers hold their own duplicates)."""
         with self._lock:
             self.finished = True
             if end is not None:
                 self.end = max(self.end, end)
             self._tail = bytearray()
             self._tail_start = self.end
+        if self.path is not None:
+            self._release()
         self._notify()
 
     def close(self) -> None:
         """Release the file (readers still running get EOF at their next read)."""
         self.finish()
+        self._release()
+
+    def _release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
 
+    @property
+    def holds_fd(self) -> bool:
+        """Whether the stream itself holds a descriptor of the log (readers' own are not counted)."""
+        return self._fd is not None
+
+    def open_reader(self) -> int | None:
+        """A descriptor of the log for one reader, closed by the caller; None when the file is gone.
+
+        While the stream holds its descriptor, a duplicate of it (no path lookup: the file the worker
+        writes, whatever the task did to the names).  Afterwards the path is reopened without following a
+        final symlink, and accepted only if it is the same file (device and inode) — never another file put
+        in its place.  Blocking (it may touch the disk): call it in a thread.
+        """
+        fd = self._fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                return os.dup(fd)
+        if self.path is None:
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        if (st.st_dev, st.st_ino) != self._identity:
+            os.close(fd)
+            return None
+        return fd
+
     # -- reader side -------------------------------------------------------------------------------------
-    async def read(self, pos: int, size: int = CHUNK) -> bytes:
-        """Up to ``size`` bytes at ``pos``, waiting for them while the log is open; ``b""`` means EOF."""
+    async def read(self, pos: int, size: int = CHUNK, *, fd: int | None = None) -> bytes:
+        """Up to ``size`` bytes at ``pos``, waiting for them while the log is open; ``b""`` means EOF.
+
+        ``fd``: the reader's own descriptor (:meth:`open_reader`); by default the stream's."""
         while True:
             changed = self._changed
             with self._lock:
@@ -161,7 +229,8 @@ class LiveStream:
                     offset = pos - self._tail_start
                     return bytes(self._tail[offset : offset + size])
                 tail_start = self._tail_start
-            fd = self._fd
+            if fd is None:
+                fd = self._fd
             if pos < end and fd is not None:
                 want = min(size, tail_start - pos)
                 try:
@@ -250,13 +319,20 @@ class LiveLogServer:
                 text="No live log here: the task has finished (read its log artifact) or the URL is wrong.\n",
                 headers=self._cors({}),
             )
+        fd = await asyncio.to_thread(stream.open_reader)
+        if fd is None and stream.finished:
+            if stream.artifact_url is None:
+                return web.Response(status=404, text="The task has finished: read its log artifact.\n")
+            # The task directory is gone: the backing log artifact has the whole log (the live log
+            # artifact is a link to it by now).
+            raise web.HTTPSeeOther(stream.artifact_url, headers=self._cors({}))
         response = web.StreamResponse(headers=self._cors({"Content-Type": LOG_CONTENT_TYPE}))
         response.enable_chunked_encoding()
         stream.readers += 1
         try:
             await response.prepare(request)
             pos = 0
-            while data := await stream.read(pos):
+            while data := await stream.read(pos, fd=fd):
                 await response.write(data)
                 pos += len(data)
             await response.write_eof()
@@ -264,6 +340,8 @@ class LiveLogServer:
             pass  # the reader went away: nothing to tell anyone
         finally:
             stream.readers -= 1
+            if fd is not None:
+                os.close(fd)
         return response
 
 
@@ -352,6 +430,15 @@ class LiveLogTask(TaskFeature):
         # The queue refuses artifacts outliving their task, and the link replacing it must not expire earlier.
         return min(expiry, run.expires)
 
+    def _backing_url(self) -> str | None:
+        """The queue's URL of the backing log artifact, where late readers go once the file is gone."""
+        run = self.run
+        backing = run.data.logs.backing
+        if not backing:
+            return None
+        root = str(run.worker.config.rootURL).rstrip("/")
+        return f"{root}/api/queue/v1/task/{run.task_id}/runs/{run.run_id}/artifacts/{quote(backing, safe='/')}"
+
     async def start(self) -> None:
         run = self.run
         name = live_log_name(run)
@@ -367,7 +454,14 @@ class LiveLogTask(TaskFeature):
         except OSError as exc:
             run.log.warn(f"Could not start live log: cannot read the task log: {exc}")
             return
-        stream = LiveStream(secrets.token_urlsafe(32), fd, run.log.bytes_written, asyncio.get_running_loop())
+        stream = LiveStream(
+            secrets.token_urlsafe(32),
+            fd,
+            run.log.bytes_written,
+            asyncio.get_running_loop(),
+            path=run.log.path,
+            artifact_url=self._backing_url(),
+        )
         self.stream = stream
         self.feature.server.register(stream)
         run.log.add_sink(stream.append)
