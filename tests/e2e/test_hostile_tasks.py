@@ -269,7 +269,13 @@ HOG = "python3 -c \"b = bytearray(512 << 20); b[::4096] = b'x' * len(b[::4096]);
 
 
 @needs_cgroups
-async def test_memory_limit_fails_the_task_and_the_worker_runs_the_next(harness: Harness) -> None:
+@pytest.mark.parametrize("engine", ["insecure", "multiuser"])
+async def test_memory_limit_fails_the_task_and_the_worker_runs_the_next(
+    harness: Harness, shared: dict[str, Path], engine: str
+) -> None:
+    if engine == "multiuser" and not ROOT:
+        pytest.skip("the multiuser engine creates OS users: needs root")
+    engine_config = mu(shared) if engine == "multiuser" else {}
     worker_type = harness.worker_type()
     hog = await harness.create({"command": [sh(HOG)], "maxRunTime": 60}, worker_type)
     nice = await harness.create({"command": [["echo", "next one ran"]], "maxRunTime": 60}, worker_type)
@@ -278,7 +284,7 @@ async def test_memory_limit_fails_the_task_and_the_worker_runs_the_next(harness:
     from megalodon_core.worker import Worker
 
     host = PluginHost()
-    config = harness.config(worker_type, numberOfTasksToRun=2, taskMemoryLimitMegabytes=64)
+    config = harness.config(worker_type, numberOfTasksToRun=2, taskMemoryLimitMegabytes=64, **engine_config)
     worker = Worker(parse_config(config, host.config_fields()), host)
     assert await asyncio.wait_for(worker.run(), 120) == 0
     first = await harness.outcome(hog, 0)
