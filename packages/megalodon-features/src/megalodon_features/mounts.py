@@ -32,8 +32,8 @@ Deliberate differences from generic-worker, each for a reason given where it is 
 - a cached download whose bytes no longer match the SHA-256 recorded when it was downloaded is deleted and
   fetched again even when the task gives no ``sha256`` (generic-worker only warns);
 - inline content is shown on one line in log messages (newlines escaped, cut after 64 characters);
-- disk-space garbage collection (generic-worker's ``requiredDiskSpaceMegabytes`` eviction) and the
-  purge-cache service are not implemented here; pools keep at most ``capacity`` idle directories per name.
+- pools keep at most ``capacity`` idle directories per name.  The purge-cache service is not polled for
+  these caches: generic-worker does not poll it either (docker-worker does, see ``megalodon_docker.caches``).
 """
 
 from __future__ import annotations
