@@ -161,3 +161,24 @@ def test_render_without_server_and_ignores_nonpositive_bytes() -> None:
     body, content_type = m.render()
     assert content_type.startswith("text/plain")
     assert _samples(body.decode())[("megalodon_bytes_uploaded_total", ())] == 0
+
+
+def test_metrics_plugin_records_from_the_lifecycle_hooks() -> None:
+    from megalodon_core.metrics import MetricsPlugin
+    from megalodon_core.plugins import PluginHost
+
+    metrics = Metrics(version="9")
+    host = PluginHost(load_entry_points=False)
+    host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
+    host.task_claimed(task_id="t", run_id=0, task={})
+    host.running_changed(running=2)
+    host.queue_call(method="claimWork", seconds=0.2)
+    host.reclaim_failed(task_id="t", run_id=0)
+    host.task_resolved(task_id="t", run_id=0, state="exception", reason="canceled", duration=4.0)
+    body = metrics.render()[0].decode()
+    assert "megalodon_tasks_claimed_total 1.0" in body
+    assert "megalodon_tasks_running 2.0" in body
+    assert 'megalodon_queue_call_seconds_count{method="claimWork"} 1.0' in body
+    assert "megalodon_reclaim_failures_total 1.0" in body
+    assert 'megalodon_tasks_resolved_total{reason="canceled",state="exception"} 1.0' in body
+    assert "megalodon_task_duration_seconds_sum 4.0" in body

@@ -141,3 +141,99 @@ def test_plugin_can_add_a_cli_command(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "hello there"
+
+
+def test_plugin_whose_registration_hook_raises_is_listed_broken_and_the_rest_works(tmp_path: Path) -> None:
+    src = (
+        "from megalodon_core import hookimpl\n"
+        "@hookimpl\n"
+        "def megalodon_register_features():\n"
+        "    raise RuntimeError('registration exploded')\n"
+    )
+    _fake_distribution(tmp_path, "raising-plugin", src, "raising_plugin_hooks")
+    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    broken = records["raising-plugin"]
+    assert broken["status"] == "failed"
+    assert broken["error"] == "RuntimeError: registration exploded"
+    assert records["megalodon-native"]["status"] == "loaded"
+    assert records["megalodon-native"]["executors"] == ["native"]
+    # The table form keeps working too.
+    proc = subprocess.run(
+        [sys.executable, "-m", "megalodon_core", "list-plugins"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "300"},
+        check=True,
+    )
+    assert "registration exploded" in proc.stdout
+
+
+def test_registration_hook_returning_a_non_record_is_broken_not_a_crash(tmp_path: Path) -> None:
+    src = (
+        "from megalodon_core import hookimpl\n"
+        "@hookimpl\n"
+        "def megalodon_register_executors():\n"
+        "    return ['not-a-record']\n"
+    )
+    _fake_distribution(tmp_path, "wrong-type-plugin", src, "wrong_type_hooks")
+    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    assert records["wrong-type-plugin"]["status"] == "failed"
+    assert "not a ExecutorInfo" in records["wrong-type-plugin"]["error"]
+
+
+def _executor(name: str) -> ExecutorInfo:
+    return ExecutorInfo(name=name, factory=lambda w: None, summary=name, payload_schema=dict, accepts=lambda p: True)  # type: ignore[arg-type,return-value]
+
+
+class _Early:
+    @megalodon_core.hookimpl(tryfirst=True)
+    def megalodon_register_executors(self) -> list[ExecutorInfo]:
+        return [_executor("early")]
+
+
+class _Late:
+    @megalodon_core.hookimpl
+    def megalodon_register_executors(self) -> list[ExecutorInfo]:
+        return [_executor("late")]
+
+
+class _Last:
+    @megalodon_core.hookimpl(trylast=True)
+    def megalodon_register_executors(self) -> list[ExecutorInfo]:
+        return [_executor("last")]
+
+
+def test_hooks_are_called_through_pluggy_so_order_markers_count() -> None:
+    # Registered early, late, last: pluggy calls tryfirst first, then last-registered first, trylast last.
+    host = PluginHost(load_entry_points=False, plugins=[_Last(), _Early(), _Late()])
+    assert list(host.executors) == ["early", "late", "last"]
+    assert host.executor_for_payload({}) is host.executors["early"]
+
+
+class _Observer:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, Any]] = []
+
+    @megalodon_core.hookimpl
+    def megalodon_running_changed(self, running: int) -> None:
+        self.seen.append(("running", running))
+
+    @megalodon_core.hookimpl
+    def megalodon_task_resolved(self, state: str, reason: str, duration: float | None) -> None:
+        self.seen.append(("resolved", (state, reason, duration)))
+
+
+class _RaisingObserver:
+    @megalodon_core.hookimpl
+    def megalodon_running_changed(self, running: int) -> None:
+        raise RuntimeError("observer bug")
+
+
+def test_lifecycle_hooks_reach_plugins_and_a_raising_observer_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    observer = _Observer()
+    # The raising one is registered first, so pluggy calls it last: the other still sees the call.
+    host = PluginHost(load_entry_points=False, plugins=[_RaisingObserver(), observer])
+    host.running_changed(running=3)
+    host.task_resolved(task_id="t", run_id=0, state="failed", reason="failed", duration=1.5)
+    assert observer.seen == [("running", 3), ("resolved", ("failed", "failed", 1.5))]
+    assert "megalodon_running_changed raised" in caplog.text

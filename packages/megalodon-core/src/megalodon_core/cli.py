@@ -237,26 +237,23 @@ async def _serve_worker(
 ) -> int:
     """The worker with its worker-runner link, log routing and metrics endpoint around it."""
     from . import __version__
-    from .metrics import Metrics, serve
+    from .metrics import Metrics, MetricsPlugin, serve
     from .worker import EXIT_INVALID_CONFIG, Worker
-    from .workerrunner import HandshakeTimeout, ProtocolClosed, RunnerLogHandler, WorkerRunnerError, connect
+    from .workerrunner import HandshakeTimeout, ProtocolClosed, RunnerLogRouting, WorkerRunnerError, connect
 
     try:
         proto = await connect(with_worker_runner=with_worker_runner, protocol_pipe=protocol_pipe)
     except WorkerRunnerError as exc:
         err_console.print(f"cannot connect to worker-runner: {exc}", markup=False)
         return EXIT_CANT_CONNECT_PROTOCOL_PIPE
-    root = logging.getLogger()
     if with_worker_runner:
-        # The worker's own log goes to worker-runner when it can take it, else to stderr as before.
-        handler = RunnerLogHandler(proto)
-        previous = root.handlers[0].formatter if root.handlers else None
-        handler.setFormatter(previous or logging.Formatter("%(asctime)sZ %(levelname)s %(name)s: %(message)s"))
-        for old in list(root.handlers):
-            root.removeHandler(old)
-        root.addHandler(handler)
+        # Core's internal plugin: the worker's own log goes to worker-runner when it can take it, else to
+        # stderr as before.
+        log_routing = RunnerLogRouting(proto, default_format="%(asctime)sZ %(levelname)s %(name)s: %(message)s")
+        host.register(log_routing, name="megalodon-core.worker-runner-log")
     metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
-    worker = Worker(cfg, host, runner=proto if with_worker_runner else None, metrics=metrics)
+    host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
+    worker = Worker(cfg, host, runner=proto if with_worker_runner else None)
     proto.on("graceful-termination", lambda m: worker.stop(finish_tasks=bool(m.get("finish-tasks"))))
     proto.on(
         "new-credentials",

@@ -7,9 +7,22 @@ imported only inside the factories those hooks return, so ``megalodon --version`
 cheap and a broken optional dependency only breaks the plugin that needs it.
 
 Hook implementations must not give arguments default values (pluggy would then never pass the caller's
-value) and are always called with keyword arguments.  Hooks documented as "collected" return a list per
-plugin; the host flattens them, last-registered plugin first (pluggy's LIFO order).  Every hook here is
-documented; ``tests/core/test_hookspec_docs.py`` fails when one is not.
+value) and are always called with keyword arguments.  Every hook is called through pluggy, so the call
+order is pluggy's: ``tryfirst`` impls first, then the last-registered plugin first, ``trylast`` impls last.
+Entry-point plugins are registered in the order of their entry-point names, then in-process plugins.
+Hooks documented as "collected" return a list per plugin; the host flattens them in that call order.
+
+Registration hooks (``megalodon_register_*``, ``megalodon_config_fields``, ``megalodon_cli_commands``) are
+also tried on each plugin alone when it loads: a plugin whose registration hook raises or returns something
+else than a list of records is unregistered and listed as broken with its error (``list-plugins``), like a
+plugin that fails to import, and the other plugins work.  They must therefore be cheap and side-effect free.
+
+Lifecycle hooks (``megalodon_task_*``, ``megalodon_running_changed``, ``megalodon_queue_call``,
+``megalodon_reclaim_failed``, ``megalodon_worker_*``) observe the worker; results are ignored.  An exception
+in one is logged and does not affect the run, but pluggy then skips the impls it would have called after
+it in that call, so core's own internal plugins (Prometheus metrics, worker-runner log routing) implement
+them ``tryfirst``.  Every hook here is documented; ``tests/core/test_plugins.py`` fails when one, or one of
+its parameters, is not.
 """
 
 from __future__ import annotations
@@ -20,6 +33,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from .contracts import CommandInfo, ExecutorInfo, FeatureInfo
+    from .task import TaskRun
 
 hookspec = pluggy.HookspecMarker("megalodon")
 
@@ -31,10 +45,20 @@ class MegalodonSpec:
     def megalodon_register_executors(self) -> list[ExecutorInfo]:
         """Register task executors.
 
-        Called once when the plugin host loads.  Collected: each plugin returns a list of
+        Called when the plugin host loads.  Collected: each plugin returns a list of
         :class:`~megalodon_core.contracts.ExecutorInfo`; names must be unique across all plugins (a
         duplicate makes loading fail loudly).  The ``factory`` of each record is called once per worker
         with the :class:`~megalodon_core.worker_context.WorkerContext`.
+
+        **Which executor runs a payload.**  With config ``executor`` naming an executor, that one runs every
+        payload.  With ``executor: auto`` (the default), the executors whose ``accepts(payload)`` is true
+        are candidates and the first in this hook's call order wins — the documented priority: ``tryfirst``
+        impls, then the last-registered plugin, ``trylast`` impls last.  megalodon's own executors
+        (``native``, ``docker``) register ``trylast``, so a third-party executor that accepts a payload
+        always gets it.  An executor without ``accepts`` is chosen only by name.  When no running executor
+        accepts a payload, the task resolves malformed-payload with a log line saying so and, for a
+        generic-worker or docker-worker payload, naming the distribution that runs it (``megalodon-native``,
+        ``megalodon-docker``); ``megalodon validate-payload`` says the same.
 
         :return: the executors this plugin provides (may be empty).
         """
@@ -97,15 +121,70 @@ class MegalodonSpec:
         """
 
     @hookspec
-    def megalodon_task_resolved(self, task_id: str, run_id: int, state: str, reason: str) -> None:
+    def megalodon_task_resolved(
+        self, task_id: str, run_id: int, state: str, reason: str, duration: float | None, run: TaskRun | None
+    ) -> None:
         """Observe the resolution the worker reported for a run.
 
-        Called after the report call (whether it succeeded or not).  For a run cancelled by the queue,
-        ``state`` is ``exception`` and ``reason`` ``canceled`` and nothing was reported.  Results are
-        ignored; an exception is logged.
+        Called once per claim, after the report call (whether it succeeded or not).  For a run cancelled by
+        the queue, ``state`` is ``exception`` and ``reason`` ``canceled`` and nothing was reported.  Results
+        are ignored; an exception is logged.  An impl may declare only the parameters it uses.
 
         :param task_id: the task's id.
         :param run_id: the run.
         :param state: ``completed``, ``failed`` or ``exception``.
         :param reason: ``completed``, ``failed`` or the exception reason.
+        :param duration: seconds from the claim to the resolution (None when unknown).
+        :param run: the finished :class:`~megalodon_core.task.TaskRun` (uploaded artifacts, errors), or None
+            when the worker resolved a run it did not execute.  Read it; do not keep it.
+        """
+
+    @hookspec
+    def megalodon_running_changed(self, running: int) -> None:
+        """Observe the number of runs this worker holds, each time it changes (claim or resolution).
+
+        Results are ignored; an exception is logged.
+
+        :param running: runs claimed and not yet finished.
+        """
+
+    @hookspec
+    def megalodon_queue_call(self, method: str, seconds: float) -> None:
+        """Observe one call of the worker to the queue (``claimWork``, ``reportCompleted``...), failed ones too.
+
+        Results are ignored; an exception is logged.
+
+        :param method: the queue API method name.
+        :param seconds: wall time of the call, retries included.
+        """
+
+    @hookspec
+    def megalodon_reclaim_failed(self, task_id: str, run_id: int) -> None:
+        """Observe a failed ``reclaimTask`` call for a run (it is retried until the claim expires).
+
+        Results are ignored; an exception is logged.
+
+        :param task_id: the task's id.
+        :param run_id: the run.
+        """
+
+    @hookspec
+    def megalodon_worker_started(self, worker_group: str, worker_id: str) -> None:
+        """Observe the start of the worker, before executors and features initialise and before any claim.
+
+        Results are ignored; an exception is logged.
+
+        :param worker_group: the worker's ``workerGroup``.
+        :param worker_id: the worker's ``workerId``.
+        """
+
+    @hookspec
+    def megalodon_worker_stopped(self, exit_code: int) -> None:
+        """Observe the end of the worker, after running tasks finished and before the process exits.
+
+        Called once for each ``megalodon_worker_started``, however the worker ends.  Results are ignored; an
+        exception is logged.
+
+        :param exit_code: the exit code the worker is about to return (generic-worker's codes; 69 when its
+            set-up raised).
         """

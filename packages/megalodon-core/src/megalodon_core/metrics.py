@@ -17,13 +17,27 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import choose_encoder
 
-__all__ = ["QUEUE_CALL_BUCKETS", "TASK_DURATION_BUCKETS", "HealthCheck", "Metrics", "MetricsServer", "serve"]
+from . import hookimpl
+from .errors import ResourceUnavailable
+
+if TYPE_CHECKING:
+    from .task import TaskRun
+
+__all__ = [
+    "QUEUE_CALL_BUCKETS",
+    "TASK_DURATION_BUCKETS",
+    "HealthCheck",
+    "Metrics",
+    "MetricsPlugin",
+    "MetricsServer",
+    "serve",
+]
 
 log = logging.getLogger(__name__)
 
@@ -222,3 +236,40 @@ async def serve(
             break
     log.info("metrics on http://%s:%d/metrics", host, bound_port)
     return MetricsServer(runner, host, bound_port)
+
+
+class MetricsPlugin:
+    """Core's internal plugin that records :class:`Metrics` from the worker's lifecycle hooks.
+
+    Registered like any plugin (``PluginHost.register``), so the worker loop has no "is there a metrics
+    sink?" branch; ``tryfirst`` so a raising third-party observer cannot skip it.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    @hookimpl(tryfirst=True)
+    def megalodon_task_claimed(self) -> None:
+        self.metrics.task_claimed()
+
+    @hookimpl(tryfirst=True)
+    def megalodon_task_resolved(self, state: str, reason: str, duration: float | None, run: TaskRun | None) -> None:
+        self.metrics.task_resolved(state, reason, duration)
+        if run is None:
+            return
+        self.metrics.bytes_uploaded(sum(a.size for a in run.uploaded.values()))
+        for error in run.errors.errors:
+            if isinstance(error, ResourceUnavailable):
+                self.metrics.upload_error()
+
+    @hookimpl(tryfirst=True)
+    def megalodon_running_changed(self, running: int) -> None:
+        self.metrics.set_running(running)
+
+    @hookimpl(tryfirst=True)
+    def megalodon_queue_call(self, method: str, seconds: float) -> None:
+        self.metrics.observe_queue_call(method, seconds)
+
+    @hookimpl(tryfirst=True)
+    def megalodon_reclaim_failed(self) -> None:
+        self.metrics.reclaim_failed()

@@ -1,16 +1,28 @@
 """Loading plugins from the ``megalodon`` entry-point group, and a typed facade over their hooks.
 
-The rest of the code never touches ``pm.hook``: it asks :class:`PluginHost` for executors, features,
-config fields or to fire a lifecycle event.  A plugin that fails to import is recorded with its error
-(``megalodon list-plugins`` shows it) instead of breaking every command.
+Every hook is called through pluggy (``pm.hook``), so call order and ``tryfirst``/``trylast`` are pluggy's;
+the rest of the code never touches ``pm.hook``: it asks :class:`PluginHost` — one method per hook — for
+executors, features, config fields, commands, or to fire a lifecycle event.
+
+A plugin that cannot take part is listed with its error instead of breaking every command
+(``megalodon list-plugins`` shows it): one that fails to import, and one whose registration hooks raise
+or return something that is not a list of records.  Each newly loaded plugin's registration hooks are
+tried on that plugin alone (``subset_hook_caller``) before it is kept; a plugin that fails there is
+unregistered, so none of its hooks runs.
+
+Entry points are registered in the order of their names, so the hook call order — and with it the
+executor priority documented in :mod:`megalodon_core.hookspec` — does not depend on how the installer laid
+out ``site-packages``.  Plugins given in-process (tests, embedding, core's internal plugins) are
+registered after them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import importlib_metadata
 import pluggy
@@ -19,9 +31,19 @@ from . import __version__
 from .contracts import CommandInfo, ExecutorInfo, FeatureInfo
 from .hookspec import MegalodonSpec
 
+if TYPE_CHECKING:
+    from .task import TaskRun
+
 ENTRY_POINT_GROUP = "megalodon"
 #: Comma-separated entry-point names that must not be loaded (operators disabling a plugin).
 BLOCK_ENV = "MEGALODON_BLOCK_PLUGINS"
+
+#: The registration hooks: collected once at load, tried per plugin before the plugin is kept.
+_REGISTRATION_HOOKS: dict[str, type] = {
+    "megalodon_register_executors": ExecutorInfo,
+    "megalodon_register_features": FeatureInfo,
+    "megalodon_cli_commands": CommandInfo,
+}
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +54,8 @@ class PluginError(Exception):
 
 @dataclass
 class PluginRecord:
+    """One plugin as ``list-plugins`` shows it."""
+
     name: str
     distribution: str
     version: str
@@ -52,6 +76,10 @@ class PluginRecord:
         }
 
 
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 class PluginHost:
     """The plugin manager plus one method per hook."""
 
@@ -64,14 +92,13 @@ class PluginHost:
         for plugin in plugins or []:
             self.register(plugin, name=getattr(plugin, "__name__", repr(plugin)))
         self.pm.check_pending()
-        self._executors = self._collect_executors()
-        self._features = self._collect_features()
-        self._fill_records()
+        self._executors: dict[str, ExecutorInfo] = self._collect_unique("megalodon_register_executors", "executor")
+        self._features: dict[str, FeatureInfo] = self._collect_unique("megalodon_register_features", "feature")
 
     # -- loading -----------------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
         blocked = {b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()}
-        for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for ep in sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             dist = ep.dist.name if ep.dist else "?"
             version = ep.dist.version if ep.dist else "?"
             if ep.name in blocked:
@@ -79,82 +106,99 @@ class PluginHost:
                 continue
             try:
                 module = ep.load()
-                self.pm.register(module, name=ep.name)
             except Exception as exc:  # a broken plugin must not break the CLI
                 log.warning("plugin %s failed to load: %s", ep.name, exc)
-                self.records.append(PluginRecord(ep.name, dist, version, "failed", f"{type(exc).__name__}: {exc}"))
+                self.records.append(PluginRecord(ep.name, dist, version, "failed", _error_text(exc)))
                 continue
-            self.records.append(PluginRecord(ep.name, dist, version, "loaded"))
+            self._add(module, ep.name, dist, version)
 
     def register(self, plugin: object, name: str) -> None:
-        """Register an in-process plugin (tests, embedding); it is listed like an entry-point plugin."""
-        self.pm.register(plugin, name=name)
-        self.records.append(PluginRecord(name, "(in-process)", __version__, "loaded"))
+        """Register an in-process plugin (tests, embedding); it is listed like an entry-point plugin.
+
+        Unlike an entry-point plugin, one whose registration hooks raise makes this raise: the caller
+        wrote it and is there to see the error.
+        """
+        record = self._add(plugin, name, "(in-process)", __version__)
+        if record.error is not None:
+            raise PluginError(f"plugin {name!r} is broken: {record.error}")
+
+    def _add(self, plugin: object, name: str, dist: str, version: str) -> PluginRecord:
+        """Register ``plugin``, try its registration hooks alone, keep it only if they work."""
+        record = PluginRecord(name, dist, version, "loaded")
+        self.records.append(record)
+        try:
+            self.pm.register(plugin, name=name)
+        except Exception as exc:  # e.g. a hookimpl whose arguments the spec does not have
+            record.status, record.error = "failed", _error_text(exc)
+            log.warning("plugin %s cannot be registered: %s", name, exc)
+            return record
+        others = [p for p in self.pm.get_plugins() if p is not plugin]
+        try:
+            for hook, kind in _REGISTRATION_HOOKS.items():
+                infos = _flatten(hook, kind, self.pm.subset_hook_caller(hook, remove_plugins=others)())
+                if kind is ExecutorInfo:
+                    record.executors = [i.name for i in infos]
+                elif kind is FeatureInfo:
+                    record.features = [i.name for i in infos]
+            fields = self.pm.subset_hook_caller("megalodon_config_fields", remove_plugins=others)()
+            for declared in fields:
+                if not isinstance(declared, dict):
+                    raise TypeError(f"megalodon_config_fields returned {type(declared).__name__}, not a dict")
+        except Exception as exc:
+            self.pm.unregister(plugin)
+            record.status, record.error = "failed", _error_text(exc)
+            record.executors, record.features = [], []
+            log.warning("plugin %s is broken (its registration hooks raise): %s", name, exc)
+        return record
 
     def _collect_unique(self, hook: str, kind: str) -> dict[str, Any]:
-        """Flatten a registration hook's records by name; a name registered twice fails loudly."""
+        """One call of a registration hook, flattened in call order; a name registered twice fails loudly."""
         out: dict[str, Any] = {}
-        for plugin_name, infos in self._per_plugin(hook):
-            for info in infos:
-                if info.name in out:
-                    raise PluginError(f"{kind} {info.name!r} registered twice (again by {plugin_name})")
-                out[info.name] = info
+        for info in _flatten(hook, _REGISTRATION_HOOKS[hook], getattr(self.pm.hook, hook)()):
+            if info.name in out:
+                owners = [r.name for r in self.records if info.name in (r.executors + r.features)]
+                raise PluginError(f"{kind} {info.name!r} registered twice (by {', '.join(owners) or '?'})")
+            out[info.name] = info
         return out
-
-    def _collect_executors(self) -> dict[str, ExecutorInfo]:
-        return self._collect_unique("megalodon_register_executors", "executor")
-
-    def _collect_features(self) -> dict[str, FeatureInfo]:
-        return self._collect_unique("megalodon_register_features", "feature")
-
-    def _per_plugin(self, hook: str) -> list[tuple[str, Any]]:
-        """Call ``hook`` on each plugin separately, so results can be attributed (pluggy merges them)."""
-        results: list[tuple[str, Any]] = []
-        for impl in getattr(self.pm.hook, hook).get_hookimpls():
-            name = self.pm.get_name(impl.plugin) or "?"
-            value = impl.function()
-            if value:
-                results.append((name, value))
-        return results
-
-    def _fill_records(self) -> None:
-        by_name = {r.name: r for r in self.records}
-        for plugin_name, infos in self._per_plugin("megalodon_register_executors"):
-            if plugin_name in by_name:
-                by_name[plugin_name].executors = [i.name for i in infos]
-        for plugin_name, infos in self._per_plugin("megalodon_register_features"):
-            if plugin_name in by_name:
-                by_name[plugin_name].features = [i.name for i in infos]
 
     # -- facade ------------------------------------------------------------------------------------------
     @property
     def executors(self) -> dict[str, ExecutorInfo]:
+        """Registered executors by name, in priority order (see ``megalodon_register_executors``)."""
         return dict(self._executors)
 
     @property
     def features(self) -> dict[str, FeatureInfo]:
+        """Registered features by name, in the order they start for a task."""
         return dict(self._features)
+
+    def distribution_of(self, executor: str) -> str | None:
+        """The distribution that registered ``executor`` (for messages naming what to install)."""
+        return next((r.distribution for r in self.records if executor in r.executors), None)
 
     def config_fields(self) -> dict[str, tuple[Any, Any]]:
         fields: dict[str, tuple[Any, Any]] = {}
-        for plugin_name, declared in self._per_plugin("megalodon_config_fields"):
+        for declared in self.pm.hook.megalodon_config_fields():
             for key, spec in declared.items():
                 if key in fields and fields[key][0] != spec[0]:
-                    raise PluginError(f"config key {key!r} declared with two types (again by {plugin_name})")
+                    raise PluginError(f"config key {key!r} declared with two types")
                 fields[key] = spec
         return fields
 
     def commands(self) -> list[CommandInfo]:
         return list(self._collect_unique("megalodon_cli_commands", "command").values())
 
+    def executors_accepting(self, payload: Any) -> list[ExecutorInfo]:
+        """The executors whose ``accepts`` recognises ``payload``, in priority order."""
+        return [i for i in self._executors.values() if i.accepts is not None and _safe_accepts(i, payload)]
+
     def executor_for_payload(self, payload: Any) -> ExecutorInfo | None:
-        """The executor whose ``accepts`` recognises ``payload`` (docker payloads have ``image``)."""
-        for info in self._executors.values():
-            if info.accepts is not None and info.accepts(payload):
-                return info
-        return None
+        """The highest-priority executor whose ``accepts`` recognises ``payload``, or None."""
+        accepting = self.executors_accepting(payload)
+        return accepting[0] if accepting else None
 
     def _notify(self, hook: str, **kwargs: Any) -> None:
+        """Fire a lifecycle hook; an exception is logged and skips only the impls pluggy would call after it."""
         try:
             getattr(self.pm.hook, hook)(**kwargs)
         except Exception:
@@ -166,5 +210,62 @@ class PluginHost:
     def task_started(self, *, task_id: str, run_id: int, executor: str) -> None:
         self._notify("megalodon_task_started", task_id=task_id, run_id=run_id, executor=executor)
 
-    def task_resolved(self, *, task_id: str, run_id: int, state: str, reason: str) -> None:
-        self._notify("megalodon_task_resolved", task_id=task_id, run_id=run_id, state=state, reason=reason)
+    def task_resolved(
+        self,
+        *,
+        task_id: str,
+        run_id: int,
+        state: str,
+        reason: str,
+        duration: float | None = None,
+        run: TaskRun | None = None,
+    ) -> None:
+        self._notify(
+            "megalodon_task_resolved",
+            task_id=task_id,
+            run_id=run_id,
+            state=state,
+            reason=reason,
+            duration=duration,
+            run=run,
+        )
+
+    def running_changed(self, *, running: int) -> None:
+        self._notify("megalodon_running_changed", running=running)
+
+    def queue_call(self, *, method: str, seconds: float) -> None:
+        self._notify("megalodon_queue_call", method=method, seconds=seconds)
+
+    def reclaim_failed(self, *, task_id: str, run_id: int) -> None:
+        self._notify("megalodon_reclaim_failed", task_id=task_id, run_id=run_id)
+
+    def worker_started(self, *, worker_group: str, worker_id: str) -> None:
+        self._notify("megalodon_worker_started", worker_group=worker_group, worker_id=worker_id)
+
+    def worker_stopped(self, *, exit_code: int) -> None:
+        self._notify("megalodon_worker_stopped", exit_code=exit_code)
+
+
+def _flatten(hook: str, kind: type, results: Iterable[Any]) -> list[Any]:
+    """Flatten a collected hook's per-plugin lists, checking each item is the record type it promises."""
+    out: list[Any] = []
+    for value in results:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"{hook} returned {type(value).__name__}, not a list of {kind.__name__}")
+        for item in value:
+            if not isinstance(item, kind):
+                raise TypeError(f"{hook} returned a {type(item).__name__}, not a {kind.__name__}")
+            out.append(item)
+    return out
+
+
+def _safe_accepts(info: ExecutorInfo, payload: Any) -> bool:
+    """An ``accepts`` predicate that raises counts as "no" (and is logged): a task must not crash the loop."""
+    accepts: Callable[[Any], bool] | None = info.accepts
+    if accepts is None:
+        return False
+    try:
+        return bool(accepts(payload))
+    except Exception:
+        log.exception("executor %s: accepts() raised", info.name)
+        return False

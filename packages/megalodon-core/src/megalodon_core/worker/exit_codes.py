@@ -28,12 +28,13 @@ EXIT_WORKER_SHUTDOWN = 72
 EXIT_INVALID_CONFIG = 73
 
 
-async def shutdown_after_exit(code: int, config: WorkerConfig, runner: RunnerLink | None) -> None:
+async def shutdown_after_exit(code: int, config: WorkerConfig, runner: RunnerLink, *, managed: bool) -> None:
     """generic-worker shuts the machine down after exit 70 always, 68/69 when configured.
 
     With worker-runner's ``shutdown`` capability the runner removes the worker (worker-manager's
     ``removeWorker``); otherwise the worker runs ``shutdown`` itself, except for exit 70 without a runner
-    (nobody asked worker-manager then, so there is nothing to obey).
+    (nobody asked worker-manager then, so there is nothing to obey).  ``managed``: worker-runner started
+    this worker (``runner`` is then a real link, else a null one).
     """
     wanted = (
         code == EXIT_WORKER_MANAGER_SHUTDOWN
@@ -42,10 +43,10 @@ async def shutdown_after_exit(code: int, config: WorkerConfig, runner: RunnerLin
     )
     if not wanted:
         return
-    if runner is not None and runner.capable("shutdown"):
+    if runner.capable("shutdown"):
         await runner.shutdown()
         return
-    if code != EXIT_WORKER_MANAGER_SHUTDOWN or runner is not None:
+    if code != EXIT_WORKER_MANAGER_SHUTDOWN or managed:
         log.warning("shutting down the machine (exit code %d)", code)
         proc = await asyncio.create_subprocess_exec("sudo", "/sbin/shutdown", "-h", "now")
         await proc.wait()

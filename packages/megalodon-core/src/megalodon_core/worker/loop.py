@@ -25,7 +25,7 @@ from taskcluster.exceptions import TaskclusterFailure
 from .. import __version__
 from ..config import WorkerConfig
 from ..contracts import Feature, FeatureInitError, TaskExecutor
-from ..errors import ResourceUnavailable, WorkerShutdown
+from ..errors import WorkerShutdown
 from ..journal import ClaimRecord
 from ..pipeline import execute
 from ..plugins import PluginHost
@@ -48,7 +48,7 @@ from .exit_codes import (
 )
 from .recovery import recover_runs
 from .report import report_resolution
-from .runner_link import MetricsSink, RunnerLink
+from .runner_link import NullRunnerLink, RunnerLink
 from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
 from .termination import TerminationCheck
 
@@ -67,18 +67,22 @@ class Worker:
         plugins: PluginHost,
         *,
         runner: RunnerLink | None = None,
-        metrics: MetricsSink | None = None,
     ) -> None:
+        """``runner``: the worker-runner link (None: not run by worker-runner, a null link stands in).
+
+        What observes the worker — core's Prometheus metrics, worker-runner log routing, third-party
+        plugins — is a plugin on ``plugins``' lifecycle hooks, so the loop has no optional sinks.
+        """
         self.config = config
         self.plugins = plugins
-        self.runner = runner
-        self.metrics = metrics
+        self.runner: RunnerLink = runner if runner is not None else NullRunnerLink()
         self.running: dict[asyncio.Task[None], TaskRun | None] = {}
         self.state_dir = Path(config.stateDir)
         self.resolved = 0
         self._stop_claiming = False
         self._exit_code: int | None = None
         self._wake = asyncio.Event()
+        # generic-worker only asks worker-manager when worker-runner started it.
         self._termination = TerminationCheck(config, enabled=runner is not None)
         self.last_claim_at = time.monotonic()
         self.ctx: WorkerContext | None = None
@@ -168,6 +172,16 @@ class Worker:
 
     # -- main loop ---------------------------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False) -> int:
+        """Run until a stop condition; return the exit code.  Plugins see it start and stop (lifecycle hooks)."""
+        self.plugins.worker_started(worker_group=self.config.workerGroup, worker_id=self.config.workerId)
+        code = EXIT_INTERNAL_ERROR  # what plugins are told if set-up raises (the CLI may map it, e.g. to 73)
+        try:
+            code = await self._run(handle_signals=handle_signals)
+            return code
+        finally:
+            self.plugins.worker_stopped(exit_code=code)
+
+    async def _run(self, *, handle_signals: bool) -> int:
         async with aiohttp.ClientSession() as session:
             self.ctx = WorkerContext(self.config, self.plugins, session, self.config.credentials)
             self._instantiate(self.ctx)
@@ -190,9 +204,8 @@ class Worker:
                 code = await self._loop()
             except Exception as exc:
                 log.exception("worker crashed")
-                if self.runner is not None:
-                    with contextlib.suppress(Exception):
-                        await self.runner.error_report(f"{type(exc).__name__}: {exc}", {"version": __version__})
+                with contextlib.suppress(Exception):
+                    await self.runner.error_report(f"{type(exc).__name__}: {exc}", {"version": __version__})
                 code = EXIT_INTERNAL_ERROR
             finally:
                 for task in list(self.running):
@@ -209,7 +222,7 @@ class Worker:
                     except Exception:
                         log.exception("executor %s failed to close", executor.name)
                 await self.books.close(self.resolved, self._current_ids())
-            await shutdown_after_exit(code, self.config, self.runner)
+            await shutdown_after_exit(code, self.config, self.runner, managed=self._termination.enabled)
             return code
 
     async def _loop(self) -> int:
@@ -286,8 +299,7 @@ class Worker:
             await asyncio.sleep(CLAIM_ERROR_BACKOFF)
             return []
         finally:
-            if self.metrics is not None:
-                self.metrics.observe_queue_call("claimWork", time.monotonic() - started)
+            self.plugins.queue_call(method="claimWork", seconds=time.monotonic() - started)
         self.last_claim_at = time.monotonic()
         return list(result.get("tasks", []))
 
@@ -295,8 +307,7 @@ class Worker:
         self.running.pop(task, None)
         self.resolved += 1
         self._wake.set()
-        if self.metrics is not None:
-            self.metrics.set_running(len(self.running))
+        self.plugins.running_changed(running=len(self.running))
         if not task.cancelled() and task.exception() is not None:
             log.error("task runner crashed", exc_info=task.exception())
 
@@ -330,10 +341,8 @@ class Worker:
         task_dir = self.task_dir_for(task_id, run_id)
         record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], str(task_dir))
         await self.books.claim_started(record, task_dir, self.resolved, sorted({*self._current_ids(), task_id}))
-        if self.metrics is not None:
-            self.metrics.task_claimed()
-            self.metrics.set_running(len(self.running))
         self.plugins.task_claimed(task_id=task_id, run_id=run_id, task=task_def)
+        self.plugins.running_changed(running=len(self.running))
         executor = self.executor_for(task_def.get("payload"))
         run = TaskRun(
             task_id=task_id,
@@ -358,15 +367,16 @@ class Worker:
 
         run.on_credentials(remember)
         log.info("task %s/%s claimed (executor %s)", task_id, run_id, executor.name)
-        on_reclaim_failure = self.metrics.reclaim_failed if self.metrics is not None else None
-        reclaimer = asyncio.create_task(reclaim_loop(run, on_failure=on_reclaim_failure))
+        reclaimer = asyncio.create_task(
+            reclaim_loop(run, on_failure=functools.partial(self.plugins.reclaim_failed, task_id=task_id, run_id=run_id))
+        )
         try:
             state, reason = await execute(run, executor, self.features)
         finally:
             reclaimer.cancel()
             with contextlib.suppress(BaseException):
                 await reclaimer
-        await report_resolution(run, state, reason, plugins=self.plugins, metrics=self.metrics)
+        await report_resolution(run, state, reason, plugins=self.plugins, duration=time.monotonic() - started)
         if current is not None:
             self.running[current] = None
         self.books.claim_ended(
@@ -378,9 +388,3 @@ class Worker:
             metadata=metadata_document(self.config.rootURL, task_id, run_id) if self.config.enableMetadata else None,
             clean=self.config.cleanUpTaskDirs,
         )
-        if self.metrics is not None:
-            self.metrics.task_resolved(state, reason if not run.canceled else "canceled", time.monotonic() - started)
-            self.metrics.bytes_uploaded(sum(a.size for a in run.uploaded.values()))
-            for error in run.errors.errors:
-                if isinstance(error, ResourceUnavailable):
-                    self.metrics.upload_error()

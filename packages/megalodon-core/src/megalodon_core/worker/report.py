@@ -17,20 +17,22 @@ if TYPE_CHECKING:
     from ..errors import State
     from ..plugins import PluginHost
     from ..task import TaskRun
-    from .runner_link import MetricsSink
 
 log = logging.getLogger(__name__)
 
 _METHODS = {"completed": "reportCompleted", "failed": "reportFailed"}
 
 
-async def report_resolution(
-    run: TaskRun, state: State, reason: str, *, plugins: PluginHost, metrics: MetricsSink | None
-) -> None:
-    """Report ``state``/``reason`` for ``run`` and tell plugins (``megalodon_task_resolved``)."""
+async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins: PluginHost, duration: float) -> None:
+    """Report ``state``/``reason`` for ``run`` and tell plugins (``megalodon_task_resolved``).
+
+    ``duration`` is the time since the claim, for the plugins.
+    """
     if run.canceled:
         log.info("task %s/%s was cancelled by the queue: nothing to report", run.task_id, run.run_id)
-        plugins.task_resolved(task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled")
+        plugins.task_resolved(
+            task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled", duration=duration, run=run
+        )
         return
     queue = run.queue()
     started = time.monotonic()
@@ -46,6 +48,7 @@ async def report_resolution(
         log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
     else:
         log.info("task %s/%s resolved %s/%s", run.task_id, run.run_id, state, reason)
-    if metrics is not None:
-        metrics.observe_queue_call(method, time.monotonic() - started)
-    plugins.task_resolved(task_id=run.task_id, run_id=run.run_id, state=state, reason=reason)
+    plugins.queue_call(method=method, seconds=time.monotonic() - started)
+    plugins.task_resolved(
+        task_id=run.task_id, run_id=run.run_id, state=state, reason=reason, duration=duration, run=run
+    )

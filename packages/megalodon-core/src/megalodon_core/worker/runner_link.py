@@ -1,7 +1,7 @@
-"""What the worker loop needs of worker-runner and of a metrics sink: two small protocols.
+"""What the worker loop needs of worker-runner, and the null link used when worker-runner did not start it.
 
-The worker depends on these shapes, not on :mod:`megalodon_core.workerrunner` or
-:mod:`megalodon_core.metrics`, so the loop can be driven (and tested) without either.
+The worker depends on this shape, not on :mod:`megalodon_core.workerrunner`, so the loop can be driven
+(and tested) with a scripted runner.
 """
 
 from __future__ import annotations
@@ -22,19 +22,16 @@ class RunnerLink(Protocol):
     ) -> bool: ...
 
 
-class MetricsSink(Protocol):
-    """What the worker records about its tasks (:class:`megalodon_core.metrics.Metrics` is one)."""
+class NullRunnerLink:
+    """Not run by worker-runner: no capabilities, nothing is sent (so the worker never branches on it)."""
 
-    def task_claimed(self) -> None: ...
+    def capable(self, capability: str) -> bool:
+        return False
 
-    def task_resolved(self, state: str, reason: str, duration: float) -> None: ...
+    async def shutdown(self) -> bool:
+        return False
 
-    def bytes_uploaded(self, n: int) -> None: ...
-
-    def upload_error(self) -> None: ...
-
-    def reclaim_failed(self) -> None: ...
-
-    def observe_queue_call(self, method: str, seconds: float) -> None: ...
-
-    def set_running(self, n: int) -> None: ...
+    async def error_report(
+        self, description: str, extra: Mapping[str, Any] | None = None, *, title: str = "", kind: str = ""
+    ) -> bool:
+        return False

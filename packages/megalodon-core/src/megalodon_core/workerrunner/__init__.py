@@ -27,7 +27,7 @@ The parts, each in its own module:
 
 from __future__ import annotations
 
-from .log_routing import RunnerLogHandler
+from .log_routing import RunnerLogHandler, RunnerLogRouting
 from .messages import (
     MAX_LINE_BYTES,
     WORKER_CAPABILITIES,
@@ -53,6 +53,7 @@ __all__ = [
     "NullRunnerProtocol",
     "ProtocolClosed",
     "RunnerLogHandler",
+    "RunnerLogRouting",
     "RunnerProtocol",
     "WorkerRunnerError",
     "WorkerRunnerProtocol",

@@ -12,6 +12,7 @@ import sys
 import threading
 from collections import deque
 
+from .. import hookimpl
 from .protocol import RunnerProtocol
 
 #: The protocol's own loggers (``megalodon_core.workerrunner.*``): their records never go to the runner,
@@ -100,3 +101,45 @@ class RunnerLogHandler(logging.Handler):
         if self._own_fallback:
             self.fallback.close()
         super().close()
+
+
+class RunnerLogRouting:
+    """Core's internal plugin that routes the worker's log to worker-runner while the worker loop runs.
+
+    On ``megalodon_worker_started`` it replaces the root logger's handlers with a :class:`RunnerLogHandler`
+    (formatted like the handler it replaces); on ``megalodon_worker_stopped`` it closes it — releasing any
+    held records to stderr — and puts the previous handlers back.  ``tryfirst`` so a raising third-party
+    observer cannot skip it.
+    """
+
+    def __init__(self, proto: RunnerProtocol, *, default_format: str) -> None:
+        self.proto = proto
+        self.default_format = default_format
+        self.handler: RunnerLogHandler | None = None
+        self._previous: list[logging.Handler] = []
+
+    @hookimpl(tryfirst=True)
+    def megalodon_worker_started(self) -> None:
+        if self.handler is not None:
+            return
+        root = logging.getLogger()
+        handler = RunnerLogHandler(self.proto)
+        previous = root.handlers[0].formatter if root.handlers else None
+        handler.setFormatter(previous or logging.Formatter(self.default_format))
+        self._previous = list(root.handlers)
+        for old in self._previous:
+            root.removeHandler(old)
+        root.addHandler(handler)
+        self.handler = handler
+
+    @hookimpl(tryfirst=True)
+    def megalodon_worker_stopped(self) -> None:
+        handler, self.handler = self.handler, None
+        if handler is None:
+            return
+        root = logging.getLogger()
+        root.removeHandler(handler)
+        handler.close()
+        for old in self._previous:
+            root.addHandler(old)
+        self._previous = []
