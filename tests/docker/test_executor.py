@@ -475,7 +475,9 @@ async def test_capabilities_scopes_and_devices(runner: DockerRunner) -> None:
     assert state0(priv_disabled) == ("failed", "failed")
     assert "Worker config dockerConfig.allowPrivileged is false." in priv_disabled.log
     assert state0(ptrace_noscope) == ("failed", "failed")
-    assert "Insufficient scopes to use feature allowPtrace." in ptrace_noscope.log
+    assert "Insufficient scopes to use 'allowPtrace' feature.  Try adding docker-worker:feature:allowPtrace" in (
+        ptrace_noscope.log
+    )
     assert ptrace.state == "completed", ptrace.log
     cap_eff = int(re.search(r"CapEff:\s+([0-9a-f]+)", ptrace.log).group(1), 16)  # type: ignore[union-attr]
     assert cap_eff & (1 << 19), "CAP_SYS_PTRACE (bit 19) missing"

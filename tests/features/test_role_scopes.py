@@ -70,3 +70,12 @@ async def test_docker_cache_scopes_through_a_role(harness: Harness) -> None:
     out = await harness.run(payload, task={"scopes": ["assume:project:nothing"]}, executor="docker")
     assert out.state == "failed", out.log  # docker-worker fails the task on a scope refusal
     assert "Insufficient scopes to attach cache volumes." in out.log
+
+
+async def test_docker_allow_ptrace_is_matched_literally_as_docker_worker_does(harness: Harness) -> None:
+    """docker-worker checks allowPtrace (and privileged) against ``task.scopes`` as written, not expanded."""
+    await create_role(harness, "project:ptrace", ["docker-worker:feature:allowPtrace"])
+    payload = {"image": BUSYBOX, "command": ["true"], "maxRunTime": 60, "features": {"allowPtrace": True}}
+    out = await harness.run(payload, task={"scopes": ["assume:project:ptrace"]}, executor="docker")
+    assert out.state == "failed", out.log
+    assert "Insufficient scopes to use 'allowPtrace' feature." in out.log

@@ -482,8 +482,11 @@ class DockerRun(ExecutorRun[Any]):
             allowed_sources=(str(subnet),) if subnet else (),
         )
 
-    def _has(self, *alternatives: str) -> bool:
-        return any(scope_satisfied(self.expanded_scopes, s) for s in alternatives)
+    def _has(self, *alternatives: str, literal: bool = False) -> bool:
+        """docker-worker matches caches and devices against the expanded scopes, privileged mode and
+        allowPtrace against ``task.scopes`` as written (``literal``)."""
+        given = self.task_run.scopes if literal else self.expanded_scopes
+        return any(scope_satisfied(given, s) for s in alternatives)
 
     @staticmethod
     def _docker_config_error(reason: str) -> Failure:
@@ -550,8 +553,13 @@ class DockerRun(ExecutorRun[Any]):
         binds: list[str] = []
         privileged = bool(caps and caps.privileged)
         if privileged:
-            if not self._has("docker-worker:capability:privileged", f"docker-worker:capability:privileged:{pool}"):
-                raise self._docker_config_error("Insufficient scopes to run task in privileged mode.")
+            if not self._has(
+                "docker-worker:capability:privileged", f"docker-worker:capability:privileged:{pool}", literal=True
+            ):
+                raise self._docker_config_error(
+                    "Insufficient scopes to run task in privileged mode. Try adding "
+                    f"docker-worker:capability:privileged:{pool} to the .scopes array"
+                )
             if not self.executor.settings.allowPrivileged:
                 raise self._docker_config_error(
                     "Cannot run task using docker privileged mode.  Worker config dockerConfig.allowPrivileged "
@@ -565,8 +573,11 @@ class DockerRun(ExecutorRun[Any]):
         devices = self._devices(binds)
         cap_add: list[str] = []
         if payload.effective_features.allow_ptrace:
-            if not self._has("docker-worker:feature:allowPtrace"):
-                raise self._docker_config_error("Insufficient scopes to use feature allowPtrace.")
+            if not self._has("docker-worker:feature:allowPtrace", literal=True):
+                raise self._docker_config_error(
+                    "Insufficient scopes to use 'allowPtrace' feature.  Try adding docker-worker:feature:allowPtrace "
+                    "to the .scopes array."
+                )
             cap_add.append("SYS_PTRACE")
         for cache_name in payload.cache or {}:
             CachePool.check_name(cache_name)
