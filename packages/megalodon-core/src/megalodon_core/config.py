@@ -215,8 +215,6 @@ NOT_APPLICABLE: dict[str, str] = {
     "wstServerURL": "websocktunnel is not supported; the live log is exposed directly",
     "disableReboots": "megalodon never reboots the machine",
     "d2gConfig": "docker-worker payloads run on the docker executor, not through d2g",
-    "enableLoopbackAudio": "loopback audio is not supported (requesting it is malformed-payload)",
-    "enableLoopbackVideo": "loopback video is not supported (requesting it is malformed-payload)",
     "loopbackAudioDeviceNumber": "loopback audio is not supported",
     "loopbackVideoDeviceNumber": "loopback video is not supported",
     "availabilityZone": "megalodon reports it nowhere (generic-worker only reads it into its config)",
