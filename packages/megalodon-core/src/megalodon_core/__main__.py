@@ -1,5 +1,5 @@
 """``python -m megalodon_core`` is the ``megalodon`` command."""
 
-from .cli import main
+from .entry import main
 
 main()
