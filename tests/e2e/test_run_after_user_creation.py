@@ -90,6 +90,8 @@ async def test_a_failing_script_fails_the_run_before_any_command(harness: Harnes
 async def test_run_task_as_current_user_scope_through_a_role(harness: Harness, base: Path) -> None:
     """The feature's scope held through ``assume:`` is expanded, as generic-worker's Satisfies does."""
     auth = taskcluster.aio.Auth({"rootUrl": harness.double.root_url, "credentials": harness.double.root_credentials})
+    # expandScopes needs auth:expand-scopes, which deployments give workers through their pool's role
+    await auth.createRole("worker-pool:*", {"description": "", "scopes": ["auth:expand-scopes"]})
     await auth.createRole(
         "project:admin/*", {"description": "", "scopes": ["generic-worker:run-task-as-current-user:*"]}
     )

@@ -8,6 +8,7 @@ The docker test needs the engine (``.ci/docker-setup.sh``) and fails, never skip
 
 from __future__ import annotations
 
+import pytest
 import taskcluster.aio
 
 from megalodon_core.double.faults import Fault
@@ -19,6 +20,12 @@ BUSYBOX = "megalodon-test/busybox:latest"
 async def create_role(harness: Harness, role_id: str, scopes: list[str]) -> None:
     auth = taskcluster.aio.Auth({"rootUrl": harness.double.root_url, "credentials": harness.double.root_credentials})
     await auth.createRole(role_id, {"description": "test role", "scopes": scopes})
+
+
+@pytest.fixture(autouse=True)
+async def workers_may_expand_scopes(harness: Harness) -> None:
+    """expandScopes needs ``auth:expand-scopes``; deployments give it to workers through their pool's role."""
+    await create_role(harness, "worker-pool:*", ["auth:expand-scopes"])
 
 
 def cache_payload(name: str) -> dict[str, object]:

@@ -127,9 +127,18 @@ def validate_payload(
     if not isinstance(payload, dict):
         console.print(f"- payload: must be an object, not {type(payload).__name__}", markup=False)
         raise typer.Exit(1)
-    info = _executor_info(host, executor) if executor else host.executor_for_payload(payload)
-    if info is None or info.validate is None:
-        err_console.print("No installed executor can validate this payload")
+    if executor:
+        info = _executor_info(host, executor)
+    else:
+        from .worker.executor_choice import choose_info, no_executor_message
+
+        info = choose_info(host, payload)
+        if info is None:
+            # The same words as the task log of a worker given this payload.
+            err_console.print(no_executor_message(payload, host), markup=False)
+            raise typer.Exit(2)
+    if info.validate is None:
+        err_console.print(f"Executor {info.name!r} offers no payload validation", markup=False)
         raise typer.Exit(2)
     errors = info.validate(payload)
     if not errors:
