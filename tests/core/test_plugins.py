@@ -237,3 +237,27 @@ def test_lifecycle_hooks_reach_plugins_and_a_raising_observer_is_logged(caplog: 
     host.task_resolved(task_id="t", run_id=0, state="failed", reason="failed", duration=1.5)
     assert observer.seen == [("running", 3), ("resolved", ("failed", "failed", 1.5))]
     assert "megalodon_running_changed raised" in caplog.text
+
+
+def test_third_party_executor_loaded_before_native_still_gets_the_payloads_it_accepts(tmp_path: Path) -> None:
+    # "aaa-..." sorts before "megalodon-native", so native registers later; it registers trylast.
+    src = (
+        "from megalodon_core import hookimpl\n"
+        "from megalodon_core.contracts import ExecutorInfo\n"
+        "@hookimpl\n"
+        "def megalodon_register_executors():\n"
+        "    return [ExecutorInfo(name='recipe', factory=lambda w: None, summary='x', payload_schema=dict,\n"
+        "                         accepts=lambda p: isinstance(p, dict) and 'recipe' in p, validate=lambda p: [])]\n"
+    )
+    _fake_distribution(tmp_path, "aaa-recipe", src, "aaa_recipe_hooks")
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"recipe": "x", "maxRunTime": 30}))  # native's predicate accepts it too
+    proc = subprocess.run(
+        [sys.executable, "-m", "megalodon_core", "validate-payload", str(payload)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "valid recipe payload"

@@ -55,10 +55,13 @@ class MegalodonSpec:
         are candidates and the first in this hook's call order wins — the documented priority: ``tryfirst``
         impls, then the last-registered plugin, ``trylast`` impls last.  megalodon's own executors
         (``native``, ``docker``) register ``trylast``, so a third-party executor that accepts a payload
-        always gets it.  An executor without ``accepts`` is chosen only by name.  When no running executor
-        accepts a payload, the task resolves malformed-payload with a log line saying so and, for a
-        generic-worker or docker-worker payload, naming the distribution that runs it (``megalodon-native``,
-        ``megalodon-docker``); ``megalodon validate-payload`` says the same.
+        always gets it.  When no running executor accepts a payload: a generic-worker payload (``command``)
+        or docker-worker payload (``image``) whose executor is not running resolves malformed-payload with a
+        log line naming the distribution that runs it (``megalodon-native``, ``megalodon-docker``), or saying
+        that executor could not start here; any other payload goes to the only running executor if there is
+        exactly one (so its validation names the wrong fields), else resolves malformed-payload listing the
+        installed executors.  ``megalodon validate-payload`` applies the same rule and words
+        (``megalodon_core.worker.executor_choice``).
 
         :return: the executors this plugin provides (may be empty).
         """

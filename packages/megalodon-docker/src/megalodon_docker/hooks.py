@@ -25,7 +25,8 @@ def _accepts(payload: Any) -> bool:
 _schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
 
-@hookimpl
+# trylast: a third-party executor that accepts a payload takes precedence over megalodon's own.
+@hookimpl(trylast=True)
 def megalodon_register_executors() -> list[ExecutorInfo]:
     return [
         ExecutorInfo(

@@ -41,11 +41,14 @@ def _validate(payload: Any) -> list[tuple[str, str]]:
 
 
 def _accepts(payload: Any) -> bool:
-    # generic-worker's rule: a payload with a top-level ``image`` is a docker-worker payload.
-    return isinstance(payload, dict) and "image" not in payload
+    # A generic-worker payload: it has ``command`` or ``maxRunTime`` (its required keys), and no top-level
+    # ``image`` (generic-worker's d2g rule: that one is a docker-worker payload).  A third-party payload
+    # without those keys is not taken, whatever order the plugins load in.
+    return isinstance(payload, dict) and "image" not in payload and ("command" in payload or "maxRunTime" in payload)
 
 
-@hookimpl
+# trylast: a third-party executor that accepts a payload takes precedence over megalodon's own.
+@hookimpl(trylast=True)
 def megalodon_register_executors() -> list[ExecutorInfo]:
     return [
         ExecutorInfo(
