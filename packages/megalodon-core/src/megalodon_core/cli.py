@@ -52,13 +52,24 @@ def main_callback(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log worker activity to stderr.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging (`run` logs the worker's activity without it).")
+    ] = False,
 ) -> None:
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=logging.DEBUG if verbose else logging.WARNING,
         format="%(asctime)sZ %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if verbose:
+        # Libraries' debug lines add nothing an operator needs, and the taskcluster client's would print
+        # request headers (Hawk's ext carries temporary credentials' certificates).
+        for name in QUIET_LIBRARIES:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
+#: Loggers kept at INFO under ``-v``.
+QUIET_LIBRARIES = ("asyncio", "aiohttp", "taskcluster", "urllib3", "docker", "websockets", "hpack")
 
 
 @app.command("list-plugins")
@@ -212,6 +223,11 @@ def run(
     from .config import ConfigError, check_directories, read_config_data
     from .worker import EXIT_INVALID_CONFIG
 
+    root = logging.getLogger()
+    if root.level > logging.INFO:
+        # The worker says what it does by default (start-up, claims, resolutions, shutdown); -v adds debug.
+        root.setLevel(logging.INFO)
+
     host = _plugins()
     try:
         raw = read_config_data(config)
@@ -263,7 +279,13 @@ async def _serve_worker(
     metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
     host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
     worker = Worker(cfg, host, runner=proto if with_worker_runner else None)
-    proto.on("graceful-termination", lambda m: worker.stop(finish_tasks=bool(m.get("finish-tasks"))))
+    proto.on(
+        "graceful-termination",
+        lambda m: worker.stop(
+            finish_tasks=bool(m.get("finish-tasks")),
+            cause=f"graceful-termination from worker-runner (finish-tasks: {bool(m.get('finish-tasks'))})",
+        ),
+    )
     proto.on(
         "new-credentials",
         lambda m: worker.update_credentials(
@@ -299,6 +321,7 @@ async def _serve_worker(
             await proto.close()
             return EXIT_INVALID_CONFIG
         logging.getLogger(__name__).info("metrics on %s", server.url)
+        worker.endpoints["metrics"] = server.url
     try:
         return await worker.run(handle_signals=True)
     finally:

@@ -176,6 +176,10 @@ class Feature(ABC):
         """Why it is disabled, when ``is_enabled`` is False and a generic message would mislead."""
         return None
 
+    def listening(self) -> str | None:
+        """Where this feature's server listens (a URL), for the worker's start-up log line; None: nowhere."""
+        return None
+
     def is_requested(self, run: TaskRun) -> bool:
         """Whether this task uses the feature: by default, whether the executor declared a request for
         :attr:`name` (``run.data.requests``).  The request's ``options`` carry the payload's section."""

@@ -42,7 +42,11 @@ async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = Non
                 on_failure()
             status = getattr(exc, "status_code", None)
             if status == 409:
-                log.info("reclaim of %s/%s answered 409: run no longer ours", run.task_id, run.run_id)
+                log.info(
+                    "task %s/%s: run was cancelled, or its claim was lost (reclaimTask answered 409): stopping it",
+                    run.task_id,
+                    run.run_id,
+                )
                 run.abort(
                     Canceled(
                         "Task has been canceled, or its claim was lost (the queue answered the reclaim with "
@@ -54,6 +58,7 @@ async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = Non
                 log.warning("reclaim of %s/%s failed, retrying: %s", run.task_id, run.run_id, exc)
                 await asyncio.sleep(5)
                 continue
+            log.warning("reclaim of %s/%s failed, giving the run up: %s", run.task_id, run.run_id, exc)
             run.abort(InternalError(f"Could not reclaim task before its claim expired: {exc}"))
             return
         except aiohttp.ClientError as exc:

@@ -393,6 +393,12 @@ class LiveLogFeature(Feature):
         config = self.worker.config
         return f"http://{public_host(config, self.server.host)}:{self.server.port}"
 
+    def listening(self) -> str | None:
+        """The server's address for the start-up summary (bound address and port, and the URL host)."""
+        if not self.server.running:
+            return None
+        return f"{self.server.host}:{self.server.port} (URLs {self.base_url()})"
+
     def spawn(self, coro: Any) -> None:
         """Run ``coro`` in the background until it ends or the worker shuts down."""
         task: asyncio.Task[None] = asyncio.create_task(coro)

@@ -344,6 +344,10 @@ class QueueService:
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.config.claim_work_wait
         while True:
+            transport = call.request.transport
+            if transport is None or transport.is_closing():
+                # The worker hung up (e.g. it is stopping): like the real queue, stop polling and claim nothing.
+                return {"tasks": []}
             claimed = self._claim(call.params["taskQueueId"], body["workerGroup"], body["workerId"], body["tasks"])
             remaining = give_up - loop.time()
             if claimed or remaining <= 0:

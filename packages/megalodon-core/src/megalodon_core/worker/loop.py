@@ -46,6 +46,7 @@ from .exit_codes import (
     EXIT_WORKER_STOPPED,
     shutdown_after_exit,
 )
+from .fd_limit import raise_open_files_limit
 from .recovery import recover_runs
 from .report import report_resolution
 from .runner_link import NullRunnerLink, RunnerLink
@@ -56,6 +57,16 @@ log = logging.getLogger(__name__)
 
 #: Pause after a failed claimWork call, or while disk is short, before trying again.
 CLAIM_ERROR_BACKOFF = 5.0
+#: Attempts (each with the client's own retries) to report a run whose task runner crashed.
+CRASH_REPORT_ATTEMPTS = 3
+
+#: What the exit line says for each exit code the loop returns (71/72 say what stopped the worker).
+EXIT_CAUSES = {
+    EXIT_TASKS_COMPLETE: "numberOfTasksToRun tasks resolved",
+    EXIT_IDLE_TIMEOUT: "idle timeout",
+    EXIT_INTERNAL_ERROR: "internal error",
+    EXIT_WORKER_MANAGER_SHUTDOWN: "worker-manager says this worker should terminate",
+}
 
 
 class Worker:
@@ -81,6 +92,13 @@ class Worker:
         self.resolved = 0
         self._stop_claiming = False
         self._exit_code: int | None = None
+        #: What asked the worker to stop (a signal, worker-runner), for the exit line.
+        self._stop_cause: str | None = None
+        #: Claims whose run was reported (or found resolved by the queue): only these count toward
+        #: ``numberOfTasksToRun``; a crashed task runner's run does not.
+        self._counted: set[asyncio.Task[None]] = set()
+        #: Where the worker's own servers listen (``metrics`` -> URL), for the start-up summary; the CLI sets it.
+        self.endpoints: dict[str, str] = {}
         self._wake = asyncio.Event()
         # generic-worker only asks worker-manager when worker-runner started it.
         self._termination = TerminationCheck(config, enabled=runner is not None)
@@ -94,8 +112,17 @@ class Worker:
         clear_runtime_config(self.state_dir)
 
     # -- stopping ----------------------------------------------------------------------------------------
-    def stop(self, *, finish_tasks: bool) -> None:
-        """Stop claiming; with ``finish_tasks=False`` abort running tasks with worker-shutdown."""
+    def stop(self, *, finish_tasks: bool, cause: str = "stop requested") -> None:
+        """Stop claiming; with ``finish_tasks=False`` abort running tasks with worker-shutdown.
+
+        ``cause`` (``SIGTERM``, ``graceful-termination from worker-runner``...) is logged now and in the
+        exit line.  An in-flight claimWork long poll is abandoned at once (:meth:`_claim`).
+        """
+        running = sum(1 for run in self.running.values() if run is not None)
+        what = "running tasks finish first" if finish_tasks else "running tasks are aborted (worker-shutdown)"
+        log.info("stopping (%s): no more claims; %d %s", cause, running, what)
+        if self._stop_cause is None or not finish_tasks:
+            self._stop_cause = cause
         if self._exit_code is None:
             self._exit_code = EXIT_WORKER_STOPPED if finish_tasks else EXIT_WORKER_SHUTDOWN
         elif not finish_tasks and self._exit_code == EXIT_WORKER_STOPPED:
@@ -109,8 +136,8 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, lambda: self.stop(finish_tasks=True))
-        loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(finish_tasks=False))
+        loop.add_signal_handler(signal.SIGINT, lambda: self.stop(finish_tasks=True, cause="SIGINT"))
+        loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(finish_tasks=False, cause="SIGTERM"))
 
     def update_credentials(self, credentials: dict[str, str]) -> None:
         """worker-runner's new-credentials: later worker calls use them; running tasks keep their own."""
@@ -177,11 +204,46 @@ class Worker:
         code = EXIT_INTERNAL_ERROR  # what plugins are told if set-up raises (the CLI may map it, e.g. to 73)
         try:
             code = await self._run(handle_signals=handle_signals)
+            cause = self._stop_cause if code in (EXIT_WORKER_STOPPED, EXIT_WORKER_SHUTDOWN) else None
+            log.info(
+                "worker exiting with code %d (%s) after %d resolved tasks",
+                code,
+                cause or EXIT_CAUSES.get(code, "stopped"),
+                self.resolved,
+            )
             return code
         finally:
             self.plugins.worker_stopped(exit_code=code)
 
+    def _log_summary(self) -> None:
+        """One INFO line saying what this worker is: pool, id, what is loaded, capacity, where it listens."""
+        cfg = self.config
+        enabled = [f.name for f in self.features if f.is_enabled()]
+        disabled = [f.name for f in self.features if not f.is_enabled()]
+        features = ", ".join(enabled) or "none"
+        if disabled:
+            features += f" (disabled: {', '.join(disabled)})"
+        listening = dict(self.endpoints)
+        for feature in self.features:
+            where = feature.listening()
+            if where:
+                listening[feature.name] = where
+        limit = f", numberOfTasksToRun {cfg.numberOfTasksToRun}" if cfg.numberOfTasksToRun else ""
+        log.info(
+            "megalodon %s worker %s/%s of pool %s started: executors %s; features %s; capacity %d%s; %s",
+            __version__,
+            cfg.workerGroup,
+            cfg.workerId,
+            cfg.task_queue_id,
+            ", ".join(sorted(self.executors)) or "none",
+            features,
+            cfg.capacity,
+            limit,
+            "listening: " + ", ".join(f"{k} {v}" for k, v in listening.items()) if listening else "no listeners",
+        )
+
     async def _run(self, *, handle_signals: bool) -> int:
+        raise_open_files_limit()
         async with aiohttp.ClientSession() as session:
             self.ctx = WorkerContext(self.config, self.plugins, session, self.config.credentials)
             self._instantiate(self.ctx)
@@ -199,6 +261,7 @@ class Worker:
                 log.error("%s", exc)
                 print(f"megalodon: {exc}", file=sys.stderr)
                 return exc.exit_code
+            self._log_summary()
             try:
                 await self.recover()
                 code = await self._loop()
@@ -211,6 +274,7 @@ class Worker:
                 for task in list(self.running):
                     with contextlib.suppress(BaseException):
                         await task
+                await self._resolve_unreported()
                 for feature in self.features:
                     try:
                         await feature.shutdown()
@@ -280,18 +344,19 @@ class Worker:
                 {"tasks": count, "workerGroup": self.config.workerGroup, "workerId": self.config.workerId},
             )
         )
-        self._wake.clear()
-        waker = asyncio.create_task(self._wake.wait())
-        done, _ = await asyncio.wait({claim, waker}, return_when=asyncio.FIRST_COMPLETED)
-        waker.cancel()
-        if claim not in done:
-            # Woken by a stop request: the long poll may still hand us tasks, which we must then run.
+        # Other wake-ups (a task finishing, with capacity > 1) keep the poll going: its answer may hold tasks
+        # we must then run.  Only a stop request abandons it, at once, however long the poll would last.
+        while not claim.done():
+            self._wake.clear()
             if self._stop_claiming:
                 claim.cancel()
                 with contextlib.suppress(BaseException):
                     await claim
+                log.info("claimWork long poll abandoned: the worker is stopping")
                 return []
-            done, _ = await asyncio.wait({claim})
+            waker = asyncio.create_task(self._wake.wait())
+            await asyncio.wait({claim, waker}, return_when=asyncio.FIRST_COMPLETED)
+            waker.cancel()
         try:
             result: dict[str, Any] = claim.result()
         except (TaskclusterFailure, aiohttp.ClientError) as exc:
@@ -305,7 +370,9 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self.running.pop(task, None)
-        self.resolved += 1
+        if task in self._counted:
+            self._counted.discard(task)
+            self.resolved += 1
         self._wake.set()
         self.plugins.running_changed(running=len(self.running))
         if not task.cancelled() and task.exception() is not None:
@@ -332,14 +399,116 @@ class Worker:
         return candidate
 
     async def _run_claim(self, claim: dict[str, Any]) -> None:
-        assert self.ctx is not None
+        """Run one claim to its report; a task runner that crashes still gets its run reported.
+
+        A crash (an error outside the pipeline's own handling: the task directory, the log file, an
+        executor's constructor, the bookkeeping...) is reported exception/internal-error and does not count
+        toward ``numberOfTasksToRun``, so the worker goes on claiming and never exits early with claims it
+        did not report.
+        """
         started = time.monotonic()
-        task_def: dict[str, Any] = claim["task"]
+        current = asyncio.current_task()
         task_id: str = claim["status"]["taskId"]
         run_id = int(claim["runId"])
+        record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], "")
+        try:
+            reported = await self._run_claimed(claim, started, record)
+        except Exception as exc:
+            reported = await self._runner_crashed(record, exc, started)
+        if reported and current is not None:
+            self._counted.add(current)
+
+    async def _runner_crashed(self, record: ClaimRecord, exc: Exception, started: float) -> bool:
+        """Report a crashed runner's run exception/internal-error; False: not counted (it never is)."""
+        assert self.ctx is not None
+        task_id, run_id = record.task_id, record.run_id
+        current = asyncio.current_task()
+        run = self.running.get(current) if current is not None else None
+        if current is not None:
+            self.running[current] = None
+        log.error(
+            "task %s/%s: task runner crashed (%s: %s): reporting exception/internal-error; "
+            "it does not count toward numberOfTasksToRun",
+            task_id,
+            run_id,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        credentials = record.credentials
+        if run is not None:
+            credentials = run.credentials  # a reclaim may have replaced them
+            run.abort(WorkerShutdown("Task aborted: its task runner crashed"))
+            with contextlib.suppress(Exception):
+                run.log.close()  # release its descriptor now
+        resolved_elsewhere = False
+        for attempt in range(CRASH_REPORT_ATTEMPTS):
+            try:
+                await self.ctx.queue(credentials).reportException(task_id, str(run_id), {"reason": "internal-error"})
+                break
+            except TaskclusterFailure as failure:
+                if getattr(failure, "status_code", None) == 409:
+                    resolved_elsewhere = True  # cancelled, deadline, or claim expired: nothing left to report
+                    break
+                error: Exception = failure
+            except aiohttp.ClientError as client_error:
+                error = client_error
+            if attempt + 1 < CRASH_REPORT_ATTEMPTS:
+                await asyncio.sleep(CLAIM_ERROR_BACKOFF)
+        else:
+            log.error(
+                "task %s/%s: could not report the crashed run (%s); it stays in the claim journal and is "
+                "resolved before this worker exits, or by its next start",
+                task_id,
+                run_id,
+                str(error).splitlines()[0] if str(error) else error,
+            )
+            with contextlib.suppress(Exception):
+                self.books.credentials_changed(
+                    ClaimRecord(task_id, run_id, credentials, record.taken_until, record.task_dir)
+                )
+            return False
+        reason = "canceled" if resolved_elsewhere else "internal-error"
+        self.plugins.task_resolved(
+            task_id=task_id,
+            run_id=run_id,
+            state="exception",
+            reason=reason,
+            duration=time.monotonic() - started,
+            run=None,
+        )
+        task_dir = Path(record.task_dir) if record.task_dir else None
+        if task_dir is not None:
+            self.books.claim_ended(
+                task_id,
+                run_id,
+                task_dir,
+                resolved=self.resolved,
+                current=self._current_ids(),
+                metadata=None,
+                clean=self.config.cleanUpTaskDirs,
+            )
+        return False
+
+    async def _resolve_unreported(self) -> None:
+        """Before exiting: runs still in the claim journal (a crashed runner whose report failed) are
+        resolved now, as a restarted worker would resolve them."""
+        try:
+            left = await asyncio.to_thread(self.books.journal.entries)
+        except Exception:
+            log.exception("could not read the claim journal")
+            return
+        if left:
+            log.warning("%d claimed runs were not reported: resolving them before exiting", len(left))
+            await self.recover()
+
+    async def _run_claimed(self, claim: dict[str, Any], started: float, record: ClaimRecord) -> bool:
+        assert self.ctx is not None
+        task_def: dict[str, Any] = claim["task"]
+        task_id, run_id = record.task_id, record.run_id
         current = asyncio.current_task()
         task_dir = self.task_dir_for(task_id, run_id)
-        record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], str(task_dir))
+        record.task_dir = str(task_dir)
         await self.books.claim_started(record, task_dir, self.resolved, sorted({*self._current_ids(), task_id}))
         self.plugins.task_claimed(task_id=task_id, run_id=run_id, task=task_def)
         self.plugins.running_changed(running=len(self.running))
@@ -376,9 +545,13 @@ class Worker:
             reclaimer.cancel()
             with contextlib.suppress(BaseException):
                 await reclaimer
-        await report_resolution(run, state, reason, plugins=self.plugins, duration=time.monotonic() - started)
+        reported = await report_resolution(
+            run, state, reason, plugins=self.plugins, duration=time.monotonic() - started
+        )
         if current is not None:
             self.running[current] = None
+        if not reported:
+            return False  # the journal keeps the claim: resolved before exit (_resolve_unreported)
         self.books.claim_ended(
             task_id,
             run_id,
@@ -388,3 +561,4 @@ class Worker:
             metadata=metadata_document(self.config.rootURL, task_id, run_id) if self.config.enableMetadata else None,
             clean=self.config.cleanUpTaskDirs,
         )
+        return True

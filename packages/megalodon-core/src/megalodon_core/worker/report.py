@@ -1,7 +1,11 @@
 """Reporting a run's resolution to the queue (reportCompleted / reportFailed / reportException).
 
-A run the queue cancelled is not reported (the queue already resolved it); a failed report is logged, not
-retried beyond the client's own retries — the run then resolves claim-expired, as with generic-worker.
+A run the queue cancelled is not reported (the queue already resolved it).  A cancellation the worker did not
+notice at a reclaim shows up here as a 409 answer to the report: that is the same cancellation, logged as
+such (not an error), and the worker moves on.  Any other failed report is logged and not retried beyond the
+client's own retries; the claim then stays in the journal and is resolved before the worker exits.
+
+Each resolution is one INFO line of the worker's log: state, reason, duration, artifacts and bytes uploaded.
 """
 
 from __future__ import annotations
@@ -23,17 +27,30 @@ log = logging.getLogger(__name__)
 _METHODS = {"completed": "reportCompleted", "failed": "reportFailed"}
 
 
-async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins: PluginHost, duration: float) -> None:
+def _uploads(run: TaskRun) -> str:
+    count = len(run.uploaded)
+    size = sum(a.size for a in run.uploaded.values())
+    return f"{count} artifact{'' if count == 1 else 's'}, {size} bytes uploaded"
+
+
+async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins: PluginHost, duration: float) -> bool:
     """Report ``state``/``reason`` for ``run`` and tell plugins (``megalodon_task_resolved``).
 
-    ``duration`` is the time since the claim, for the plugins.
+    ``duration`` is the time since the claim (logged, and given to the plugins).  True when the run is
+    resolved on the queue (reported now, or cancelled there); False when the report failed.
     """
     if run.canceled:
-        log.info("task %s/%s was cancelled by the queue: nothing to report", run.task_id, run.run_id)
+        log.info(
+            "task %s/%s: run was cancelled (the queue answered a reclaim with 409) after %.2fs (%s): nothing to report",
+            run.task_id,
+            run.run_id,
+            duration,
+            _uploads(run),
+        )
         plugins.task_resolved(
             task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled", duration=duration, run=run
         )
-        return
+        return True
     queue = run.queue()
     started = time.monotonic()
     method = _METHODS.get(state, "reportException")
@@ -44,11 +61,33 @@ async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins:
             await queue.reportFailed(run.task_id, str(run.run_id))
         else:
             await queue.reportException(run.task_id, str(run.run_id), {"reason": reason})
-    except (TaskclusterFailure, aiohttp.ClientError) as exc:
+    except TaskclusterFailure as exc:
+        plugins.queue_call(method=method, seconds=time.monotonic() - started)
+        if getattr(exc, "status_code", None) != 409:
+            log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
+            return False
+        # The queue resolved the run meanwhile: a cancellation between two reclaims (or its deadline).
+        log.warning(
+            "task %s/%s: run was cancelled (%s answered 409: %s) after %.2fs; its %s/%s is not reported",
+            run.task_id,
+            run.run_id,
+            method,
+            str(exc).splitlines()[0] if str(exc) else "conflict",
+            duration,
+            state,
+            reason,
+        )
+        plugins.task_resolved(
+            task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled", duration=duration, run=run
+        )
+        return True
+    except aiohttp.ClientError as exc:
+        plugins.queue_call(method=method, seconds=time.monotonic() - started)
         log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
-    else:
-        log.info("task %s/%s resolved %s/%s", run.task_id, run.run_id, state, reason)
+        return False
     plugins.queue_call(method=method, seconds=time.monotonic() - started)
+    log.info("task %s/%s resolved %s/%s in %.2fs (%s)", run.task_id, run.run_id, state, reason, duration, _uploads(run))
     plugins.task_resolved(
         task_id=run.task_id, run_id=run.run_id, state=state, reason=reason, duration=duration, run=run
     )
+    return True

@@ -1,0 +1,182 @@
+"""File descriptors: a finished task holds none, the worker raises its soft limit, and many tasks under a low
+hard limit all complete (issue 10: at capacity 4 under ``ulimit -n 1024`` finished live logs used to exhaust
+the descriptors and crashed runners made the worker exit with claims it never reported)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import taskcluster
+import taskcluster.aio
+
+from megalodon_core.double import PUBLIC_ARTIFACTS, TaskclusterDouble
+from megalodon_core.tasklog import TaskLog
+from megalodon_core.testing import make_task
+from megalodon_features.livelog import LiveLogServer, LiveStream
+
+MEGALODON = [sys.executable, "-m", "megalodon_core"]
+
+
+# -- the live log stream ------------------------------------------------------------------------------------
+def _open_paths() -> set[str]:
+    """What this process's descriptors point at."""
+    paths = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            paths.add(os.readlink(f"/proc/self/fd/{name}"))
+        except OSError:
+            pass
+    return paths
+
+
+async def _get(session: aiohttp.ClientSession, url: str) -> tuple[int, bytes, str | None]:
+    async with session.get(url, allow_redirects=False) as resp:
+        return resp.status, await resp.read(), resp.headers.get("Location")
+
+
+async def test_finished_live_log_holds_no_descriptor_and_reopens_only_the_same_file(tmp_path: Path) -> None:
+    tasklog = TaskLog(tmp_path / "live_backing.log")
+    tasklog.write(b"header\n")
+    tasklog.flush()
+    fd = os.open(tasklog.path, os.O_RDONLY)
+    artifact = "http://queue.example/api/queue/v1/task/T/runs/0/artifacts/public/logs/live_backing.log"
+    stream = LiveStream(
+        "s3cr3t", fd, tasklog.bytes_written, asyncio.get_running_loop(), path=tasklog.path, artifact_url=artifact
+    )
+    tasklog.add_sink(stream.append)
+    server = LiveLogServer("127.0.0.1", 0)
+    await server.start()
+    server.register(stream)
+    url = f"http://127.0.0.1:{server.port}/log/{stream.secret}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            tasklog.write(b"running\n")
+            assert stream.holds_fd
+            tasklog.close()
+            stream.finish(tasklog.bytes_written)
+            # Finished: the stream itself no longer holds the file...
+            assert not stream.holds_fd
+            assert str(tasklog.path) not in _open_paths()
+            # ...yet a late reader gets the whole log, through a descriptor of its own.
+            assert await _get(session, url) == (200, b"header\nrunning\n", None)
+            # Another file put at the same path is never served: the reader goes to the artifact instead.
+            tasklog.path.rename(tmp_path / "moved.log")
+            tasklog.path.write_bytes(b"not the task's log\n")
+            status, _, location = await _get(session, url)
+            assert (status, location) == (303, artifact)
+            # Gone (cleanUpTaskDirs): the backing log artifact has it all.
+            tasklog.path.unlink()
+            status, _, location = await _get(session, url)
+            assert (status, location) == (303, artifact)
+    finally:
+        await server.stop()
+
+
+# -- the worker's limit, and many tasks under a low hard limit ----------------------------------------------
+def test_soft_limit_is_raised_to_the_hard_limit() -> None:
+    from megalodon_core.worker.fd_limit import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+        assert raise_open_files_limit() == (min(256, hard), resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+        assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard or hard == resource.RLIM_INFINITY
+        assert raise_open_files_limit() is None  # already there: nothing to do
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class FdWatch:
+    """Samples a process's open descriptors (``/proc/PID/fd``) from a thread, keeping the maximum."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, len(os.listdir(f"/proc/{self.pid}/fd")))
+            except OSError:
+                return
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+TASKS = 2500
+CAPACITY = 4
+HARD_LIMIT = 1024
+
+
+def _low_hard_limit() -> None:
+    """In the worker's child before exec: ``ulimit -n 1024`` (soft and hard), as on the reported machine."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (HARD_LIMIT, HARD_LIMIT))
+
+
+async def test_many_tasks_under_a_low_hard_limit_all_complete(tmp_path: Path) -> None:
+    async with TaskclusterDouble(
+        claim_work_wait=1.0, resolver_interval=0.5, anonymous_scopes=PUBLIC_ARTIFACTS
+    ) as double:
+        worker_type = "fd-limits"
+        creds = double.worker_credentials("megalodon-test", worker_type, "g", "w")
+        cfg = {
+            "rootURL": double.root_url, "clientId": creds["clientId"], "accessToken": creds["accessToken"],
+            "provisionerId": "megalodon-test", "workerType": worker_type, "workerGroup": "g", "workerId": "w",
+            "tasksDir": str(tmp_path / "tasks"), "stateDir": str(tmp_path / "state"), "executor": "native",
+            "requiredDiskSpaceMegabytes": 16, "capacity": CAPACITY, "numberOfTasksToRun": TASKS,
+        }  # fmt: skip
+        config = tmp_path / "worker.json"
+        config.write_text(json.dumps(cfg))
+        queue = taskcluster.aio.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
+        payload = {"command": [["true"]], "maxRunTime": 30}
+        limit = asyncio.Semaphore(8)
+
+        async def create() -> str:
+            task_id: str = taskcluster.slugId()
+            async with limit:
+                await queue.createTask(task_id, make_task(payload, worker_type))
+            return task_id
+
+        task_ids = await asyncio.gather(*(create() for _ in range(TASKS)))
+        stderr = tmp_path / "worker.stderr"
+        started = time.monotonic()
+        with stderr.open("wb") as err:
+            proc = await asyncio.create_subprocess_exec(
+                *MEGALODON, "run", "--config", str(config), cwd=tmp_path, stderr=err,
+                preexec_fn=_low_hard_limit,  # the test's own child, before exec
+            )  # fmt: skip
+        watch = FdWatch(proc.pid)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 900)
+        finally:
+            peak = watch.stop()
+            if proc.returncode is None:
+                proc.kill()
+        elapsed = time.monotonic() - started
+        log = stderr.read_text()
+        print(f"\n{TASKS} tasks at capacity {CAPACITY}: {elapsed:.1f} s, peak worker fds {peak}")
+        assert code == 0, log[-3000:]
+        states: dict[str, int] = {}
+        for task_id in task_ids:
+            runs: list[dict[str, Any]] = double.task_state(task_id)["runs"]
+            for run in runs:
+                key = f"{run['state']}/{run.get('reasonResolved', '')}"
+                states[key] = states.get(key, 0) + 1
+        assert states == {"completed/completed": TASKS}, states
+        assert "Too many open files" not in log
+        assert peak < HARD_LIMIT
