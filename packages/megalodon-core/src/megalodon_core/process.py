@@ -157,7 +157,8 @@ async def run_command(
     result = CommandResult()
     begin = time.monotonic()
     try:
-        cgroup_fds = await asyncio.to_thread(cgroup.open_procs) if cgroup is not None else []
+        # Opening cgroupfs files is kernel memory, no disk: on the loop, not worth a thread hop per command.
+        cgroup_fds = cgroup.open_procs() if cgroup is not None else []
     except CgroupError as exc:
         result.system_error = f"{argv[0]}: {exc}"
         result.exit_code = -2

@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import io
 import os
+import stat
 import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ CHUNK = 1 << 20
 GZIP_LEVEL = 6
 #: Bodies up to this size are sent from memory, saving a dozen thread hand-offs per small artifact.
 SMALL_BODY = 1 << 20
+#: Files up to this size are read, hashed and compressed on the event loop (see :func:`_prepare_small`).
+INLINE_BODY = 32 * 1024
 
 
 @dataclass
@@ -72,6 +76,30 @@ def _gzip_to_temp(src: Path) -> tuple[Path, str, int]:
                 size += len(chunk)
                 gz.write(chunk)
     return Path(tmp), digest.hexdigest(), size
+
+
+def _prepare_small(path: Path, encoding: str) -> tuple[Path, str, int, int, bytes | None] | None:
+    """:func:`_prepare_body` in memory for a file of at most :data:`INLINE_BODY` bytes, else None.
+
+    A trivial task's log is a few hundred bytes: compressing it costs microseconds, far less than the two
+    thread hops (prepare, unlink the temp file) of the general path on the critical path of every task.
+    The gzip bytes are the ones :func:`_gzip_to_temp` writes (same header name, mtime 0, level).
+    """
+    st = path.stat()
+    if not stat.S_ISREG(st.st_mode) or st.st_size > INLINE_BODY:
+        return None  # never open a FIFO or device on the loop
+    with path.open("rb") as fh:
+        data = fh.read(INLINE_BODY + 1)
+    if len(data) > INLINE_BODY:
+        return None  # grew since the stat
+    sha = hashlib.sha256(data).hexdigest()
+    if encoding != "gzip":
+        return path, sha, len(data), len(data), data
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename=path.name, mode="wb", fileobj=buf, mtime=0, compresslevel=GZIP_LEVEL) as gz:
+        gz.write(data)
+    body = buf.getvalue()
+    return path, sha, len(data), len(body), body
 
 
 def _prepare_body(path: Path, encoding: str) -> tuple[Path, str, int, int, bytes | None]:
@@ -174,7 +202,10 @@ class Publisher:
     async def _s3(
         self, task_id: str, run_id: int, name: str, path: Path, content_type: str, encoding: str, expires: Any
     ) -> Published:
-        body_path, sha, size, body_size, small = await asyncio.to_thread(_prepare_body, path, encoding)
+        prepared = _prepare_small(path, encoding)
+        if prepared is None:
+            prepared = await asyncio.to_thread(_prepare_body, path, encoding)
+        body_path, sha, size, body_size, small = prepared
         try:
             resp = await self._create(
                 task_id,

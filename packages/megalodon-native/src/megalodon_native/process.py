@@ -49,8 +49,12 @@ class TaskProcesses:
         self._oom_seen = 0
 
     async def create(self) -> None:
-        """Make the run's cgroup (with the memory limit when configured)."""
-        host = await asyncio.to_thread(cgroups.host)
+        """Make the run's cgroup (with the memory limit when configured).
+
+        On the loop, not in a thread: cgroupfs is kernel memory (mkdir and small writes, no disk), and a
+        thread hop per step would cost more than the step on the critical path of every task (issue 13).
+        """
+        host = cgroups.host()
         if host is None:
             if self.memory_limit:
                 raise InternalError(
@@ -65,7 +69,7 @@ class TaskProcesses:
                 )
             return
         try:
-            self.cgroup = await asyncio.to_thread(host.create, self.name, memory_limit=self.memory_limit)
+            self.cgroup = host.create(self.name, memory_limit=self.memory_limit)
         except CgroupError as exc:
             raise InternalError(f"could not create the task's cgroup: {exc}") from exc
 
@@ -78,6 +82,10 @@ class TaskProcesses:
             kill_group(pgid)
         if self.cgroup is not None:
             try:
+                # An empty cgroup stays empty (only a member can fork into it): nothing to freeze or kill,
+                # and no thread hop for the common case of commands that left nothing behind.
+                if not self.cgroup.pids():
+                    return
                 await asyncio.to_thread(self.cgroup.kill)
             except CgroupError as exc:
                 log.error("task cgroup %s: %s", self.name, exc)
@@ -94,7 +102,8 @@ class TaskProcesses:
         await self.kill()
         if self.cgroup is not None:
             with contextlib.suppress(CgroupError):
-                await asyncio.to_thread(self.cgroup.remove)
+                if not self.cgroup.try_rmdir():  # busy: a killed process is still being torn down
+                    await asyncio.to_thread(self.cgroup.remove)
 
 
 __all__ = [
