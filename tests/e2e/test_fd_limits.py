@@ -5,6 +5,7 @@ the descriptors and crashed runners made the worker exit with claims it never re
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import resource
@@ -15,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import taskcluster
 import taskcluster.aio
 
+from megalodon_core.config import parse_config
 from megalodon_core.double import PUBLIC_ARTIFACTS, TaskclusterDouble
+from megalodon_core.double.faults import Fault
+from megalodon_core.plugins import PluginHost
 from megalodon_core.tasklog import TaskLog
-from megalodon_core.testing import make_task
+from megalodon_core.testing import Harness, make_task
+from megalodon_core.worker import Worker
 from megalodon_features.livelog import LiveLogServer, LiveStream
 
 MEGALODON = [sys.executable, "-m", "megalodon_core"]
@@ -180,3 +186,64 @@ async def test_many_tasks_under_a_low_hard_limit_all_complete(tmp_path: Path) ->
         assert states == {"completed/completed": TASKS}, states
         assert "Too many open files" not in log
         assert peak < HARD_LIMIT
+
+
+# -- crashed task runners ----------------------------------------------------------------------------------
+def _crash_task_log_of(monkeypatch: pytest.MonkeyPatch, task_id: str) -> None:
+    """The crash issue 10 measured: the task log cannot be opened ("Too many open files") for one task — outside
+    the pipeline's error handling, in the task runner itself."""
+    from megalodon_core.worker import loop
+
+    real = loop.TaskLog
+
+    def task_log(path: Path, **kwargs: Any) -> TaskLog:
+        if f"task_{task_id[:12]}_" in str(path):
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(loop, "TaskLog", task_log)
+
+
+async def _worker(harness: Harness, worker_type: str, **config: Any) -> Worker:
+    host = PluginHost()
+    return Worker(parse_config(harness.config(worker_type, **config), host.config_fields()), host)
+
+
+async def test_a_crashed_runner_reports_internal_error_and_is_not_counted(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker_type = harness.worker_type()
+    payload = {"command": [["true"]], "maxRunTime": 30}
+    crashed = await harness.create(payload, worker_type)
+    others = [await harness.create(payload, worker_type) for _ in range(2)]
+    _crash_task_log_of(monkeypatch, crashed)
+    worker = await _worker(harness, worker_type, numberOfTasksToRun=2)
+    assert await asyncio.wait_for(worker.run(), 120) == 0
+    runs = harness.double.task_state(crashed)["runs"]
+    assert [(r["state"], r["reasonResolved"]) for r in runs] == [("exception", "internal-error")]
+    # Not counted: the worker ran two more tasks before numberOfTasksToRun (2) was reached.
+    for task_id in others:
+        assert harness.double.task_state(task_id)["state"] == "completed"
+    assert worker.resolved == 2
+    assert worker.books.journal.entries() == []
+
+
+async def test_a_crashed_run_whose_report_fails_is_resolved_before_the_worker_exits(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from megalodon_core.worker import loop
+
+    monkeypatch.setattr(loop, "CLAIM_ERROR_BACKOFF", 0.1)
+    worker_type = harness.worker_type()
+    payload = {"command": [["true"]], "maxRunTime": 30}
+    crashed = await harness.create(payload, worker_type)
+    other = await harness.create(payload, worker_type)
+    _crash_task_log_of(monkeypatch, crashed)
+    # Every attempt of the runner's own report is refused; the queue answers again by the time the worker exits.
+    harness.double.faults.add(Fault(method="reportException", status=400, times=loop.CRASH_REPORT_ATTEMPTS))
+    worker = await _worker(harness, worker_type, numberOfTasksToRun=1)
+    assert await asyncio.wait_for(worker.run(), 120) == 0
+    assert harness.double.task_state(other)["state"] == "completed"
+    first = harness.double.task_state(crashed)["runs"][0]
+    assert (first["state"], first["reasonResolved"]) == ("exception", "worker-shutdown")
+    assert worker.books.journal.entries() == []
