@@ -21,6 +21,8 @@ falls on every side.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import itertools
 import json
 import os
 import resource
@@ -33,10 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 import taskcluster
 import taskcluster.aio
-from common import make_task, ratio, scratch, stats, worker_config
+from common import PROVISIONER, WORKER_GROUP, WORKER_ID, make_task, ratio, scratch, stats, worker_config
 
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.double.faults import CallCounter
@@ -46,6 +49,7 @@ GOAL_WALL_ALL = 1.1
 GOAL_WALL_CORE = 1.05
 GOAL_CPU = 1.3
 GOAL_THROUGHPUT_C4 = 0.9
+GOAL_THROUGHPUT_REAL = 0.95
 GOAL_LOG_ADDED_S = 0.3
 GOAL_VERSION = 1.3
 GOAL_HELP = 2.0
@@ -216,6 +220,132 @@ async def bench_pertask(settings: Any) -> dict[str, Any]:
     return result
 
 
+# -- the same against the real queue -------------------------------------------------------------------------
+def real_queue_settings() -> tuple[str, dict[str, str]] | None:
+    """``MEGALODON_BENCH_ROOT_URL`` (+ ``TASKCLUSTER_CLIENT_ID`` / ``TASKCLUSTER_ACCESS_TOKEN``), or None."""
+    root_url = os.environ.get("MEGALODON_BENCH_ROOT_URL", "").strip()
+    if not root_url:
+        return None
+    creds = {
+        k: os.environ.get(f"TASKCLUSTER_{e}", "")
+        for k, e in (("clientId", "CLIENT_ID"), ("accessToken", "ACCESS_TOKEN"))
+    }
+    if not all(creds.values()):
+        raise RuntimeError("MEGALODON_BENCH_ROOT_URL needs TASKCLUSTER_CLIENT_ID and TASKCLUSTER_ACCESS_TOKEN")
+    return root_url, creds
+
+
+def _resolved_at(status: dict[str, Any]) -> float | None:
+    runs = status["status"]["runs"]
+    stamp = runs[-1].get("resolved") if runs else None
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() if stamp else None
+
+
+async def run_side_real(
+    root_url: str, creds: dict[str, str], workdir: Path, side: str, worker_type: str, n: int, capacity: int
+) -> dict[str, Any]:
+    """``run_side`` against a real queue: resolution instants are the queue's own (``status.runs[].resolved``)
+    of every task, read after the run; CPU is sampled when the first and the last created task resolve (the
+    bench process polls those two statuses every 20 ms, the same load on every side)."""
+    os.makedirs(workdir, exist_ok=True)
+    payload = {"command": [["true"]], "maxRunTime": 30}
+    async with aiohttp.ClientSession() as session:
+        queue = taskcluster.aio.Queue({"rootUrl": root_url, "credentials": dict(creds)}, session=session)
+        ids = []
+        for _ in range(n):
+            task_id = taskcluster.slugId()
+            await queue.createTask(task_id, make_task(payload, worker_type))
+            ids.append(task_id)
+        cfg = {
+            "rootURL": root_url,
+            **creds,
+            "provisionerId": PROVISIONER,
+            "workerType": worker_type,
+            "workerGroup": WORKER_GROUP,
+            "workerId": WORKER_ID,
+            "executor": "native",
+            "tasksDir": str(workdir / "tasks"),
+            "stateDir": str(workdir / "state"),
+            "requiredDiskSpaceMegabytes": 16,
+            "cachesDir": str(workdir / "caches"),
+            "downloadsDir": str(workdir / "downloads"),
+            "numberOfTasksToRun": n,
+            "capacity": capacity,
+            "maxTaskRunTime": 3600,
+        }
+        cfg_path = workdir / "config.json"
+        cfg_path.write_text(json.dumps(cfg))
+        argv, env = side_command(side, cfg_path)
+        with (workdir / "out.txt").open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env=env)
+        watch = ProcessWatch(proc.pid, 2)
+        try:
+            for task_id in (ids[0], ids[-1]):
+                while proc.returncode is None:  # polling the queue: there is no event to wait on
+                    if _resolved_at(await queue.status(task_id)) is not None:
+                        break
+                    await asyncio.sleep(0.02)
+                if proc.returncode is None:
+                    watch.resolved()
+            code = await asyncio.wait_for(proc.wait(), 120 + 2 * n)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        found = [_resolved_at(await queue.status(task_id)) for task_id in ids]
+        stamps = sorted(t for t in found if t is not None)
+    if code != 0 or len(stamps) != n or len(watch.times) != 2:
+        tail = (workdir / "out.txt").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{side} (real queue): exit {code}, {len(stamps)}/{n} tasks resolved\n{tail}")
+    window = stamps[-1] - stamps[0]
+    steps = n - 1
+    return {
+        "wall_per_task_s": window / steps,
+        "intervals_s": [b - a for a, b in itertools.pairwise(stamps)],
+        "cpu_per_task_s": (watch.cpu_last - watch.cpu_first) / steps,
+        "tasks_per_s": steps / window if window > 0 else float("nan"),
+    }
+
+
+async def bench_pertask_real(settings: Any) -> dict[str, Any]:
+    """``pertask`` at capacity 1 against the real Taskcluster queue named by ``MEGALODON_BENCH_ROOT_URL``."""
+    found = real_queue_settings()
+    if found is None:
+        raise RuntimeError("pertask-real needs MEGALODON_BENCH_ROOT_URL (and TASKCLUSTER_CLIENT_ID/ACCESS_TOKEN)")
+    root_url, creds = found
+    rounds = 1 if settings.quick else 3
+    n = settings.tasks * 5
+    tag = taskcluster.slugId()[:8].replace("_", "x").replace("-", "y").lower()
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
+    async with scratch("pertask-real") as workdir:
+        for side in SIDES:  # warm-up, unmeasured
+            await run_side_real(root_url, creds, workdir / f"warm-{side}", side, f"h9-{tag}-w{side}", 3, 1)
+        for r, order in enumerate(round_orders(rounds)):
+            for side in order:
+                wt = f"h9-{tag}-{side}{r}"
+                runs[side].append(await run_side_real(root_url, creds, workdir / wt, side, wt, n, 1))
+    return {"rounds": rounds, "root_url": root_url, "capacity1": {"tasks_per_run": n, **summarise(runs)}}
+
+
+def print_pertask_real(r: dict[str, Any]) -> None:
+    print(f"\n== per task on the real queue {r['root_url']} (capacity 1, {r['rounds']} alternating rounds) ==")
+    c = r["capacity1"]
+    print(f"  {c['tasks_per_run']} tasks per run")
+    for side in SIDES:
+        s = c[side]
+        print(
+            f"    {side:5}  wall/task {_mmm(s['wall_per_task'])}   cpu/task {_mmm(s['cpu_per_task'])}   "
+            f"tasks/s {s['tasks_per_s']['median']:6.1f}"
+        )
+    for side in ("core", "all"):
+        s = c[side]
+        print(
+            f"    {side} / floor: throughput {s['ratio_throughput']:.2f}x (goal >= {GOAL_THROUGHPUT_REAL}x), "
+            f"cpu {s['ratio_cpu']:.2f}x (goal <= {GOAL_CPU}x), wall {s['ratio_wall']:.2f}x"
+        )
+
+
 # -- the CLI's start-up ------------------------------------------------------------------------------------
 def _timed(argv: list[str]) -> tuple[float, float]:
     """Wall and CPU (user + system of the child) of one command, which must succeed."""
@@ -365,4 +495,5 @@ SCENARIOS: dict[str, tuple[Callable[[Any], Any], Callable[[dict[str, Any]], None
     "pertask": (bench_pertask, print_pertask),
     "cli": (bench_cli, print_cli),
     "loglatency": (bench_loglatency, print_loglatency),
+    "pertask-real": (bench_pertask_real, print_pertask_real),
 }
