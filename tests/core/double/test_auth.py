@@ -30,7 +30,12 @@ async def status_code(coro: Any) -> int:
 async def test_root_and_clients(double: TaskclusterDouble) -> None:
     assert (await auth_client(double, double.root_credentials).currentScopes())["scopes"] == ["*"]
     creds = double.add_client("project/me", "secret-token", ["auth:current-scopes", "x:y"])
-    assert (await auth_client(double, creds).currentScopes())["scopes"] == ["auth:current-scopes", "x:y"]
+    # every client also holds assume:anonymous, as the real service answers (transcripts/auth-current-scopes.json)
+    assert (await auth_client(double, creds).currentScopes())["scopes"] == [
+        "assume:anonymous",
+        "auth:current-scopes",
+        "x:y",
+    ]
     wrong = {**creds, "accessToken": "nope"}
     with pytest.raises(taskcluster.exceptions.TaskclusterAuthFailure, match="Bad mac"):
         await auth_client(double, wrong).currentScopes()
@@ -66,17 +71,22 @@ async def test_client_minted_certificates(double: TaskclusterDouble) -> None:
     unnamed = taskcluster.createTemporaryCredentials(
         root["clientId"], root["accessToken"], start, expiry, ["auth:current-scopes"]
     )
-    assert (await auth_client(double, unnamed).currentScopes())["scopes"] == ["auth:current-scopes"]
+    assert (await auth_client(double, unnamed).currentScopes())["scopes"] == ["assume:anonymous", "auth:current-scopes"]
     named = taskcluster.createTemporaryCredentials(
         root["clientId"], root["accessToken"], start, expiry, ["auth:current-scopes", "a:b"], name="my/name"
     )
-    assert (await auth_client(double, named).currentScopes())["scopes"] == ["a:b", "auth:current-scopes"]
+    assert (await auth_client(double, named).currentScopes())["scopes"] == [
+        "a:b",
+        "assume:anonymous",
+        "auth:current-scopes",
+    ]
     cert = named["certificate"]
     cert = cert.decode() if isinstance(cert, bytes) else cert
     forged = {**named, "certificate": cert.replace('"a:b"', '"*"')}
     assert await status_code(auth_client(double, forged).currentScopes()) == 401
     narrowed = auth_client(double, root, authorizedScopes=["auth:current-scopes"])
-    assert (await narrowed.currentScopes())["scopes"] == ["auth:current-scopes"]
+    # assume:anonymous is added back after the restriction, as the real service does
+    assert (await narrowed.currentScopes())["scopes"] == ["assume:anonymous", "auth:current-scopes"]
 
 
 async def test_insufficient_scopes_wording(double: TaskclusterDouble) -> None:

@@ -9,7 +9,7 @@ import taskcluster
 import taskcluster.aio
 
 from megalodon_core.double import TaskclusterDouble
-from megalodon_core.double.roles import Role, RoleCycleError, RoleStore, normalize
+from megalodon_core.double.roles import Role, RoleCycleError, RoleStore, find_cycle, normalize
 
 
 def auth_client(double: TaskclusterDouble, creds: dict[str, str]) -> Any:
@@ -63,6 +63,17 @@ def test_a_role_cycle_is_refused() -> None:
         roles({"a*": ["assume:a<..>x"]}).expand(["assume:ab"])
 
 
+def test_dependency_cycles_as_the_service_finds_them() -> None:
+    """trie.js ``dependencyOrdering``: a role granting (with ``*`` as parameter) a role on its own path."""
+
+    def role(role_id: str, *scopes: str) -> Role:
+        return Role(role_id, list(scopes), "", "", "")
+
+    assert find_cycle([role("a*", "assume:a<..>x")]) == ["assume:a*", "assume:a*"]
+    assert find_cycle([role("x", "assume:y"), role("y", "assume:x")]) == ["assume:x", "assume:y", "assume:x"]
+    assert find_cycle([role("x", "assume:y"), role("y", "a:b"), role("z*", "assume:x")]) is None
+
+
 async def test_roles_over_http(double: TaskclusterDouble) -> None:
     root = auth_client(double, double.root_credentials)
     created = await root.createRole(
@@ -77,7 +88,11 @@ async def test_roles_over_http(double: TaskclusterDouble) -> None:
     # a client holding its scopes through a role has them for every call, as in the real service
     await root.createRole("client-role", {"description": "", "scopes": ["auth:current-scopes"]})
     creds = double.add_client("project/me", "token", ["assume:client-role"])
-    assert (await auth_client(double, creds).currentScopes())["scopes"] == ["assume:client-role", "auth:current-scopes"]
+    assert (await auth_client(double, creds).currentScopes())["scopes"] == [
+        "assume:anonymous",
+        "assume:client-role",
+        "auth:current-scopes",
+    ]
 
     # createRole needs the role's scopes too
     limited = double.add_client("limited", "token", ["auth:create-role:*"])

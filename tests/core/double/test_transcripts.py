@@ -40,6 +40,7 @@ import taskcluster.aio
 import yarl
 
 from megalodon_core.double import TaskclusterDouble
+from megalodon_core.double.server import PUBLIC_ARTIFACTS
 from megalodon_core.double.timeutil import iso, parse_iso, slug_id
 
 
@@ -59,6 +60,9 @@ def locate_shared() -> Path:
 
 
 TRANSCRIPTS = locate_shared() / "taskcluster-api" / "transcripts"
+#: The repository's own recordings (``tools/record_transcripts.py`` against the real services): roles,
+#: expandScopes, currentScopes, reference/link artifacts and reports after a cancel.
+LOCAL_TRANSCRIPTS = Path(__file__).resolve().parent / "transcripts"
 ROOT = "static/taskcluster/root"
 ISO_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 TASK_IN_PATH = re.compile(r"/task/([A-Za-z0-9_-]{22})(?=/|$|\?)")
@@ -82,18 +86,21 @@ GROUPS: dict[str, list[str]] = {
         "artifact-download-helper.json",
     ],
 }
-for _path in sorted(TRANSCRIPTS.glob("*.json")):
+for _path in sorted([*TRANSCRIPTS.glob("*.json"), *LOCAL_TRANSCRIPTS.glob("*.json")]):
     if _path.name not in SKIPPED and not any(_path.name in files for files in GROUPS.values()):
         GROUPS[_path.stem] = [_path.name]
 
-DOUBLE_CONFIG: dict[str, dict[str, float]] = {
+DOUBLE_CONFIG: dict[str, dict[str, Any]] = {
     "claim-expired": {"claim_timeout": 1.0},
     "deadline-exceeded": {"deadline_delay": 0.5},
+    # The real deployment of the local recordings grants the anonymous role public artifacts.
+    "auth-current-scopes": {"anonymous_scopes": PUBLIC_ARTIFACTS},
 }
 
 
 def load(name: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((TRANSCRIPTS / name).read_text())
+    local = LOCAL_TRANSCRIPTS / name
+    data: dict[str, Any] = json.loads((local if local.exists() else TRANSCRIPTS / name).read_text())
     return data
 
 
@@ -124,6 +131,7 @@ class Replayer:
     urls: dict[tuple[str, str], str] = field(default_factory=dict)
     step_creds: dict[tuple[str, int], dict[str, str]] = field(default_factory=dict)
     body_hooks: dict[str, Callable[[dict[str, Any]], None]] = field(default_factory=dict)
+    minted: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # -- substitution -----------------------------------------------------------------------
 
@@ -194,6 +202,14 @@ class Replayer:
         if (name, index) in self.step_creds:
             return self.step_creds[(name, index)]
         client_id = auth["clientId"]
+        if client_id not in self.creds and "certificateScopes" in auth:
+            # Temporary credentials the recorder minted itself (clientId = the issuer's): mint equivalent ones.
+            key = json.dumps(auth["certificateScopes"])
+            if key not in self.minted:
+                now = dt.datetime.now(dt.UTC)
+                hour = dt.timedelta(hours=1)
+                self.minted[key] = self.double.temporary_credentials(auth["certificateScopes"], now - hour, now + hour)
+            return self.minted[key]
         if client_id == ROOT:
             return self.double.root_credentials
         if client_id in self.creds:
@@ -222,6 +238,8 @@ class Replayer:
             ext = {}
             if "certificate" in creds:
                 ext["certificate"] = json.loads(creds["certificate"])
+            if "authorizedScopes" in step["auth"]:
+                ext["authorizedScopes"] = step["auth"]["authorizedScopes"]
             sender = mohawk.Sender(
                 {"id": creds["clientId"], "key": creds["accessToken"], "algorithm": "sha256"},
                 url,
@@ -404,6 +422,11 @@ async def replay_step(name: str, index: int, step: dict[str, Any], r: Replayer) 
     status, body, headers = await r.api_call(name, index, step)
     assert status == step["status"], f"{where}: got {status} {json.dumps(body)[:600]}"
     assert_same_shape(step["response_body"], body, where)
+    if step["call"].startswith("auth.") and status == 200:
+        # Scope sets are exact: the expansion and its normal form are what a worker decides on.
+        for key in ("scopes", "expandedScopes"):
+            if key in step["response_body"]:
+                assert body[key] == r.sub(step["response_body"][key]), f"{where}: {key}"
     recorded_headers = step.get("response_headers") or {}
     for header in ("location", "x-taskcluster-artifact-storage-type"):
         if header in recorded_headers:
@@ -442,7 +465,7 @@ async def replay_file(name: str, r: Replayer) -> None:
 
 
 def test_every_transcript_is_covered() -> None:
-    names = {p.name for p in TRANSCRIPTS.glob("*.json")}
+    names = {p.name for p in [*TRANSCRIPTS.glob("*.json"), *LOCAL_TRANSCRIPTS.glob("*.json")]}
     covered = {f for files in GROUPS.values() for f in files} | set(SKIPPED)
     assert names <= covered
     assert len(names) >= 20

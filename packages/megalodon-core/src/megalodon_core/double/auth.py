@@ -80,6 +80,10 @@ def _decode_ext(ext: str) -> dict[str, Any]:
     return decoded
 
 
+#: The scope every caller holds (``signaturevalidator.js`` merges it into each client's scopes).
+ANONYMOUS_ROLE = "assume:anonymous"
+
+
 class Authenticator:
     """Holds every client the double knows and validates incoming Hawk headers."""
 
@@ -229,12 +233,15 @@ class Authenticator:
         if authorized is not None:
             if not isinstance(authorized, list) or not all(isinstance(s, str) for s in authorized):
                 raise _auth_failed("ext.authorizedScopes must be an array of strings")
-            if not all(has_scope(scopes, s) for s in authorized):
+            # signaturevalidator.js: the anonymous role and the roles count before the check.
+            held = self._with_anonymous(scopes)
+            if not all(has_scope(held, s) for s in authorized):
                 raise _auth_failed("ext.authorizedScopes oversteps your scopes")
             scopes = authorized
-        else:
-            # Every client also holds the anonymous role's scopes, as in the real auth service.
-            scopes = [*scopes, *self.anonymous.scopes]
-        if self.roles.roles:
-            scopes = self.roles.expand(scopes)
-        return Identity(hawk_id, tuple(scopes))
+        # Every client also holds ``assume:anonymous`` (after any restriction, as in the real auth service).
+        return Identity(hawk_id, tuple(self._with_anonymous(scopes)))
+
+    def _with_anonymous(self, scopes: Sequence[str]) -> list[str]:
+        """``scopes`` plus ``assume:anonymous`` with what that role grants, roles expanded."""
+        merged = [*scopes, ANONYMOUS_ROLE, *self.anonymous.scopes]
+        return self.roles.expand(merged) if self.roles.roles else merged

@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from .api import Call, Endpoint
 from .auth import Authenticator
 from .errors import TaskclusterError
-from .roles import Role, RoleCycleError, normalize, sort_scopes
+from .roles import Role, find_cycle, normalize, sort_scopes
 from .schemas import SCOPE, SCOPE_SET, _obj
 from .timeutil import iso, now
 
-#: Forces authentication without requiring any particular scope.
-AUTHENTICATED_ONLY: dict[str, Any] = {"AllOf": []}
+#: expandScopes needs this scope (``services/auth/src/api.js``); deployments give it to workers through a role.
+EXPAND_SCOPES = "auth:expand-scopes"
 
 CREATE_ROLE = _obj(
     {
@@ -40,7 +42,7 @@ class AuthService:
             Endpoint("auth", "ping", "GET", "/ping", self.ping),
             Endpoint("auth", "currentScopes", "GET", "/scopes/current", self.current_scopes, "auth:current-scopes"),
             Endpoint(
-                "auth", "expandScopes", "POST", "/scopes/expand", self.expand_scopes, AUTHENTICATED_ONLY,
+                "auth", "expandScopes", "POST", "/scopes/expand", self.expand_scopes, EXPAND_SCOPES,
                 SCOPE_SET, "v1/scopeset.json#",
             ),
             Endpoint(
@@ -85,19 +87,19 @@ class AuthService:
         stamp = iso(now())
         role = Role(role_id, sort_scopes(scopes), call.body["description"], stamp, stamp)
         store.put(role)
-        try:
-            store.expand([f"assume:{role_id}"])
-        except RoleCycleError as exc:
+        cycle = find_cycle(store.roles.values())
+        if cycle is not None:
             del store.roles[role_id]
-            raise TaskclusterError("InputError", str(exc)) from None
+            found = "' -> '".join(cycle)
+            raise TaskclusterError("InputError", f"Roles may not contain dependency cycles, found: '{found}'")
         return self._json(role)
 
     async def role(self, call: Call) -> Any:
         role = self.auth.roles.roles.get(call.params["roleId"])
         if role is None:
-            raise TaskclusterError("ResourceNotFound", f"Role with roleId '{call.params['roleId']}' not found")
+            raise TaskclusterError("ResourceNotFound", "Role not found")
         return self._json(role)
 
     async def delete_role(self, call: Call) -> Any:
         self.auth.roles.roles.pop(call.params["roleId"], None)
-        return {}
+        return web.Response(status=204)  # the real service answers 204, no body, role or not

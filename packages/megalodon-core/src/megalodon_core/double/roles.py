@@ -86,6 +86,42 @@ def normalize(scopes: Iterable[str]) -> list[str]:
     return [s for s in unique if not any(t != s and covers(t, s) for t in stars)]
 
 
+def find_cycle(roles: Iterable[Role]) -> list[str] | None:
+    """A dependency cycle among ``roles`` as the service finds it (``trie.js`` ``dependencyOrdering``), or None.
+
+    Role ``A`` depends on role ``B`` when one of ``A``'s scopes, parameterised with ``*`` (the worst case),
+    would grant ``B``; a role may depend on itself.  The cycle is returned as ``assume:`` patterns.
+    """
+    ordered = sorted(roles, key=lambda role: role.role_id)
+    deps = {
+        role.role_id: [other for other in ordered if any(_granted(_with_param(s, "*"), other) for s in role.scopes)]
+        for role in ordered
+    }
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(role: Role) -> list[str] | None:
+        if role.role_id in done:
+            return None
+        if role.role_id in stack:
+            cycle = [*stack[stack.index(role.role_id) :], role.role_id]
+            return [f"assume:{r}" for r in cycle]
+        stack.append(role.role_id)
+        for dep in deps[role.role_id]:
+            found = visit(dep)
+            if found:
+                return found
+        stack.pop()
+        done.add(role.role_id)
+        return None
+
+    for role in ordered:
+        found = visit(role)
+        if found:
+            return found
+    return None
+
+
 class RoleStore:
     """The deployment's roles; :meth:`expand` is ``auth.expandScopes``."""
 

@@ -211,7 +211,7 @@ INSERT_TASK = _obj(
 
 SECRET = _obj({"secret": {"type": "object"}, "expires": DATE_TIME}, ["secret", "expires"])
 
-SCOPE_SET = _obj({"scopes": {"type": "array", "items": SCOPE}}, ["scopes"])
+SCOPE_SET = _obj({"scopes": {"type": "array", "items": SCOPE, "uniqueItems": True}}, ["scopes"])
 
 _FORMAT_CHECKER = jsonschema.FormatChecker([])
 
