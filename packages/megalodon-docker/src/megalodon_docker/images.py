@@ -50,6 +50,7 @@ from typing import Any, BinaryIO, Literal, Protocol, get_args, runtime_checkable
 import docker.errors
 
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, MalformedPayload
+from megalodon_core.scopes import scope_satisfied
 
 from .payload import DockerImage, IndexedImage, TaskImage
 from .settings import PullPolicy
@@ -282,10 +283,6 @@ def _split_reference(name: str) -> tuple[str, str | None, str | None]:
     if colon > name.rfind("/"):
         repo, tag = name[:colon], name[colon + 1 :]
     return repo, tag, digest
-
-
-def _scope_satisfied(scopes: list[str], required: str) -> bool:
-    return any(s == required or (s.endswith("*") and required.startswith(s[:-1])) for s in scopes)
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
@@ -600,7 +597,7 @@ class ImageManager:
         credentials = self._credentials_for(repo)
         if credentials is not None:
             required = f"{_IMAGE_SCOPE_PREFIX}{repo}:{tag or 'latest'}"
-            if not _scope_satisfied(task_scopes, required):
+            if not scope_satisfied(task_scopes, required):
                 raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
 
         policy = self._pull_policy
@@ -778,7 +775,7 @@ class ImageManager:
         """docker-worker's ``isAuthorized`` of artifact images: non-public paths need the get-artifact scope."""
         if not re.match(r"^/?public/", spec.path):
             required = f"queue:get-artifact:{spec.path}"
-            if not _scope_satisfied(task_scopes, required):
+            if not scope_satisfied(task_scopes, required):
                 raise ImageNotAuthorizedError(spec.model_dump(by_alias=True), required)
 
     async def _download_and_load(

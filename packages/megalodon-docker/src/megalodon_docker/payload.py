@@ -36,8 +36,9 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic_core import PydanticCustomError
+
+from megalodon_core import payloads
 
 __all__ = [
     "Artifact",
@@ -294,19 +295,14 @@ class DockerPayload(_SchemaModel):
 # -- public entry points -------------------------------------------------------------------------------------
 
 
-class PayloadError(ValueError):
+class PayloadError(payloads.PayloadError):
     """The payload does not satisfy the docker-worker schema.
 
     ``errors`` holds ``(dotted path, message)`` pairs, e.g. ``("onExitStatus.retry.0", "Input should be a
     valid integer")``; the path of an error about the payload as a whole is ``"(root)"``.
     """
 
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = errors
-        super().__init__(
-            "payload does not match the docker-worker schema:\n"
-            + "\n".join(f"  {path}: {message}" for path, message in errors)
-        )
+    heading = "payload does not match the docker-worker schema:"
 
 
 def _dotted(loc: tuple[int | str, ...]) -> str:
@@ -330,20 +326,6 @@ def validate_payload(data: object) -> DockerPayload:
         raise PayloadError(errors) from None
 
 
-class _SchemaGenerator(GenerateJsonSchema):
-    """Export optional fields as their plain type: none of them accepts ``null``, only absence."""
-
-    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
-        return self.generate_inner(schema["schema"])
-
-    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
-        # A ``None`` default only encodes "absent": the official schema has no default there.
-        result = super().default_schema(schema)
-        if result.get("default", 0) is None:
-            del result["default"]
-        return result
-
-
 def payload_json_schema() -> dict[str, Any]:
     """The model's JSON Schema (draft 2020-12 as pydantic writes it), for ``show-payload-schema``."""
-    return DockerPayload.model_json_schema(by_alias=True, schema_generator=_SchemaGenerator)
+    return payloads.payload_schema(DockerPayload)

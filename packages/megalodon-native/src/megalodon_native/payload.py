@@ -38,8 +38,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
-from pydantic_core import ErrorDetails, PydanticCustomError, core_schema
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from megalodon_core import payloads
 
 __all__ = [
     "Artifact",
@@ -88,16 +89,12 @@ ArchiveFormat = Literal[
 ]
 
 
-class PayloadError(ValueError):
+class PayloadError(payloads.PayloadError):
     """A payload that does not conform to the schema; the task resolves as ``exception/malformed-payload``.
 
     ``errors`` holds ``(field_path, message)`` pairs with generic-worker's dotted paths so the task log reads
     the same as generic-worker's ``[taskcluster:error] - <field>: <msg>`` lines.
     """
-
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        self.errors = errors
-        super().__init__("\n".join(f"{path}: {message}" for path, message in errors))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -528,22 +525,13 @@ def validate_payload(data: object) -> NativePayload:
         raise PayloadError([_describe(error) for error in exc.errors()]) from exc
 
 
-class _SchemaExport(GenerateJsonSchema):
-    """Exports optional properties as the official schema has them: absent or typed, never ``null``."""
-
-    def nullable_schema(self, schema: core_schema.NullableSchema) -> JsonSchemaValue:
-        return self.generate_inner(schema["schema"])
-
-    def default_schema(self, schema: core_schema.WithDefaultSchema) -> JsonSchemaValue:
-        json_schema = super().default_schema(schema)
-        if "default" in json_schema and json_schema["default"] is None:
-            del json_schema["default"]
-        return json_schema
+#: Kept for the multiuser model's export (one implementation, in core).
+_SchemaExport = payloads.OptionalAsAbsentSchema
 
 
 def payload_json_schema() -> dict[str, Any]:
     """The payload schema derived from the model, for ``megalodon show-payload-schema --executor native``."""
-    return NativePayload.model_json_schema(by_alias=True, schema_generator=_SchemaExport)
+    return payloads.payload_schema(NativePayload)
 
 
 @functools.cache
