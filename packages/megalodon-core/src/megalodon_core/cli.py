@@ -12,7 +12,6 @@ import json
 import logging
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -263,7 +262,9 @@ async def _serve_worker(
     """The worker with its worker-runner link, log routing and metrics endpoint around it."""
     from . import __version__
     from .metrics import Metrics, MetricsPlugin, serve
+    from .phase_metrics import PhaseMetrics
     from .worker import EXIT_INVALID_CONFIG, Worker
+    from .worker.health import health_document
     from .workerrunner import HandshakeTimeout, ProtocolClosed, RunnerLogRouting, WorkerRunnerError, connect
 
     try:
@@ -278,6 +279,8 @@ async def _serve_worker(
         host.register(log_routing, name="megalodon-core.worker-runner-log")
     metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
     host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
+    phases = PhaseMetrics(metrics, task_queue_id=cfg.task_queue_id, capacity=cfg.capacity)
+    host.register(phases, name="megalodon-core.phase-metrics")
     worker = Worker(cfg, host, runner=proto if with_worker_runner else None)
     proto.on(
         "graceful-termination",
@@ -302,12 +305,7 @@ async def _serve_worker(
     if cfg.metricsPort is not None:
 
         def health() -> dict[str, Any]:
-            return {
-                "status": "ok",
-                "runningTasks": sorted(r.task_id for r in worker.running.values() if r is not None),
-                "lastClaimAgeSeconds": round(time.monotonic() - worker.last_claim_at, 3),
-                "resolvedTasks": worker.resolved,
-            }
+            return health_document(worker)
 
         try:
             server = await serve(metrics, cfg.metricsAddress, cfg.metricsPort, health=health)
@@ -427,8 +425,13 @@ def _print_run_summary(result: Any) -> None:
 def status(
     state_dir: Annotated[Path, typer.Option("--state-dir", help="The worker's stateDir.")] = Path("."),
 ) -> None:
-    """Print the tasks the worker using STATE_DIR is running now (generic-worker's worker-status.json)."""
+    """Print the tasks the worker using STATE_DIR is running now (generic-worker's worker-status.json).
+
+    While a worker runs there, its ``state`` too: ``running``, ``draining`` or ``quarantined`` (with the
+    failing self-checks as ``problems``).
+    """
     from .worker import running_task_ids
+    from .worker.drain import read_worker
 
     if not state_dir.is_dir():
         problem = "does not exist" if not state_dir.exists() else "is not a directory"
@@ -436,7 +439,33 @@ def status(
             f"--state-dir {state_dir} {problem}: give the stateDir of the worker's config", markup=False, soft_wrap=True
         )
         raise typer.Exit(2)
-    print(json.dumps({"currentTaskIds": running_task_ids(state_dir)}))
+    doc: dict[str, Any] = {"currentTaskIds": running_task_ids(state_dir)}
+    live = read_worker(state_dir)
+    if live is not None:
+        doc.update(pid=live.pid, state=live.state)
+        if live.problems:
+            doc["problems"] = live.problems
+    print(json.dumps(doc))
+
+
+@app.command("drain")
+def drain(
+    state_dir: Annotated[Path, typer.Option("--state-dir", help="The worker's stateDir.")] = Path("."),
+) -> None:
+    """Drain the worker using STATE_DIR: it claims nothing more, finishes its running tasks, then exits 0.
+
+    Sends SIGUSR1 to the worker process recorded in STATE_DIR (what ``kill -USR1`` does); ``megalodon status``
+    then says "draining".  Exits 2 when no worker runs there.
+    """
+    from .worker import running_task_ids
+    from .worker.drain import DrainError, request_drain
+
+    try:
+        worker = request_drain(state_dir)
+    except DrainError as exc:
+        err_console.print(str(exc), markup=False)
+        raise typer.Exit(2) from None
+    print(json.dumps({"pid": worker.pid, "state": "draining", "currentTaskIds": running_task_ids(state_dir)}))
 
 
 config_app = typer.Typer(help="Inspect worker config files.", no_args_is_help=True)

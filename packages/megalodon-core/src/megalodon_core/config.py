@@ -15,6 +15,8 @@ Deliberate differences from generic-worker, each because the key's premise does 
   claim journal.  Default ``.``, generic-worker's place.
 - ``metricsPort`` / ``metricsAddress`` (Prometheus ``/metrics`` and ``/healthz``) and ``logFormat``
   (``text`` or ``json`` worker log lines) are new.
+- ``requiredFreeInodes``, ``selfCheckExecutors``, ``maxClockSkewSeconds``, ``credentialsExpiryMarginSeconds``
+  (self-checks before each claim) and ``watchdogTimeoutSecs`` are new, each off by default.
 
 Keys generic-worker has but megalodon has no use for are accepted, with a warning naming them
 (:data:`NOT_APPLICABLE`), so a complete generic-worker config file loads unchanged.
@@ -72,6 +74,12 @@ class WorkerConfig(BaseModel):
     metricsPort: int | None = Field(default=None, ge=0, le=65535)
     metricsAddress: str = "127.0.0.1"
     logFormat: Literal["text", "json"] = "text"
+    # self-checks before each claim and the watchdog (worker/self_checks.py, worker/watchdog.py): all off
+    requiredFreeInodes: int = Field(default=0, ge=0)
+    selfCheckExecutors: bool = False
+    maxClockSkewSeconds: int = Field(default=0, ge=0)
+    credentialsExpiryMarginSeconds: int = Field(default=0, ge=0)
+    watchdogTimeoutSecs: int = Field(default=0, ge=0)
 
     # directories
     tasksDir: str = Field(default="tasks", min_length=1)

@@ -307,6 +307,15 @@ class TaskExecutor:
         """Disk is short before a claim: evict what this executor keeps and no running task uses
         (unused images, idle caches)."""
 
+    async def health(self) -> str | None:
+        """Whether this executor can run a task now: None, or why not (e.g. its engine does not answer).
+
+        Asked before each claim when config ``selfCheckExecutors`` is on (a passing answer is kept for a few
+        seconds); a reason keeps the worker from claiming until it clears.  Keep it cheap and bounded: the
+        worker gives up waiting after 10 s and counts that as a failure.
+        """
+        return None
+
     async def close(self) -> None:
         """Once, when the worker stops after its last task: release connections and threads."""
 

@@ -206,6 +206,8 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
     run.data.style = executor.log_style.name
     run.data.logs = DEFAULT_LOG_NAMES
     executor_run: ExecutorRun[Any] | None = None
+    phases = run.data.phases
+    setup_started = phases.clock()
     try:
         executor_run = executor.new_run(run)
         executor_run.write_header()
@@ -232,8 +234,10 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
             loop = asyncio.get_running_loop()
             on_timeout = executor_run.max_run_time_error
             timer = loop.call_later(max_run_time, lambda: run.abort(on_timeout()))
+            phases.add("setup", phases.clock() - setup_started)
             run.worker.plugins.task_started(task_id=run.task_id, run_id=run.run_id, executor=executor.name)
-            await executor_run.run()
+            with phases.phase("command"):
+                await executor_run.run()
     except ExecutionError as exc:
         if exc is not run.abort_error:
             run.errors.add(exc)
@@ -246,7 +250,8 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
 
     if executor_run is not None:
         try:
-            await _upload_artifacts(run, executor_run.artifacts())
+            with phases.phase("artifact_upload"):
+                await _upload_artifacts(run, executor_run.artifacts())
         except Exception as exc:
             log.exception("task %s/%s: artifact upload crashed", run.task_id, run.run_id)
             run.errors.add(InternalError(f"artifact upload failed: {exc}"))
@@ -267,5 +272,6 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
     first = run.errors.first
     if first is not None and not run.log.closed:
         run.log.error(first.message)
-    await _upload_logs(run)
+    with phases.phase("artifact_upload"):
+        await _upload_logs(run)
     return run.errors.resolution()

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from .phases import Phases
+
 #: Fields of :class:`RunData` a feature may declare it needs (:attr:`megalodon_core.contracts.Feature.needs`).
 RunDataField = Literal["proxy", "task_user", "image", "chain_of_trust_additions", "exit_code", "interactive"]
 
@@ -173,6 +175,9 @@ class RunData:
     #: Starts interactive shells in the task's environment (the ``interactive`` feature); None: this
     #: executor cannot.  Set in ``prepare``.
     interactive: ShellLauncher | None = None
+    #: Where the run's time goes (:mod:`megalodon_core.phases`): the pipeline times its own steps, executors
+    #: and features time theirs by name (``with run.data.phases.phase("image_pull"):``) and count cache hits.
+    phases: Phases = field(default_factory=Phases)
 
     def request(self, name: str) -> FeatureRequest | None:
         """What the payload asked of feature ``name``, or None when it did not ask."""

@@ -197,6 +197,8 @@ class DockerExecutor(TaskExecutor):
         # Containers a crashed run of this worker left behind go before any task of this run starts; the
         # sweep runs in the pool so construction does not wait for it, and prepare() waits for it.
         self.swept: Future[list[str]] = self.pool.submit(self._sweep)
+        #: The engine ping in flight (:meth:`health`): one at a time, however long an engine hangs.
+        self._ping: asyncio.Future[Any] | None = None
 
     def new_run(self, run: TaskRun) -> DockerRun:
         return DockerRun(self, run)
@@ -277,6 +279,17 @@ class DockerExecutor(TaskExecutor):
         await self.collect_garbage()
         for path in self.caches.detach_idle():
             await asyncio.to_thread(delete_tree, path)
+
+    async def health(self) -> str | None:
+        """The engine answers its ``/_ping`` (the worker's ``selfCheckExecutors`` self-check before a claim)."""
+        if self._ping is None or self._ping.done():
+            self._ping = asyncio.get_running_loop().run_in_executor(self.pool, self.client.api.ping)
+        try:
+            await asyncio.shield(self._ping)
+        except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
+            where = self.settings.host or "the default Docker socket (DOCKER_HOST)"
+            return f"the Docker engine at {where} does not answer: {exc}"
+        return None
 
     async def close(self) -> None:
         """Worker stops: release the engine connections and the thread pool."""
@@ -422,14 +435,15 @@ class DockerRun(ExecutorRun[Any]):
         self.work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
         await self.executor.collect_garbage()
         try:
-            image = await self.executor.images.ensure_image(
-                self.payload.image,
-                task_id=run.task_id,
-                task_scopes=run.scopes,
-                download=_Downloader(run),
-                log=run.log.info,
-                hold=True,
-            )
+            with run.data.phases.phase("image_pull"):
+                image = await self.executor.images.ensure_image(
+                    self.payload.image,
+                    task_id=run.task_id,
+                    task_scopes=run.scopes,
+                    download=_Downloader(run),
+                    log=run.log.info,
+                    hold=True,
+                )
         except ImageError as exc:
             raise resolution_error(exc) from None
         self.image = image.name
@@ -584,6 +598,8 @@ class DockerRun(ExecutorRun[Any]):
             if not self._has(f"docker-worker:cache:{cache_name}", f"docker-worker:cache:{cache_name}:{pool}"):
                 raise self._docker_config_error("Insufficient scopes to attach cache volumes.")
         for cache_name, mount in (payload.cache or {}).items():
+            pool_caches = self.executor.caches.instances.get(cache_name, [])
+            self.task_run.data.phases.cache(hit=any(not i.in_use and not i.purge for i in pool_caches))
             instance = self.executor.caches.acquire(cache_name)
             self.caches.append(instance)
             log.info("task %s: cache %r is instance %s", self.key, cache_name, instance.path)

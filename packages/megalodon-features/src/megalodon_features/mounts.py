@@ -507,6 +507,10 @@ class TaskMounts(TaskFeature):
 
     async def start(self) -> None:
         self.check_payload()
+        with self.run.data.phases.phase("mounts"):
+            await self._start()
+
+    async def _start(self) -> None:
         mounting = asyncio.create_task(self._mount_all())
         aborted = asyncio.create_task(self.run.aborted.wait())
         try:
@@ -598,6 +602,7 @@ class TaskMounts(TaskFeature):
         store = self.feature.store
         target = self.resolve(m.path)
         entry = store.acquire_directory(m.cache_name)
+        self.run.data.phases.cache(hit=entry is not None)
         if entry is not None:
             source = Path(entry.location)
             self.info(f"Moving existing writable directory cache {m.cache_name} from {source} to {target}")

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import email.utils
 import gzip
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -74,6 +76,9 @@ class TaskclusterDouble:
         self.resolver_interval = resolver_interval
         self.faults = FaultSet()
         self.calls = CallCounter()
+        #: Seconds added to the ``Date`` header of every answer: a test's knob for a worker whose clock
+        #: disagrees with the deployment's (the clock self-check).
+        self.clock_offset = 0.0
         self.auth = Authenticator(anonymous_scopes)
         self.root_credentials = {"clientId": ROOT_CLIENT_ID, "accessToken": secrets.token_urlsafe(33)}
         self.auth.add_client(ROOT_CLIENT_ID, self.root_credentials["accessToken"], ["*"])
@@ -109,6 +114,7 @@ class TaskclusterDouble:
     async def start(self) -> None:
         app = web.Application(client_max_size=MAX_API_BODY)
         app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        app.on_response_prepare.append(self._date_header)
         # S3 stores bodies verbatim: gzip-encoded uploads must not be inflated on the way in.
         self._runner = web.AppRunner(app, auto_decompress=False, access_log=None)
         await self._runner.setup()
@@ -162,6 +168,10 @@ class TaskclusterDouble:
                 self.queue.tick()
             except Exception:
                 log.exception("resolver pass failed")
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        if self.clock_offset:
+            response.headers["Date"] = email.utils.formatdate(time.time() + self.clock_offset, usegmt=True)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]

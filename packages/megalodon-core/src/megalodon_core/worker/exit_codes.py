@@ -26,6 +26,9 @@ EXIT_WORKER_MANAGER_SHUTDOWN = 70
 EXIT_WORKER_STOPPED = 71
 EXIT_WORKER_SHUTDOWN = 72
 EXIT_INVALID_CONFIG = 73
+#: megalodon's own: the watchdog saw no claim-loop progress for ``watchdogTimeoutSecs`` (generic-worker
+#: has no watchdog and no code 90).
+EXIT_WATCHDOG = 90
 
 
 async def shutdown_after_exit(code: int, config: WorkerConfig, runner: RunnerLink, *, managed: bool) -> None:

@@ -36,11 +36,13 @@ from ..timefmt import parse_iso
 from ..worker_context import WorkerContext
 from .bookkeeping import ClaimBooks
 from .disk_gate import DiskSpaceOwner, ensure_disk_space
+from .drain import DRAIN_SIGNAL, WorkerFile
 from .executor_choice import choose_executor, instantiate_executors
 from .exit_codes import (
     EXIT_IDLE_TIMEOUT,
     EXIT_INTERNAL_ERROR,
     EXIT_TASKS_COMPLETE,
+    EXIT_WATCHDOG,
     EXIT_WORKER_MANAGER_SHUTDOWN,
     EXIT_WORKER_SHUTDOWN,
     EXIT_WORKER_STOPPED,
@@ -50,8 +52,10 @@ from .fd_limit import raise_open_files_limit
 from .recovery import recover_runs
 from .report import report_resolution
 from .runner_link import NullRunnerLink, RunnerLink
+from .self_checks import SelfChecks
 from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
 from .termination import TerminationCheck
+from .watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +70,7 @@ EXIT_CAUSES = {
     EXIT_IDLE_TIMEOUT: "idle timeout",
     EXIT_INTERNAL_ERROR: "internal error",
     EXIT_WORKER_MANAGER_SHUTDOWN: "worker-manager says this worker should terminate",
+    EXIT_WATCHDOG: "the watchdog saw no claim-loop progress",
 }
 
 
@@ -110,6 +115,11 @@ class Worker:
         #: Config values received at run time (worker-runner's new-credentials), for ``config explain``.
         self.runtime_config: dict[str, Any] = {}
         clear_runtime_config(self.state_dir)
+        #: ``megalodon-worker.json``: pid, state and failing self-checks, for ``drain`` and ``status``.
+        self.worker_file = WorkerFile(self.state_dir)
+        self.watchdog = Watchdog(
+            config.watchdogTimeoutSecs, waiting_on_tasks=self._waiting_on_tasks, on_expiry=self._watchdog_expired
+        )
 
     # -- stopping ----------------------------------------------------------------------------------------
     def stop(self, *, finish_tasks: bool, cause: str = "stop requested") -> None:
@@ -125,7 +135,7 @@ class Worker:
             self._stop_cause = cause
         if self._exit_code is None:
             self._exit_code = EXIT_WORKER_STOPPED if finish_tasks else EXIT_WORKER_SHUTDOWN
-        elif not finish_tasks and self._exit_code == EXIT_WORKER_STOPPED:
+        elif not finish_tasks and (self._exit_code == EXIT_WORKER_STOPPED or self.worker_file.state == "draining"):
             self._exit_code = EXIT_WORKER_SHUTDOWN  # a request never downgrades from immediate to graceful
         self._stop_claiming = True
         if not finish_tasks:
@@ -134,8 +144,37 @@ class Worker:
                     run.abort(WorkerShutdown("Task aborted: worker is shutting down (worker-shutdown)"))
         self._wake.set()
 
+    def drain(self) -> None:
+        """Drain (SIGUSR1, ``megalodon drain``): no more claims, running tasks finish and report, then exit 0."""
+        running = sum(1 for run in self.running.values() if run is not None)
+        log.info("draining: no more claims; %d running tasks finish, then the worker exits 0", running)
+        if self._exit_code is None:
+            self._exit_code = EXIT_TASKS_COMPLETE
+            self._stop_cause = "drain"
+        self.worker_file.set("draining")
+        self._stop_claiming = True
+        self._wake.set()
+
+    def _waiting_on_tasks(self) -> bool:
+        """Whether the loop waits for running tasks rather than claiming (the watchdog waits with it)."""
+        if not self.running:
+            return False
+        limit = self.config.numberOfTasksToRun
+        at_limit = bool(limit) and self.resolved + len(self.running) >= limit
+        return self._stop_claiming or at_limit or len(self.running) >= self.config.capacity
+
+    async def _watchdog_expired(self, reason: str) -> None:
+        """The watchdog fired: report it, abort running tasks (worker-shutdown) and exit 90."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                self.runner.error_report(reason, {"version": __version__}, title="megalodon watchdog"), 10
+            )
+        self._exit_code = EXIT_WATCHDOG
+        self.stop(finish_tasks=False, cause="watchdog")
+
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.add_signal_handler(DRAIN_SIGNAL, self.drain)
         loop.add_signal_handler(signal.SIGINT, lambda: self.stop(finish_tasks=True, cause="SIGINT"))
         loop.add_signal_handler(signal.SIGTERM, lambda: self.stop(finish_tasks=False, cause="SIGTERM"))
 
@@ -262,6 +301,8 @@ class Worker:
                 print(f"megalodon: {exc}", file=sys.stderr)
                 return exc.exit_code
             self._log_summary()
+            self.worker_file.write()
+            watchdog = asyncio.create_task(self.watchdog.run()) if self.watchdog.enabled else None
             try:
                 await self.recover()
                 code = await self._loop()
@@ -271,6 +312,8 @@ class Worker:
                     await self.runner.error_report(f"{type(exc).__name__}: {exc}", {"version": __version__})
                 code = EXIT_INTERNAL_ERROR
             finally:
+                if watchdog is not None:
+                    watchdog.cancel()
                 for task in list(self.running):
                     with contextlib.suppress(BaseException):
                         await task
@@ -286,6 +329,7 @@ class Worker:
                     except Exception:
                         log.exception("executor %s failed to close", executor.name)
                 await self.books.close(self.resolved, self._current_ids())
+                self.worker_file.remove()
             await shutdown_after_exit(code, self.config, self.runner, managed=self._termination.enabled)
             return code
 
@@ -293,6 +337,14 @@ class Worker:
         assert self.ctx is not None
         idle_since = time.monotonic()
         last_idle_log = 0.0
+        checks = SelfChecks(
+            self.config,
+            self.ctx,
+            self.executors,
+            disk=self.ensure_disk_space,
+            runner=self.runner,
+            on_change=self.worker_file.quarantine,
+        )
         while True:
             if self._stop_claiming:
                 await self._drain()
@@ -323,7 +375,7 @@ class Worker:
                 elif time.monotonic() - last_idle_log > 60:
                     last_idle_log = time.monotonic()
                     log.info("No task claimed. Idle for %.0fs", idle)
-            if not await self.ensure_disk_space():
+            if not await checks.passing():  # disk, inodes, executors, clock, credentials (.self_checks)
                 await self._wait_for_completion(CLAIM_ERROR_BACKOFF)
                 continue
             claims = await self._claim(free)
@@ -338,6 +390,7 @@ class Worker:
         assert self.ctx is not None
         queue = self.ctx.queue()
         started = time.monotonic()
+        self.watchdog.begin("claimWork")
         claim = asyncio.create_task(
             queue.claimWork(
                 self.config.task_queue_id,
@@ -365,6 +418,7 @@ class Worker:
             return []
         finally:
             self.plugins.queue_call(method="claimWork", seconds=time.monotonic() - started)
+            self.watchdog.progress("a claimWork round trip")
         self.last_claim_at = time.monotonic()
         return list(result.get("tasks", []))
 
@@ -524,6 +578,7 @@ class Worker:
             log=TaskLog(task_dir / "generic-worker" / "live_backing.log", style=executor.log_style),
         )
         run.data.worker_metadata = self.metadata()
+        run.data.phases.claimed(claim, at=started)
         if current is not None:
             self.running[current] = run
         if self._exit_code == EXIT_WORKER_SHUTDOWN:
