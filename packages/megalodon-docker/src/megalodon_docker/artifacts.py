@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from megalodon_core.archive_safety import UnsafeMember, member_parts
 from megalodon_core.contracts import ArtifactEntry, Artifacts
 from megalodon_core.timefmt import parse_iso
 
@@ -61,10 +62,9 @@ def content_encoding(name: str) -> str:
 
 def _safe_member_path(member_name: str) -> str | None:
     """The member's path below the archive's top directory, or None when it would escape."""
-    if member_name.startswith("/"):
-        return None
-    parts = [p for p in member_name.split("/") if p not in ("", ".")]
-    if ".." in parts:
+    try:
+        parts = member_parts(member_name, collapse=False, windows_names=False)
+    except UnsafeMember:
         return None
     return "/".join(parts[1:])
 

@@ -49,6 +49,7 @@ from typing import Any, BinaryIO, Literal, Protocol, get_args, runtime_checkable
 
 import docker.errors
 
+from megalodon_core.archive_safety import UnsafeMember, link_escapes, member_parts
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, MalformedPayload
 from megalodon_core.scopes import scope_satisfied
 
@@ -292,14 +293,13 @@ def _check_member(member: tarfile.TarInfo) -> None:
     the worker (or anything later unpacking our rewritten copy) write outside its directory.
     """
     name = member.name
-    parts = PurePosixPath(name).parts
-    if name.startswith("/") or ".." in parts:
-        raise ImageError(f'Refusing image archive member "{name}": it would escape the archive root')
+    try:
+        member_parts(name, collapse=False, windows_names=False)
+    except UnsafeMember:
+        raise ImageError(f'Refusing image archive member "{name}": it would escape the archive root') from None
     if member.issym() or member.islnk():
         target = member.linkname
-        base = posixpath.dirname(name) if member.issym() else ""
-        resolved = posixpath.normpath(posixpath.join(base, target))
-        if target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        if link_escapes(name, target, symbolic=member.issym()):
             raise ImageError(
                 f'Refusing image archive member "{name}": its link target "{target}" is outside the archive'
             )

@@ -51,6 +51,8 @@ import cramjam
 import lz4.frame
 import zstandard
 
+from megalodon_core.archive_safety import UnsafeMember, member_parts
+
 #: Read size for every stream: memory stays bounded whatever the archive's size or compression ratio.
 CHUNK = 1 << 20
 #: Default cap on bytes one mount may write (50 GiB), overridable with ``mountsMaxExtractedBytes``.
@@ -405,21 +407,10 @@ class _Extractor:
     # -- path checks -------------------------------------------------------------------------------------
     def relative(self, name: str) -> tuple[str, ...]:
         """The entry's path as components below ``dest``; refuses absolute and escaping names."""
-        if name.startswith("/") or (len(name) > 1 and name[1] == ":" and name[0].isalpha()):
-            raise ArchiveError(f"illegal file path in archive: {name} (absolute paths are not allowed)")
-        parts: list[str] = []
-        for part in name.replace("\\", "/").split("/"):
-            if part in ("", "."):
-                continue
-            if part == "..":
-                if not parts:
-                    raise ArchiveError(
-                        f"illegal file path in archive: {name} (it escapes the target directory: zip slip)"
-                    )
-                parts.pop()
-                continue
-            parts.append(part)
-        return tuple(parts)
+        try:
+            return member_parts(name)
+        except UnsafeMember as exc:
+            raise ArchiveError(f"illegal file path in archive: {name} ({exc.reason})") from None
 
     def parent_dir(self, parts: tuple[str, ...], name: str) -> Path:
         """Create the parent directories of an entry, refusing to pass through any symlink."""
