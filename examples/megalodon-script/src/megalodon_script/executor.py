@@ -18,12 +18,12 @@ from typing import Any
 from megalodon_core.cgroup import CgroupError, TaskCgroup, task_cgroup_name
 from megalodon_core.cgroup import host as cgroup_host
 from megalodon_core.contracts import Artifacts, ExecutorInitError, ExecutorRun, TaskExecutor
-from megalodon_core.errors import Failure
+from megalodon_core.errors import Failure, MalformedPayload
 from megalodon_core.process import kill_group, run_command
 from megalodon_core.rundata import FeatureRequest, ProxyPlacement
 
 from .artifacts import ScriptArtifacts
-from .payload import ScriptPayload, parse
+from .payload import PayloadError, ScriptPayload, validate_payload
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,12 @@ class ScriptRun(ExecutorRun[ScriptPayload]):
         self.task_run.log.info(f"Executor: script ({self.worker.config.task_queue_id})")
 
     def parse_payload(self, raw: Any) -> ScriptPayload:
-        return parse(raw)
+        try:
+            return validate_payload(raw)
+        except PayloadError as exc:
+            for field, message in exc.errors:
+                self.task_run.log.error(f"payload.{field}: {message}")
+            raise MalformedPayload("invalid script payload: " + "; ".join(f"{f}: {m}" for f, m in exc.errors)) from None
 
     def requested_features(self) -> list[FeatureRequest]:
         # Features by name only: this executor knows none of them.  An explicit ``true`` is required (a

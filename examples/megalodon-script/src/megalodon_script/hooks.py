@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from megalodon_core import hookimpl
-from megalodon_core.contracts import ExecutorInfo
+from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
 
 NAME = "script"
 
@@ -20,20 +20,7 @@ def _factory(worker: Any) -> Any:
     return ScriptExecutor(worker)
 
 
-def _schema() -> dict[str, Any]:
-    from .payload import payload_json_schema
-
-    return payload_json_schema()
-
-
-def _validate(payload: Any) -> list[tuple[str, str]]:
-    from .payload import PayloadError, parse
-
-    try:
-        parse(payload)
-    except PayloadError as exc:
-        return list(exc.errors)
-    return []
+_schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
 
 def _accepts(payload: Any) -> bool:

@@ -1,4 +1,10 @@
-"""The ``script`` payload: a pydantic model (unknown fields refused), its JSON schema and error list."""
+"""The ``script`` payload: a pydantic model (unknown fields refused), its JSON schema and field errors.
+
+It follows the executors' convention (``validate_payload`` raising the core's
+:class:`~megalodon_core.payloads.PayloadError`, ``payload_json_schema``), so ``hooks.py`` gets the
+``validate-payload`` and ``show-payload-schema`` callables from
+:func:`~megalodon_core.contracts.payload_module_hooks`.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from megalodon_core.artifacts import check_artifact_name, check_artifact_path
 from megalodon_core.errors import MalformedPayload
+from megalodon_core.payloads import PayloadError, payload_schema
 
-
-class PayloadError(MalformedPayload):
-    """The payload does not fit the model; ``errors`` lists ``(field, message)`` pairs."""
-
-    def __init__(self, errors: list[tuple[str, str]]) -> None:
-        super().__init__("invalid script payload: " + "; ".join(f"{f}: {m}" for f, m in errors))
-        self.errors = errors
+__all__ = ["PayloadError", "ScriptPayload", "payload_json_schema", "validate_payload"]
 
 
 class Artifact(BaseModel):
@@ -43,13 +44,12 @@ class ScriptPayload(BaseModel):
     )
 
 
-def parse(raw: Any) -> ScriptPayload:
+def validate_payload(raw: Any) -> ScriptPayload:
     """Validate ``raw``; raise :class:`PayloadError` naming every offending field."""
     try:
         payload = ScriptPayload.model_validate(raw)
     except ValidationError as exc:
-        errors = [(".".join(str(p) for p in e["loc"]) or "payload", e["msg"]) for e in exc.errors()]
-        raise PayloadError(errors) from None
+        raise PayloadError([(".".join(str(p) for p in e["loc"]) or "(root)", e["msg"]) for e in exc.errors()]) from None
     problems: list[tuple[str, str]] = []
     for i, artifact in enumerate(payload.artifacts):
         for check, value, field in (
@@ -66,4 +66,4 @@ def parse(raw: Any) -> ScriptPayload:
 
 
 def payload_json_schema() -> dict[str, Any]:
-    return ScriptPayload.model_json_schema()
+    return payload_schema(ScriptPayload)
