@@ -34,6 +34,7 @@ import docker.errors
 import taskcluster.aio.download
 
 from megalodon_core import __version__
+from megalodon_core.artifact_download import download_artifact_to_file
 from megalodon_core.artifacts import check_artifact_name
 from megalodon_core.contracts import ArtifactEntry, Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, InternalError, MalformedPayload
@@ -105,23 +106,7 @@ class _Downloader:
         return self.run.queue()
 
     async def __call__(self, task_id: str, path: str, dest: Path) -> None:
-        fh = await asyncio.to_thread(dest.open, "wb")
-
-        class Writer:
-            async def write(self, chunk: bytes) -> None:
-                await asyncio.to_thread(fh.write, chunk)
-
-        async def writer_factory() -> Writer:
-            await asyncio.to_thread(fh.seek, 0)
-            await asyncio.to_thread(fh.truncate)
-            return Writer()
-
-        try:
-            await taskcluster.aio.download.downloadArtifact(
-                taskId=task_id, name=path, queueService=self._queue(path), writerFactory=writer_factory
-            )
-        finally:
-            await asyncio.to_thread(fh.close)
+        await download_artifact_to_file(self._queue(path), task_id, path, dest)
 
     async def find_task(self, namespace: str) -> str:
         try:

@@ -50,15 +50,15 @@ import random
 import threading
 import urllib.parse
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ParamSpec, TypeVar
 
 import aiohttp
-import taskcluster.aio.download
 from taskcluster.exceptions import TaskclusterFailure
 
+from megalodon_core.artifact_download import FileWriter, download_artifact_to_file
 from megalodon_core.contracts import Feature, FeatureInitError, TaskFeature
 from megalodon_core.errors import ExecutionErrors, Failure, InternalError, MalformedPayload
 
@@ -105,55 +105,8 @@ class FetchError(MountError):
 
 
 # -- writing downloads -------------------------------------------------------------------------------------
-class _FileWriter:
-    """Writes downloaded chunks from a worker thread, hashing them there too; the loop only buffers.
-
-    It has the ``async write(chunk)`` of ``taskcluster.aio.download`` writers, so the same class serves URL
-    downloads and artifact downloads.
-    """
-
-    def __init__(self, path: Path, runner: _ThreadRunner) -> None:
-        self.path = path
-        self.runner = runner
-        self.size = 0
-        self._digest = hashlib.sha256()
-        self._buffer = bytearray()
-        self._file: Any = None
-
-    @classmethod
-    async def open(cls, path: Path, runner: _ThreadRunner) -> _FileWriter:
-        writer = cls(path, runner)
-        writer._file = await runner(open, path, "wb")
-        return writer
-
-    async def write(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        if len(self._buffer) >= CHUNK:
-            await self._flush()
-
-    async def _flush(self) -> None:
-        if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            await self.runner(self._write, data)
-
-    def _write(self, data: bytes) -> None:
-        self._file.write(data)
-        self._digest.update(data)
-        self.size += len(data)
-
-    async def finish(self) -> tuple[int, str]:
-        """Flush, close, and return (size, sha256)."""
-        await self._flush()
-        await self.runner(self._file.close)
-        return self.size, self._digest.hexdigest()
-
-    async def abandon(self) -> None:
-        if self._file is not None and not self._file.closed:
-            await self.runner(self._file.close)
-
-
-_ThreadRunner = Callable[..., Awaitable[Any]]
+#: One implementation in core: the writer also serves URL downloads.
+_FileWriter = FileWriter
 
 
 # -- content -----------------------------------------------------------------------------------------------
@@ -260,30 +213,13 @@ class ArtifactContent(Content):
 
     async def fetch(self, tm: TaskMounts, dest: Path, shown: Path) -> tuple[int, str]:
         tm.info(f"Downloading {self.describe()} to {shown}")
-        writers: list[_FileWriter] = []
-
-        async def writer_factory() -> _FileWriter:
-            if writers:
-                await writers[-1].abandon()
-            writers.append(await _FileWriter.open(dest, tm.thread))
-            return writers[-1]
-
         try:
             # The run's own (current) task credentials: the queue decides whether this task may read it.
-            await taskcluster.aio.download.downloadArtifact(
-                taskId=self.task_id, name=self.artifact, queueService=tm.run.queue(), writerFactory=writer_factory
+            size, digest = await download_artifact_to_file(
+                tm.run.queue(), self.task_id, self.artifact, dest, runner=tm.thread
             )
         except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
-            if writers:
-                await writers[-1].abandon()
             raise FetchError(f"could not download {self.describe()}: {exc or type(exc).__name__}") from None
-        except BaseException:
-            if writers:
-                await writers[-1].abandon()
-            raise
-        if not writers:  # pragma: no cover - downloadArtifact always writes or raises
-            raise FetchError(f"could not download {self.describe()}: no content")
-        size, digest = await writers[-1].finish()
         tm.info(f"Downloaded {size} bytes with SHA256 {digest} from {self.describe()} to {shown}")
         return size, digest
 
