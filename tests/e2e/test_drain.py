@@ -103,7 +103,9 @@ async def test_drain_lets_the_running_task_finish_claims_nothing_more_and_exits_
     port = free_port()
     cfg = write_config(double, tmp_path, metricsPort=port)
     running = await create(double, f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
-    proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
+    proc = await asyncio.create_subprocess_exec(
+        *MEGALODON, "run", "--config", str(cfg), cwd=tmp_path, stderr=asyncio.subprocess.PIPE
+    )
     try:
         await wait_for(started.exists)
         # Pending behind the running task: a worker that is not draining would claim it next.
@@ -117,7 +119,9 @@ async def test_drain_lets_the_running_task_finish_claims_nothing_more_and_exits_
         assert (code, doc["status"], doc["state"], doc["runningTasks"]) == (200, "ok", "draining", [running])
         assert proc.returncode is None, "a drain must wait for the running task"
         release.touch()
-        assert await asyncio.wait_for(proc.wait(), 60) == 0
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert "worker exiting with code 0 (drain)" in err.decode()
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -83,8 +83,11 @@ class Worker:
         plugins: PluginHost,
         *,
         runner: RunnerLink | None = None,
+        config_file: Path | None = None,
     ) -> None:
         """``runner``: the worker-runner link (None: not run by worker-runner, a null link stands in).
+
+        ``config_file``: the file ``config`` was read from, offered to plugins as ``WorkerContext.config_file``.
 
         What observes the worker — core's Prometheus metrics, worker-runner log routing, third-party
         plugins — is a plugin on ``plugins``' lifecycle hooks, so the loop has no optional sinks.
@@ -92,6 +95,7 @@ class Worker:
         self.config = config
         self.plugins = plugins
         self.runner: RunnerLink = runner if runner is not None else NullRunnerLink()
+        self.config_file = config_file
         self.running: dict[asyncio.Task[None], TaskRun | None] = {}
         self.state_dir = Path(config.stateDir)
         self.resolved = 0
@@ -211,7 +215,6 @@ class Worker:
         meta = dict(self.config.workerTypeMetadata)
         meta["megalodon"] = {
             "version": __version__,
-            "engine": str(self.config.extra("nativeEngine", "insecure")),
             "executors": sorted(self.executors),
             "python-version": platform.python_version(),
             "os": sys.platform,
@@ -243,7 +246,8 @@ class Worker:
         code = EXIT_INTERNAL_ERROR  # what plugins are told if set-up raises (the CLI may map it, e.g. to 73)
         try:
             code = await self._run(handle_signals=handle_signals)
-            cause = self._stop_cause if code in (EXIT_WORKER_STOPPED, EXIT_WORKER_SHUTDOWN) else None
+            stopped = code in (EXIT_WORKER_STOPPED, EXIT_WORKER_SHUTDOWN) or self._stop_cause == "drain"
+            cause = self._stop_cause if stopped else None
             log.info(
                 "worker exiting with code %d (%s) after %d resolved tasks",
                 code,
@@ -284,7 +288,9 @@ class Worker:
     async def _run(self, *, handle_signals: bool) -> int:
         raise_open_files_limit()
         async with aiohttp.ClientSession() as session:
-            self.ctx = WorkerContext(self.config, self.plugins, session, self.config.credentials)
+            self.ctx = WorkerContext(
+                self.config, self.plugins, session, self.config.credentials, config_file=self.config_file
+            )
             self._instantiate(self.ctx)
             await asyncio.to_thread(Path(self.config.tasksDir).mkdir, parents=True, exist_ok=True)
             await self.books.open()
