@@ -240,11 +240,12 @@ def run(
         check_directories(cfg, create=True)
     except ConfigError as exc:
         _config_error_exit(exc)
-    if hasattr(cfg, "workerConfigFile") and not cfg.workerConfigFile:
-        # The multiuser engine checks that task users cannot read the file the worker was started with.
-        cfg.workerConfigFile = str(config.resolve())
     try:
-        code = asyncio.run(_serve_worker(cfg, host, with_worker_runner, protocol_pipe, log_format))
+        # The config file goes to plugins as WorkerContext.config_file (the multiuser engine checks that
+        # task users cannot read it).
+        code = asyncio.run(
+            _serve_worker(cfg, host, with_worker_runner, protocol_pipe, log_format, config_file=config.resolve())
+        )
     except LookupError as exc:
         err_console.print(str(exc), markup=False)
         raise typer.Exit(EXIT_INVALID_CONFIG) from None
@@ -257,7 +258,12 @@ EXIT_CANT_CONNECT_PROTOCOL_PIPE = 78
 
 
 async def _serve_worker(
-    cfg: Any, host: Any, with_worker_runner: bool, protocol_pipe: str | None, log_format: str
+    cfg: Any,
+    host: Any,
+    with_worker_runner: bool,
+    protocol_pipe: str | None,
+    log_format: str,
+    config_file: Path | None = None,
 ) -> int:
     """The worker with its worker-runner link, log routing and metrics endpoint around it."""
     from . import __version__
@@ -281,7 +287,7 @@ async def _serve_worker(
     host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
     phases = PhaseMetrics(metrics, task_queue_id=cfg.task_queue_id, capacity=cfg.capacity)
     host.register(phases, name="megalodon-core.phase-metrics")
-    worker = Worker(cfg, host, runner=proto if with_worker_runner else None)
+    worker = Worker(cfg, host, runner=proto if with_worker_runner else None, config_file=config_file)
     proto.on(
         "graceful-termination",
         lambda m: worker.stop(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -25,6 +26,9 @@ class WorkerContext:
     plugins: PluginHost
     session: aiohttp.ClientSession
     credentials: dict[str, str] = field(default_factory=dict)
+    #: The config file this worker was started with (None when built in-process), for plugins that must
+    #: protect it — e.g. the multiuser engine proves task users cannot read it.
+    config_file: Path | None = None
 
     @property
     def root_url(self) -> str:

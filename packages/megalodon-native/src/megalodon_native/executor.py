@@ -81,7 +81,12 @@ class NativeRun(ExecutorRun[Any]):
     # -- validation --------------------------------------------------------------------------------------
     def write_header(self) -> None:
         run = self.task_run
-        meta = run.data.worker_metadata
+        meta = dict(run.data.worker_metadata)
+        # The engine is this executor's business, so the header says it, not the core's metadata.
+        meta["megalodon"] = {
+            **meta.get("megalodon", {}),
+            "engine": self.worker.config.extra("nativeEngine", "insecure"),
+        }
         run.log.info(f"Worker Type ({self.worker.config.task_queue_id}) settings:")
         run.log.info("  " + json.dumps(meta, indent=2, sort_keys=True).replace("\n", "\n  "))
         run.log.info(f"Task ID: {run.task_id}")

@@ -123,8 +123,12 @@ async def reachable_by_others(path: Path) -> bool:
     return await _probe('cd "$1"', path)
 
 
-async def check_worker_secrets(config: Any) -> list[str]:
-    """Problems that make running tasks as other users unsafe or impossible, each naming its path/key."""
+async def check_worker_secrets(config: Any, config_file: Path | None = None) -> list[str]:
+    """Problems that make running tasks as other users unsafe or impossible, each naming its path/key.
+
+    ``config_file`` is the file the worker was started with (``WorkerContext.config_file``); config key
+    ``workerConfigFile`` names it instead when set.
+    """
     problems: list[str] = []
     if not config.headlessTasks:
         problems.append(
@@ -132,7 +136,8 @@ async def check_worker_secrets(config: Any) -> list[str]:
             "(auto-login, DISPLAY=:0, XDG_RUNTIME_DIR); megalodon's multiuser engine does not support desktop "
             "sessions. Set headlessTasks to true."
         )
-    secrets = [(CONFIG_FILE_KEY, config.extra(CONFIG_FILE_KEY, "")), ("ed25519SigningKeyLocation", "")]
+    started_with = config.extra(CONFIG_FILE_KEY, "") or (str(config_file) if config_file is not None else "")
+    secrets = [(CONFIG_FILE_KEY, started_with), ("ed25519SigningKeyLocation", "")]
     if config.enableChainOfTrust:
         secrets[1] = ("ed25519SigningKeyLocation", config.ed25519SigningKeyLocation)
     for key, location in secrets:
@@ -449,7 +454,7 @@ class MultiuserExecutor(NativeExecutor):
                 "must run as root",
                 77,
             )
-        problems = await check_worker_secrets(config)
+        problems = await check_worker_secrets(config, self.worker.config_file)
         if problems:
             raise ExecutorInitError("multiuser engine cannot start:\n" + "\n".join(problems), 77)
         for directory in (config.cachesDir, config.downloadsDir):
