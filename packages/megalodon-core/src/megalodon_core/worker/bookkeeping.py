@@ -82,6 +82,14 @@ class ClaimBooks:
         self._pending.add(pending)
         pending.add_done_callback(self._pending.discard)
 
+    async def unreported(self) -> list[ClaimRecord]:
+        """The journal's claims once the end-of-task bookkeeping already handed over has run.
+
+        Read on the same ordered thread: read beside it, a run reported a moment ago still looks unreported
+        (seen on the real queue: a worker exiting after its last task re-reported it as worker-shutdown).
+        """
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self.journal.entries)
+
     async def close(self, resolved: int, current: list[str]) -> None:
         """Wait for pending bookkeeping, then write the final state."""
         if self._pending:
