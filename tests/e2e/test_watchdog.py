@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import Any
 
@@ -79,3 +80,33 @@ async def test_the_watchdog_aborts_running_tasks_as_worker_shutdown(harness: Har
     run0 = harness.double.task_state(task_id)["runs"][0]
     assert (run0["state"], run0["reasonResolved"]) == ("exception", "worker-shutdown")
     assert harness.double.artifact_content(task_id, 0, "public/logs/live_backing.log")[0]
+
+
+BLOCKED_LOOP = """
+import asyncio, sys, time
+from megalodon_core.worker.watchdog import Watchdog
+
+async def main():
+    async def expired(reason):
+        print("the asyncio watchdog fired", flush=True)
+
+    watchdog = Watchdog(0.5, waiting_on_tasks=lambda: True, on_expiry=expired)
+    task = asyncio.create_task(watchdog.run())
+    watchdog.start_backstop(0.5)
+    await asyncio.sleep(2)  # well past timeout + grace, with the loop turning: no exit
+    print("still alive while the loop turns", flush=True)
+    time.sleep(60)  # a synchronous call that never returns: the loop stops turning
+    print("not killed", flush=True)
+
+asyncio.run(main())
+"""
+
+
+async def test_the_backstop_ends_a_process_whose_event_loop_is_blocked() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", BLOCKED_LOOP, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == EXIT_WATCHDOG, err.decode()
+    assert out.decode().splitlines() == ["still alive while the loop turns"]
+    assert "the event loop has not turned for" in err.decode()

@@ -55,7 +55,7 @@ from .runner_link import NullRunnerLink, RunnerLink
 from .self_checks import SelfChecks
 from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
 from .termination import TerminationCheck
-from .watchdog import Watchdog
+from .watchdog import BACKSTOP_GRACE, Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +309,8 @@ class Worker:
             self._log_summary()
             self.worker_file.write()
             watchdog = asyncio.create_task(self.watchdog.run()) if self.watchdog.enabled else None
+            if watchdog is not None and handle_signals:  # this worker owns its process: a blocked loop ends it
+                self.watchdog.start_backstop(max(BACKSTOP_GRACE, float(self.config.watchdogTimeoutSecs)))
             try:
                 await self.recover()
                 code = await self._loop()

@@ -11,16 +11,29 @@ an ``error-report``, aborts running tasks (exception/worker-shutdown, logs uploa
 :data:`~megalodon_core.worker.exit_codes.EXIT_WATCHDOG` (90), a code generic-worker does not use, so
 worker-runner's pool or a supervisor can tell it from the others.  Choose a timeout well above the queue's
 claimWork long poll (20 s) and the self-checks' backoff: minutes, not seconds.
+
+All of that needs the event loop.  A loop blocked by a call that never returns (a hung filesystem under a
+synchronous call) cannot run the watchdog, so a worker that owns its process (``megalodon run``) also starts
+a backstop thread: when the watchdog itself has not run for ``watchdogTimeoutSecs`` plus a grace period, the
+thread writes the reason to stderr and ends the process with exit 90 at once (nothing can be reported or
+resolved then; the claim journal lets the next start resolve the runs it held).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 
+from .exit_codes import EXIT_WATCHDOG
+
 log = logging.getLogger(__name__)
+
+#: How long past ``watchdogTimeoutSecs`` the event loop may stand still before the backstop ends the process.
+BACKSTOP_GRACE = 60.0
 
 
 class Watchdog:
@@ -42,6 +55,9 @@ class Watchdog:
         self._last_what = "the worker started"
         self._in_flight: tuple[str, float] | None = None
         self.fired = False
+        #: When :meth:`run` last turned (real monotonic time, for the backstop thread).
+        self._tick = time.monotonic()
+        self._stopped = threading.Event()
 
     @property
     def enabled(self) -> bool:
@@ -71,11 +87,38 @@ class Watchdog:
             text += "; no claimWork call in flight (the loop is not claiming: see the self-check warnings)"
         return text
 
+    def start_backstop(self, grace: float) -> threading.Thread:
+        """Start the thread that ends the process when the event loop stops turning (see module docstring)."""
+        self._tick = time.monotonic()
+        thread = threading.Thread(target=self._backstop, args=(grace,), name="megalodon-watchdog", daemon=True)
+        thread.start()
+        return thread
+
+    def _backstop(self, grace: float) -> None:
+        while not self._stopped.wait(min(1.0, max(self.timeout / 4, 0.05))):
+            blocked = time.monotonic() - self._tick
+            if blocked > self.timeout + grace:
+                message = (
+                    f"megalodon watchdog: the event loop has not turned for {blocked:.0f}s "
+                    f"(watchdogTimeoutSecs {self.timeout:g} plus {grace:g}s grace): exiting {EXIT_WATCHDOG}\n"
+                )
+                os.write(2, message.encode())
+                os._exit(EXIT_WATCHDOG)
+
     async def run(self) -> None:
-        """Check a few times per timeout; fire once."""
+        """Check a few times per timeout; fire once.  Cancelled at exit (the backstop stops with it)."""
+        try:
+            await self._watch()
+        finally:
+            self._stopped.set()
+
+    async def _watch(self) -> None:
         interval = min(max(self.timeout / 4, 0.05), 5.0)
-        while not self.fired:
+        while True:  # after firing it keeps turning: the backstop must only see a blocked loop
             await asyncio.sleep(interval)
+            self._tick = time.monotonic()
+            if self.fired:
+                continue
             if self._waiting_on_tasks():
                 self.progress("waiting for running tasks")
                 continue
@@ -86,4 +129,4 @@ class Watchdog:
                 await self._on_expiry(reason)
 
 
-__all__ = ["Watchdog"]
+__all__ = ["BACKSTOP_GRACE", "Watchdog"]
