@@ -185,7 +185,8 @@ async def test_many_tasks_under_a_low_hard_limit_all_complete(tmp_path: Path) ->
                 states[key] = states.get(key, 0) + 1
         assert states == {"completed/completed": TASKS}, states
         assert "Too many open files" not in log
-        assert peak < HARD_LIMIT
+        # Bounded by capacity and readers, not by tasks finished in the last minute (that was ~1,000 and more).
+        assert peak < 256, peak
 
 
 # -- crashed task runners ----------------------------------------------------------------------------------
