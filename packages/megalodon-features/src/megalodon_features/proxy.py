@@ -48,6 +48,7 @@ import errno
 import json
 import logging
 import re
+import socket
 import time
 import zlib
 from collections.abc import Iterator
@@ -182,6 +183,21 @@ def _decode_body(body: bytes, encoding: str) -> bytes:
     raise ValueError(f"unsupported content encoding {encoding!r}")
 
 
+def _freebind_socket(host: str, port: int) -> socket.socket:
+    """A listening IPv4 socket on ``host:port`` that may be bound before ``host`` is a local address."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_IP, getattr(socket, "IP_FREEBIND", 15), 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class TaskclusterProxy:
     """One task's proxy server; ``credentials`` may be swapped at any time (the next request uses them)."""
 
@@ -212,7 +228,15 @@ class TaskclusterProxy:
         runner = web.ServerRunner(web.Server(self._handle), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            try:
+                await web.TCPSite(runner, host, port).start()
+            except OSError as exc:
+                if exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # podman (netavark) creates a network's bridge, and so its gateway address, only when the
+                # first container joins it: bind the address before it exists (IP_FREEBIND); connections
+                # arrive once the task container has brought the bridge up.
+                await web.SockSite(runner, _freebind_socket(host, port)).start()
         except BaseException:
             await runner.cleanup()
             raise
