@@ -158,7 +158,8 @@ async def test_native_task_uses_the_proxy_within_its_scopes_and_secrets_are_mask
     # Redirects come back to the task instead of being followed.
     assert lines(log, "get-artifact-status") == ["303 True"]
     scopes = json.loads(lines(log, "scopes")[0].split(" ", 1)[1])
-    assert sorted(scopes) == sorted([*TASK_SCOPES, f"queue:create-artifact:{out.task_id}/0"])
+    # plus assume:anonymous, which the auth service adds to every request's scopes (after authorizedScopes)
+    assert sorted(scopes) == sorted([*TASK_SCOPES, "assume:anonymous", f"queue:create-artifact:{out.task_id}/0"])
     assert lines(log, "foreign-host-status") == ["404"]
     client = lines(log, "first-client")[0]
     assert client.startswith(f"task-client/{out.task_id}/0/on/")
@@ -248,7 +249,13 @@ async def test_docker_tasks_get_the_proxy_on_their_network_gateway(
         assert run.data.env["TASKCLUSTER_PROXY_URL"] == "http://taskcluster"
         status, headers, body = await get("http://127.0.0.2:80/auth/v1/scopes/current")
         assert status == 200, body
-        assert json.loads(body)["scopes"] == ["auth:current-scopes", f"queue:create-artifact:{run.task_id}/0"]
+        # plus the anonymous role, which the auth service adds to every request (after authorizedScopes)
+        assert json.loads(body)["scopes"] == [
+            "assume:anonymous",
+            "auth:current-scopes",
+            f"queue:create-artifact:{run.task_id}/0",
+            "queue:get-artifact:public/*",
+        ]
         assert headers["X-Taskcluster-Proxy-Temp-ClientId"] == f"task-client/{run.task_id}/0/first"
         assert headers["X-Taskcluster-Endpoint"] == f"{double.root_url}/api/auth/v1/scopes/current"
         now = utcnow()
