@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from taskcluster.exceptions import TaskclusterFailure
 
 from megalodon_core import hookimpl
 from megalodon_core.config import parse_config
@@ -53,8 +54,15 @@ class ProbeRun(ExecutorRun[dict[str, Any]]):
                 async with session.get(f"{url}/auth/v1/scopes/current") as resp:
                     say(f"proxy status {resp.status} scopes {json.dumps((await resp.json())['scopes'])}")
             if "liveLog" in self.payload["features"]:
-                # The public live log artifact, as any reader gets it: a reference to the worker's stream.
-                answer = await run.worker.queue({}).artifact(run.task_id, str(run.run_id), LIVE)
+                # The public live log artifact, as any reader gets it: a reference to the worker's stream,
+                # created once the task has run for a second (livelog.REFERENCE_DELAY).
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            answer = await run.worker.queue({}).artifact(run.task_id, str(run.run_id), LIVE)
+                            break
+                        except TaskclusterFailure:
+                            await asyncio.sleep(0.1)
                 location = str(answer["url"])
                 say(f"live log is a {answer.get('storageType')} to {'/log/' in location and 'the live log server'}")
                 run.log.write(b"streamed-marker\n")

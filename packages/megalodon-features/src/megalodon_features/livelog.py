@@ -4,9 +4,11 @@ generic-worker spawns a ``livelog`` binary per task and tees the log into it thr
 runs a livelog container.  Here one aiohttp server per worker serves every running task, each under an
 unguessable secret path (``GET /log/<secret>``), so there is no extra process, no PUT hop and no port per task.
 
-Artifact sequence (as generic-worker): when the feature starts, the live log name (``logs.live`` for native
-tasks, ``log`` for docker tasks) becomes a ``reference`` artifact to ``<base>/log/<secret>``; when the task's
-log is closed the core uploads the backing log and re-creates the name as a ``link`` to it.
+Artifact sequence (as generic-worker): once the task has run for :data:`REFERENCE_DELAY` (one second), the
+live log name (``logs.live`` for native tasks, ``log`` for docker tasks) becomes a ``reference`` artifact to
+``<base>/log/<secret>``; when the task's log is closed the core uploads the backing log and re-creates the name
+as a ``link`` to it.  A task that ends within the delay gets only the link (generic-worker creates the
+reference at once; see ``docs/compatibility.md``).
 
 Memory stays bounded whatever the log size: readers read the backing file from disk with ``os.pread`` (in a
 thread).  The only bytes kept in memory are a tail of the most recent log bytes, because the task log writes
@@ -63,6 +65,9 @@ FINISHED_RETENTION = 60.0
 CLOSE_POLL = 0.05
 #: generic-worker: the reference artifact outlives the task's maxRunTime by this much.
 REFERENCE_GRACE = dt.timedelta(seconds=900)
+#: The reference artifact is created once the task has run this long: a task that ends sooner gets only
+#: the final link to the backing log, one queue call less per short task (docs/compatibility.md).
+REFERENCE_DELAY = 1.0
 
 #: Config key (megalodon): the address the live log server listens on ("" = see :func:`bind_address`).
 BIND_ADDRESS_KEY = "livelogBindAddress"
@@ -427,6 +432,8 @@ class LiveLogTask(TaskFeature):
         self.run = run
         self.stream: LiveStream | None = None
         self.url: str | None = None
+        self._reference: asyncio.Task[None] | None = None
+        self._publishing = False
 
     def _reference_expiry(self) -> dt.datetime:
         run = self.run
@@ -456,7 +463,7 @@ class LiveLogTask(TaskFeature):
         # generic-worker copies the log so far into livelog, then tees: flush so the file holds it all.
         run.log.flush()
         try:
-            fd = await asyncio.to_thread(os.open, run.log.path, os.O_RDONLY)
+            fd = os.open(run.log.path, os.O_RDONLY)  # a local file the worker just wrote: no thread hop
         except OSError as exc:
             run.log.warn(f"Could not start live log: cannot read the task log: {exc}")
             return
@@ -472,14 +479,27 @@ class LiveLogTask(TaskFeature):
         self.feature.server.register(stream)
         run.log.add_sink(stream.append)
         self.url = f"{self.feature.base_url()}/log/{stream.secret}"
+        self._reference = asyncio.create_task(self._publish_reference(name, self.url))
+
+    async def _publish_reference(self, name: str, url: str) -> None:
+        """After :data:`REFERENCE_DELAY` of run time: the live log name becomes a reference to the stream."""
+        await asyncio.sleep(REFERENCE_DELAY)
+        self._publishing = True  # from here on stop() waits for it: the final link must come after it
+        run = self.run
         try:
             await run.publisher().reference(
-                run.task_id, run.run_id, name, self.url, LOG_CONTENT_TYPE, self._reference_expiry()
+                run.task_id, run.run_id, name, url, LOG_CONTENT_TYPE, self._reference_expiry()
             )
         except ExecutionError as exc:
             run.log.warn(f"Could not publish live log artifact {name}: {exc.message}")
 
     async def stop(self, errors: ExecutionErrors) -> None:
+        reference, self._reference = self._reference, None
+        if reference is not None:
+            if not self._publishing:
+                reference.cancel()  # still waiting out the delay: no request was sent
+            with contextlib.suppress(asyncio.CancelledError):
+                await reference
         if self.stream is not None:
             # The core writes its last lines (first error) after the features stop: keep streaming until the
             # task log is closed, then serve the finished log for a while.
