@@ -422,6 +422,13 @@ async def replay_step(name: str, index: int, step: dict[str, Any], r: Replayer) 
     status, body, headers = await r.api_call(name, index, step)
     assert status == step["status"], f"{where}: got {status} {json.dumps(body)[:600]}"
     assert_same_shape(step["response_body"], body, where)
+    if step["call"] in ("queue.claimWork", "queue.reclaimTask") and status == 200:
+        # Task credentials carry exactly these scopes (task.scopes literally: assume: is not expanded).
+        recorded_claims = step["response_body"].get("tasks", [step["response_body"]])
+        actual_claims = body.get("tasks", [body])
+        for rec, act in zip(recorded_claims, actual_claims, strict=True):
+            rec_scopes = json.loads(rec["credentials"]["certificate"])["scopes"]
+            assert json.loads(act["credentials"]["certificate"])["scopes"] == r.sub(rec_scopes), where
     if step["call"].startswith("auth.") and status == 200:
         # Scope sets are exact: the expansion and its normal form are what a worker decides on.
         for key in ("scopes", "expandedScopes"):
