@@ -75,7 +75,8 @@ def test_show_payload_schema(tmp_path: Path) -> None:
     proc = megalodon("show-payload-schema", "--executor", "native", cwd=tmp_path)
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
-    assert set(schema["required"]) == {"command", "maxRunTime"}
+    # generic-worker's published schema: its payload branch first, then the docker-worker branch (d2g)
+    assert set(schema["oneOf"][0]["required"]) == {"command", "maxRunTime"}
     proc = megalodon("show-payload-schema", "--executor", "nope", cwd=tmp_path)
     assert proc.returncode == 2
 

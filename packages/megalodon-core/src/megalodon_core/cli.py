@@ -110,11 +110,44 @@ def _executor_info(host: Any, name: str) -> Any:
 
 @app.command("show-payload-schema")
 def show_payload_schema(
-    executor: Annotated[str, typer.Option("--executor", help="Executor whose payload schema to print.")] = "native",
+    executor: Annotated[
+        str | None,
+        typer.Option("--executor", help="Executor whose payload schema to print (default: the config's, else native)."),
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option("--engine", help="Engine whose schema to print, e.g. native's insecure or multiuser."),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Worker config: print the schema of the engine it runs.")
+    ] = None,
 ) -> None:
-    """Print the JSON schema of an executor's task payload."""
-    info = _executor_info(_plugins(), executor)
-    print(json.dumps(info.payload_schema(), indent=2))
+    """Print the JSON schema of an executor's task payload: the schema its peer publishes, when it has one.
+
+    As ``generic-worker show-payload-schema`` (one binary per engine) for the engine chosen by ``--engine``,
+    by ``--config``'s engine key (``nativeEngine``), else the executor's default engine.
+    """
+    host = _plugins()
+    cfg = _load_config_or_exit(config, host)[0] if config is not None else None
+    if executor is None:
+        configured = cfg.executor if cfg is not None else "auto"
+        executor = configured if configured != "auto" else "native"
+    info = _executor_info(host, executor)
+    published = info.published_schemas
+    if published is None:
+        if engine is not None:
+            err_console.print(f"Executor {info.name!r} has one payload schema: --engine does not apply", markup=False)
+            raise typer.Exit(2)
+        print(json.dumps(info.payload_schema(), indent=2))
+        return
+    if engine is None and cfg is not None and published.engine_key is not None:
+        engine = cfg.extra(published.engine_key, None)
+    if engine is not None and engine not in published.files:
+        err_console.print(
+            f"Executor {info.name!r} has no engine {engine!r} (engines: {', '.join(published.files)})", markup=False
+        )
+        raise typer.Exit(2)
+    print(published.text(engine))
 
 
 @app.command("validate-payload")

@@ -50,6 +50,7 @@ from .tasklog import GENERIC_WORKER, LogStyle
 
 if TYPE_CHECKING:
     from .errors import ExecutionError, ExecutionErrors
+    from .payloads import PublishedSchemas
     from .rundata import FeatureRequest, RunDataField
     from .task import TaskRun
     from .worker_context import WorkerContext
@@ -352,6 +353,9 @@ class ExecutorInfo:
     accepts: Callable[[Any], bool] | None = None
     #: Check one payload without a worker; returns ``(field, message)`` errors (``validate-payload``).
     validate: Callable[[Any], list[tuple[str, str]]] | None = None
+    #: The official schema the executor's peer publishes (per engine), which ``show-payload-schema`` prints;
+    #: None: it prints :attr:`payload_schema` (derived from the model) instead.
+    published_schemas: PublishedSchemas | None = None
 
 
 def payload_module_hooks(module: str) -> tuple[Callable[[], dict[str, Any]], Callable[[Any], list[tuple[str, str]]]]:

@@ -9,6 +9,7 @@ from typing import Any
 
 from megalodon_core import hookimpl
 from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
+from megalodon_core.payloads import PublishedSchemas
 
 
 def _factory(worker: Any) -> Any:
@@ -24,6 +25,12 @@ def _accepts(payload: Any) -> bool:
 
 _schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
+#: docker-worker's published payload schema (``tools/d2g/schemas/docker-worker/v1/payload.yml`` in the
+#: monorepo since docker-worker's removal; unchanged since), as the services serve it.
+PUBLISHED_SCHEMAS = PublishedSchemas(
+    package=__package__ or "megalodon_docker", files={"docker": "schemas/payload.yml"}, style="node"
+)
+
 
 # trylast: a third-party executor that accepts a payload takes precedence over megalodon's own.
 @hookimpl(trylast=True)
@@ -36,6 +43,7 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
+            published_schemas=PUBLISHED_SCHEMAS,
         )
     ]
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from megalodon_core import hookimpl
 from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
+from megalodon_core.payloads import PublishedSchemas
 from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
 
 
@@ -25,6 +26,14 @@ def _factory(worker: Any) -> Any:
 
 
 _schema, _validate = payload_module_hooks(f"{__package__}.payload")
+
+#: generic-worker's published schemas, one per engine (each of its binaries prints its own engine's).
+PUBLISHED_SCHEMAS = PublishedSchemas(
+    package=__package__ or "megalodon_native",
+    files={"insecure": "schemas/insecure_posix.yml", "multiuser": "schemas/multiuser_posix.yml"},
+    style="go",
+    engine_key="nativeEngine",
+)
 
 
 def _accepts(payload: Any) -> bool:
@@ -45,6 +54,7 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
+            published_schemas=PUBLISHED_SCHEMAS,
         )
     ]
 

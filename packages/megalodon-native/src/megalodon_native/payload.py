@@ -18,13 +18,9 @@ as the schema does.
 from __future__ import annotations
 
 import calendar
-import functools
-import json
 import re
-from importlib import resources
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -534,16 +530,10 @@ def payload_json_schema() -> dict[str, Any]:
     return payloads.payload_schema(NativePayload)
 
 
-@functools.cache
 def published_schema(file_name: str) -> str:
     """generic-worker's published payload schema, as its ``JSONSchema()`` text: what a malformed payload's log shows.
 
-    The official YAML (``insecure_posix.yml``, ``multiuser_posix.yml``) ships as package data; generic-worker
-    converts it to JSON with Go's ``json.MarshalIndent`` at build time, so keys are sorted, the indent is
-    two spaces and ``<``, ``>``, ``&`` are written ``\\u003c``, ``\\u003e``, ``\\u0026``.
+    The official YAML (``insecure_posix.yml``, ``multiuser_posix.yml``) ships as package data; core renders
+    it as generic-worker's build does (:func:`megalodon_core.payloads.render_published_schema`).
     """
-    text = resources.files("megalodon_native").joinpath("schemas", file_name).read_text(encoding="utf-8")
-    rendered = json.dumps(yaml.safe_load(text), indent=2, sort_keys=True, ensure_ascii=False)
-    for char, escaped in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
-        rendered = rendered.replace(char, escaped)
-    return rendered.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return payloads.render_published_schema("megalodon_native", f"schemas/{file_name}", "go")
