@@ -279,7 +279,9 @@ class Worker:
 
     async def running(self, task_id: str) -> None:
         async def check() -> bool:
-            return bool((await self.status(task_id))["runs"][0]["state"] == "running")
+            run = (await self.status(task_id))["runs"][0]
+            expect(run["state"] in ("pending", "running"), f"{task_id} resolved {run} before it was seen running")
+            return bool(run["state"] == "running")
 
         await until(check, f"{task_id} running")
 
@@ -338,6 +340,25 @@ async def docker_task(worker: Worker) -> str:
     expect("in-container-42" in log, "container output missing")
     expect(await worker.artifact(task_id, "public/out.txt") == b"DOCKER\n", "docker artifact content")
     return "container ran, artifact uploaded"
+
+
+async def docker_cache(worker: Worker) -> str:
+    """A docker cache reused by the next task; the purge-cache poll meets a deployment without that service."""
+    await worker.register(numberOfTasksToRun=2)
+    name = f"checks-{worker.dep.tag}"
+
+    def payload(script: str) -> dict[str, Any]:
+        return {"image": BUSYBOX, "command": ["/bin/sh", "-c", script], "maxRunTime": 120, "cache": {name: "/c"}}
+
+    scopes = [f"docker-worker:cache:{name}"]
+    first = await worker.create(payload("echo kept-$((6*7)) > /c/file"), scopes=scopes)
+    second = await worker.create(payload("cat /c/file"), scopes=scopes)
+    await worker.start()
+    await worker.run()
+    await completed(worker, first)
+    expect("kept-42" in await completed(worker, second), "the second task did not find the cache's content")
+    polled = "purge-cache requests" in worker.log()
+    return "cache reused" + ("; purge-cache absent here: polled, warned, tasks unaffected" if polled else "")
 
 
 async def capacity_two(worker: Worker) -> str:
@@ -508,7 +529,7 @@ async def cancel_then_report(worker: Worker) -> str:
 
 async def cancel_at_reclaim(worker: Worker) -> str:
     """Cancelled and noticed at the next reclaim (claimTimeout 1200 s: the first reclaim is ~17 min later)."""
-    await worker.register()
+    await worker.register(maxTaskRunTime=3600)
     task_id = await worker.create(sh("echo started; sleep 1500", maxRunTime=1800))
     await worker.start()
     await worker.running(task_id)
@@ -568,6 +589,7 @@ SCENARIOS: dict[str, Callable[[Worker], Awaitable[str]]] = {
     "native-s3": lambda w: native_artifacts(w, "s3"),
     "native-object": lambda w: native_artifacts(w, "object"),
     "docker": docker_task,
+    "docker-cache": docker_cache,
     "capacity-2": capacity_two,
     "livelog-20mb": live_log_20mb,
     "proxy": taskcluster_proxy,
