@@ -559,6 +559,27 @@ async def sigterm(worker: Worker) -> str:
     return "exit 72, run resolved exception/worker-shutdown, queue scheduled the retry"
 
 
+async def sigterm_long_poll(worker: Worker) -> str:
+    """SIGTERM while an idle capacity-2 worker waits in claimWork (the real long poll lasts 20 s)."""
+    await worker.register(capacity=2)
+    await worker.start()
+
+    async def polling() -> bool:
+        return "started:" in worker.log()
+
+    await until(polling, "worker started")
+    await asyncio.sleep(2)  # well inside its first long poll
+    assert worker.proc is not None
+    sent = time.monotonic()
+    worker.proc.send_signal(signal.SIGTERM)
+    code = await worker.wait(bound=60)
+    took = time.monotonic() - sent
+    expect(code == 72, f"worker exited {code} after SIGTERM, not 72")
+    # the long poll would have lasted ~18 s more: an exit well before that means it was abandoned
+    expect(took < 10, f"exit took {took:.1f} s: the claimWork long poll was waited out")
+    return f"exit 72 {took:.2f} s after SIGTERM, mid long poll"
+
+
 async def drain(worker: Worker) -> str:
     git = await asyncio.create_subprocess_exec(
         "git", "-C", str(REPO), "log", "--oneline", "-i", "--grep", "drain", stdout=asyncio.subprocess.PIPE
@@ -598,6 +619,7 @@ SCENARIOS: dict[str, Callable[[Worker], Awaitable[str]]] = {
     "role-scopes": role_scopes,
     "cancel": cancel_then_report,
     "sigterm": sigterm,
+    "sigterm-long-poll": sigterm_long_poll,
     "drain": drain,
     "run-task": run_task_flows,
 }
