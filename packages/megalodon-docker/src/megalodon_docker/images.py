@@ -57,6 +57,7 @@ from .payload import DockerImage, IndexedImage, TaskImage
 from .settings import PullPolicy
 
 __all__ = [
+    "PODMAN_LEGACY_ARCHIVE_MESSAGE",
     "PULL_POLICIES",
     "UNSUPPORTED_FORMAT_MESSAGE",
     "ArtifactDownloader",
@@ -82,6 +83,11 @@ __all__ = [
 #: not pulled at all.
 PULL_POLICIES: tuple[str, ...] = get_args(PullPolicy)
 
+PODMAN_LEGACY_ARCHIVE_MESSAGE = (
+    "This image archive is in docker save format v1.0 (no manifest.json), which the podman engine of this "
+    "worker cannot load (podman reads docker-archive 1.1+ and OCI archives): re-create it with docker save "
+    "from docker >= 1.10, or run the task on a Docker engine"
+)
 UNSUPPORTED_FORMAT_MESSAGE = (
     "Unsupported image file format. Expected tarball with extension: .tar.zst, .tar.lz4 or .tar"
 )
@@ -307,13 +313,14 @@ def _check_member(member: tarfile.TarInfo) -> None:
         raise ImageError(f'Refusing image archive member "{name}": unsupported member type')
 
 
-def _retag_archive(src: Path, dst: Path, new_name: str) -> None:
+def _retag_archive(src: Path, dst: Path, new_name: str) -> bool:
     """Copy the ``docker save`` archive ``src`` to ``dst`` with its single image tagged ``new_name:latest``.
 
     ``manifest.json`` (format >= 1.1) gets ``RepoTags = [new_name:latest]`` and any ``repositories`` file
     is dropped, as docker-worker did; a v1.0 archive has its ``repositories`` entry renamed instead.
-    Member data is streamed, never held in memory.
+    Member data is streamed, never held in memory.  Returns True for a v1.0 archive (no ``manifest.json``).
     """
+    legacy = False
     with tarfile.open(src, "r:") as archive:
         members = archive.getmembers()
         for member in members:
@@ -347,6 +354,7 @@ def _retag_archive(src: Path, dst: Path, new_name: str) -> None:
             if old_tag != "latest":
                 tags["latest"] = tags.pop(old_tag)
             replacements["repositories"] = json.dumps({new_name: tags}).encode()
+            legacy = True
         else:
             raise ImageError("Unknown docker archive format")
 
@@ -360,6 +368,7 @@ def _retag_archive(src: Path, dst: Path, new_name: str) -> None:
                         out.addfile(member, io.BytesIO(content))
                     continue
                 out.addfile(member, archive.extractfile(member) if member.isfile() else None)
+    return legacy
 
 
 def _decompress(src: Path, dst: Path, suffix: str) -> None:
@@ -428,6 +437,7 @@ class ImageManager:
         self._clock = opts.clock
         self._disk_free = opts.disk_free or (lambda: shutil.disk_usage(self._work_dir).free)
         self._executor = opts.executor
+        self._podman: bool | None = None
         # One shared job per image key: concurrent ensures of the same image await the same task.
         self._inflight: dict[str, asyncio.Task[ResolvedImage]] = {}
         # sha256 of downloaded artifact files, by md5 image name, so a cached image still reports it.
@@ -445,6 +455,18 @@ class ImageManager:
             return await asyncio.to_thread(fn, *args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def _engine_is_podman(self) -> bool:
+        """Whether the engine is podman's Docker-compatible service (asked once; where it differs from
+        dockerd the manager says so instead of passing on podman's less telling error)."""
+        if self._podman is None:
+            try:
+                version: dict[str, Any] = await self._engine(self._client.version)
+            except (docker.errors.DockerException, OSError):
+                return False
+            names = [str(c.get("Name", "")) for c in version.get("Components") or [] if isinstance(c, dict)]
+            self._podman = any("podman" in name.lower() for name in names)
+        return self._podman
 
     def release(self, name: str) -> None:
         """Undo the hold ``ensure_image(..., hold=True)`` took once the task's container is gone."""
@@ -701,7 +723,8 @@ class ImageManager:
         """One pull through the engine, in a pool thread; returns the compressed bytes downloaded (or None).
 
         dockerd reports each layer's size in its ``Downloading`` events (``progressDetail.total``); a layer
-        that ``Already exists`` sends none and counts 0.  podman sends no progress details at all.
+        that ``Already exists`` is not fetched and counts 0.  podman sends no sizes: None when it fetched
+        anything.
         """
         repo, tag, digest = _split_reference(reference)
         auth = None
@@ -710,9 +733,9 @@ class ImageManager:
         stream = self._client.api.pull(repo, tag=digest or tag, stream=True, decode=True, auth_config=auth)
         last_status: dict[str, str] = {}
         layer_sizes: dict[str, int] = {}
-        # dockerd says "Already exists" for a present layer and "Digest: ..." when it is done; podman says
-        # neither, and without those or a size the bytes are unknown rather than 0.
-        sizes_known = False
+        # Blobs the engine fetched: dockerd reports a size for each (even 100-byte layers), podman none,
+        # and a fetched blob without a size makes the total unknown rather than too small.
+        fetched: set[str] = set()
         for event in stream:
             if "error" in event:
                 raise ImageError(str(event.get("errorDetail", {}).get("message") or event["error"]))
@@ -724,15 +747,14 @@ class ImageManager:
             total = detail.get("total") if isinstance(detail, dict) else None
             if status == "Downloading" and isinstance(total, int) and total > 0:
                 layer_sizes[layer] = total
-                sizes_known = True
-            elif status == "Already exists" or status.startswith("Digest:"):
-                sizes_known = True
+            elif status in ("Download complete", "Pull complete"):
+                fetched.add(layer)
             # Progress ticks ("Downloading [==>  ]") would flood the log: report each state change once.
             if last_status.get(layer) == status:
                 continue
             last_status[layer] = status
             log(f"{layer}: {status}" if layer else status)
-        return sum(layer_sizes.values()) if sizes_known else None
+        return None if fetched - set(layer_sizes) else sum(layer_sizes.values())
 
     # -- artifact images ------------------------------------------------------------------------------------
 
@@ -811,8 +833,10 @@ class ImageManager:
 
                 log("Loading docker image from downloaded archive.")
                 edited = tmp_dir / "image-edited.tar"
-                await asyncio.to_thread(_retag_archive, tarball, edited, name)
+                legacy = await asyncio.to_thread(_retag_archive, tarball, edited, name)
                 await asyncio.to_thread(tarball.unlink)
+                if legacy and await self._engine_is_podman():
+                    raise ImageError(PODMAN_LEGACY_ARCHIVE_MESSAGE)
                 await self._engine(_load_archive, self._client, edited)
             finally:
                 await asyncio.to_thread(shutil.rmtree, tmp_dir, True)
