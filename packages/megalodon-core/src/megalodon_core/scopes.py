@@ -52,7 +52,10 @@ async def expanded(given: Iterable[str], expand: Expander) -> list[str]:
     if not may_expand(scopes):
         return scopes
     try:
-        return await expand(scopes)
+        # Once each: the queue stores task.scopes verbatim, duplicates included, but expandScopes refuses a
+        # scopeset with duplicates (400 uniqueItems) — generic-worker would resolve such a task
+        # resource-unavailable; the order is kept.
+        return await expand(list(dict.fromkeys(scopes)))
     except _EXPANSION_ERRORS as exc:
         raise ResourceUnavailable(f"could not expand the task's scopes through the auth service: {exc}") from None
 
