@@ -365,6 +365,11 @@ def record_task_roles(root_opts: dict[str, Any], tag: str, out: Path) -> None:
         call(task_queue.reportFailed, task_id, "0")
         rec.annotate("The artifacts: reference and link as the queue lists them.")
         queue.listArtifacts(task_id, "0")
+        dup_id = slugid.nice()
+        rec.annotate("task.scopes with a duplicate: accepted and stored verbatim (expandScopes would refuse it).")
+        queue.createTask(dup_id, task_body(f"{queue_id}-dup", [f"assume:{p}/task", f"assume:{p}/task"]))
+        queue.task(dup_id)
+        queue.cancelTask(dup_id)
         root_auth.deleteRole(f"{p}/task")
     rec.write(
         out,
