@@ -56,6 +56,31 @@ def tests(session: nox.Session, suite: str) -> None:
     session.run(sys.executable, "-m", "pytest", f"tests/{suite}", *session.posargs)
 
 
+#: podman's Docker-compatible service, as .ci/podman-setup.sh starts it (MEGALODON_PODMAN_HOST overrides).
+PODMAN_HOST = os.environ.get("MEGALODON_PODMAN_HOST", "unix:///run/megalodon-podman/podman.sock")
+#: The part of the docker suite the podman lane runs against podman: image from a tarball and from the
+#: local registry, artifacts, caches, maxRunTime, the proxy.
+PODMAN_DOCKER_TESTS = [
+    "tests/docker/test_executor.py::test_hello_log_format_env_and_container_settings",
+    "tests/docker/test_executor.py::test_artifact_images_from_the_double",
+    "tests/docker/test_executor.py::test_registry_image_pulled_only_when_absent_with_private_credentials",
+    "tests/docker/test_executor.py::test_artifacts_file_directory_volume_and_errors",
+    "tests/docker/test_executor.py::test_cache_reused_across_tasks_and_purged_on_exit_status",
+    "tests/docker/test_executor.py::test_max_run_time_kills_container_and_skips_artifacts",
+    "tests/docker/test_proxy_in_container.py",
+    "tests/docker/test_pull_policy.py::test_always_on_the_shared_registry_image",
+]
+
+
+@nox.session(venv_backend="none")
+def podman(session: nox.Session) -> None:
+    """The docker executor on podman's Docker-compatible API (.ci/podman-setup.sh): part of the docker suite
+    with DOCKER_HOST on podman's socket, plus tests/podman (dockerConfig.host, podman's differences)."""
+    _require_dev_env(session, "pytest", "pytest_asyncio")
+    env = {"DOCKER_HOST": PODMAN_HOST, "MEGALODON_PODMAN_HOST": PODMAN_HOST}
+    session.run(sys.executable, "-m", "pytest", *PODMAN_DOCKER_TESTS, "tests/podman", *session.posargs, env=env)
+
+
 @nox.session(venv_backend="none")
 def lint(session: nox.Session) -> None:
     """ruff: lint rules and formatting."""
