@@ -117,10 +117,12 @@ class Worker:
     name: str
     config: dict[str, Any] = field(default_factory=dict)
     proc: asyncio.subprocess.Process | None = None
+    #: Outside ``<tag>-*`` the pool's role does not give the worker ``auth:expand-scopes``.
+    expand_role: bool = True
 
     @property
     def worker_type(self) -> str:
-        return f"{self.dep.tag}-{self.name}"
+        return f"{self.dep.tag}{'-' if self.expand_role else 'n'}{self.name}"
 
     @property
     def queue_id(self) -> str:
@@ -511,6 +513,28 @@ async def role_scopes(worker: Worker) -> str:
     return "cache scope held through assume: accepted; a scope outside the role refused by name"
 
 
+async def role_scopes_without_expand(worker: Worker) -> str:
+    """A deployment that forgot auth:expand-scopes for its workers: the task cannot be checked."""
+    worker.expand_role = False
+    role = f"megalodon-checks/{worker.dep.tag}/cache-user-2"
+    await worker.dep.auth.createRole(role, {"description": "real check", "scopes": ["generic-worker:cache:rolecache"]})
+    await worker.register()
+    mounts = [{"directory": "c", "cacheName": "rolecache"}]
+    task_id = await worker.create(sh("true", mounts=mounts), scopes=[f"assume:{role}"])
+    await worker.start()
+    await worker.run()
+    run = await worker.resolved(task_id)
+    await worker.dep.auth.deleteRole(role)
+    log = await worker.log_text(task_id)
+    # generic-worker: "presumably we couldn't expand assume:* scopes due to auth service unavailability"
+    expect(
+        (run["state"], run.get("reasonResolved")) == ("exception", "resource-unavailable"),
+        f"expected exception/resource-unavailable, got {run}",
+    )
+    expect("auth:expand-scopes" in log, f"the task log does not name the missing scope:\n{log[-1500:]}")
+    return "exception/resource-unavailable, the task log names auth:expand-scopes"
+
+
 async def cancel_then_report(worker: Worker) -> str:
     """Cancelled between reclaims: the worker finishes, reportCompleted answers 409, the worker moves on."""
     await worker.register()
@@ -617,6 +641,7 @@ SCENARIOS: dict[str, Callable[[Worker], Awaitable[str]]] = {
     "chain-of-trust": chain_of_trust,
     "interactive": interactive,
     "role-scopes": role_scopes,
+    "role-scopes-no-expand": role_scopes_without_expand,
     "cancel": cancel_then_report,
     "sigterm": sigterm,
     "sigterm-long-poll": sigterm_long_poll,
