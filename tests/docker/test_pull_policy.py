@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+import re
 import socket
 import subprocess
 import tarfile
@@ -17,14 +18,25 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import docker
 import docker.errors
 import pytest
 from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
 
+from megalodon_core import __version__
+from megalodon_core.config import parse_config
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
+from megalodon_core.metrics import Metrics, MetricsPlugin, serve
+from megalodon_core.phase_metrics import PhaseMetrics
+from megalodon_core.plugins import PluginHost
+from megalodon_core.testing import PROVISIONER, Harness
+from megalodon_core.worker import Worker
 from megalodon_docker.images import (
     ImageError,
     ImageManager,
@@ -453,3 +465,111 @@ def test_other_image_errors_fail_the_task_as_docker_worker_did() -> None:
     failed = resolution_error(ImageNotAuthorizedError({"name": "x"}, "docker-worker:image:x"))
     assert isinstance(failed, Failure) and "Not authorized to use" in failed.message
     assert isinstance(resolution_error(ImageError("Error loading docker image. boom")), Failure)
+
+
+# == through the worker: resolutions, task log and metrics =====================================================
+
+
+@asynccontextmanager
+async def scraped_worker(harness: Harness, worker_type: str, **config: Any) -> AsyncIterator[tuple[Worker, str]]:
+    """A worker with core's metrics plugins and ``/metrics`` served, as ``megalodon run`` sets it up."""
+    host = PluginHost()
+    cfg = parse_config(harness.config(worker_type, **config), host.config_fields())
+    metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
+    host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
+    host.register(
+        PhaseMetrics(metrics, task_queue_id=cfg.task_queue_id, capacity=cfg.capacity), name="megalodon-core.phases"
+    )
+    server = await serve(metrics)
+    try:
+        yield Worker(cfg, host), f"{server.url}/metrics"
+    finally:
+        await server.stop()
+
+
+def _docker_task(image: str) -> dict[str, Any]:
+    return {"image": image, "command": ["sh", "-c", "test -s /blob && echo blob-ok"], "maxRunTime": 60}
+
+
+async def test_pull_bytes_and_duration_reach_the_task_log_and_the_metrics(harness: Harness, absent: str) -> None:
+    worker_type = harness.worker_type()
+    task_id = await harness.create(_docker_task(absent), worker_type)
+    async with scraped_worker(
+        harness, worker_type, numberOfTasksToRun=1, executor="docker", requiredDiskSpaceMegabytes=0
+    ) as (worker, url):
+        code = await asyncio.wait_for(worker.run(), 120)
+        async with aiohttp.ClientSession() as session, session.get(url) as resp:
+            text = await resp.text()
+    out = await harness.outcome(task_id, code)
+    assert out.state == "completed", out.log
+    assert "blob-ok" in out.log
+    assert re.search(
+        rf"Pulled docker image {re.escape(absent)} in \d+\.\d{{3}} seconds \(\d+\.\d{{3}} mb downloaded\)", out.log
+    )
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    pool = f"{PROVISIONER}/{worker_type}"
+
+    def value(name: str, phase: str) -> float:
+        (found,) = [s.value for s in samples if s.name == name and s.labels == {"taskQueueId": pool, "phase": phase}]
+        return float(found)
+
+    assert value("megalodon_task_phase_bytes_total", "image_pull") >= BLOB_BYTES
+    assert value("megalodon_task_phase_seconds_count", "image_pull") == 1
+    assert value("megalodon_task_phase_seconds_sum", "image_pull") > 0
+
+
+async def test_unreachable_registry_resolves_intermittent_task_and_the_queue_retries(
+    harness: Harness, absent: str, own_registry: OwnRegistry
+) -> None:
+    await asyncio.to_thread(own_registry.stop)
+    out = await harness.run(
+        _docker_task(absent),
+        executor="docker",
+        requiredDiskSpaceMegabytes=0,
+        dockerConfig={"pullAttempts": 2, "pullBaseDelaySeconds": 0.01},
+    )
+    run0 = out.status["runs"][0]
+    assert (run0["state"], run0.get("reasonResolved")) == ("exception", "intermittent-task"), out.log
+    assert out.status["runs"][1]["reasonCreated"] == "task-retry"
+    assert "Pulling docker image has failed." in out.log and "after 2 attempt(s)" in out.log
+    assert "connection refused" in out.log
+
+
+async def test_unknown_image_resolves_malformed_payload_without_retries(
+    harness: Harness, own_registry: OwnRegistry
+) -> None:
+    image = f"{own_registry.addr}/megalodon-test/no-such-image:{uuid.uuid4().hex[:8]}"
+    out = await harness.run(
+        _docker_task(image),
+        executor="docker",
+        requiredDiskSpaceMegabytes=0,
+        dockerConfig={"pullAttempts": 5, "pullBaseDelaySeconds": 60},
+    )
+    assert (out.state, out.status["runs"][0].get("reasonResolved")) == ("exception", "malformed-payload"), out.log
+    assert len(out.status["runs"]) == 1, "the queue must not retry a malformed payload"
+    assert "manifest unknown" in out.log and "Error pulling docker image" not in out.log
+
+
+async def test_always_with_a_stopped_registry_runs_the_cached_image_and_says_so(
+    harness: Harness, absent: str, own_registry: OwnRegistry, docker_client: docker.DockerClient
+) -> None:
+    docker_client.images.pull(absent)
+    await asyncio.to_thread(own_registry.stop)
+    out = await harness.run(
+        _docker_task(absent),
+        executor="docker",
+        requiredDiskSpaceMegabytes=0,
+        dockerConfig={"imagePullPolicy": "always", "pullBaseDelaySeconds": 60},
+    )
+    assert out.state == "completed", out.log
+    assert "blob-ok" in out.log
+    assert "Registry unreachable, using the cached image" in out.log
+
+
+async def test_never_refuses_an_absent_image_as_malformed_payload(harness: Harness, absent: str) -> None:
+    out = await harness.run(
+        _docker_task(absent), executor="docker", requiredDiskSpaceMegabytes=0, dockerConfig={"imagePullPolicy": "never"}
+    )
+    assert (out.state, out.status["runs"][0].get("reasonResolved")) == ("exception", "malformed-payload"), out.log
+    assert 'dockerConfig.imagePullPolicy is "never"' in out.log
+    assert f"Pulling docker image {absent}" not in out.log

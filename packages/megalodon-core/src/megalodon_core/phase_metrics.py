@@ -11,6 +11,8 @@ worker, so an aggregation over a fleet stays cheap) and never by task:
 - ``megalodon_task_phase_seconds{phase}``: ``setup`` (payload, features' selection, the executor's
   ``prepare`` and feature starts, so image pull and mounts included), ``image_pull``, ``mounts``,
   ``command``, ``artifact_upload`` (artifacts and the task log), ``resolution`` (the report call);
+- ``megalodon_task_phase_bytes_total{phase}``: bytes a phase moved (``image_pull``: compressed image layers
+  downloaded; a pull whose size the engine does not report, as podman's, adds nothing);
 - ``megalodon_claim_to_first_command_seconds``: the claim answer to the first command (setup plus the
   worker's own bookkeeping);
 - ``megalodon_cache_lookups_total{result}``: caches a run used, ``hit`` (ready) or ``miss`` (created);
@@ -86,6 +88,13 @@ class PhaseMetrics:
             registry=r,
             buckets=PHASE_BUCKETS,
         )
+        self.phase_bytes = Counter(
+            "task_phase_bytes",
+            "Bytes runs moved in a phase (image_pull: compressed image layers downloaded).",
+            [*pool, "phase"],
+            namespace=ns,
+            registry=r,
+        )
         self.claim_to_first_command = Histogram(
             "claim_to_first_command_seconds",
             "Time from the claim to the run's first command.",
@@ -115,6 +124,8 @@ class PhaseMetrics:
         for name in PHASES:
             if name in phases.durations:
                 self.phase.labels(taskQueueId=q, phase=name).observe(phases.durations[name])
+            if phases.byte_counts.get(name):
+                self.phase_bytes.labels(taskQueueId=q, phase=name).inc(phases.byte_counts[name])
         latency = phases.claim_to_first_command
         if latency is not None:
             self.claim_to_first_command.labels(taskQueueId=q).observe(latency)

@@ -38,6 +38,8 @@ class Phases:
     """
 
     durations: dict[str, float] = field(default_factory=dict)
+    #: Bytes moved in a phase (``image_pull``: compressed layers the engine downloaded), when known.
+    byte_counts: dict[str, int] = field(default_factory=dict)
     cache_hits: int = 0
     cache_misses: int = 0
     #: Seconds the run waited in the queue: its ``scheduled`` to its ``started`` (the claim), per the queue.
@@ -61,6 +63,11 @@ class Phases:
     def add(self, name: str, seconds: float) -> None:
         """Add ``seconds`` to phase ``name`` (for work timed elsewhere, e.g. in a thread)."""
         self.durations[name] = self.durations.get(name, 0.0) + max(seconds, 0.0)
+
+    def add_bytes(self, name: str, count: int) -> None:
+        """Add ``count`` bytes to phase ``name`` (e.g. what an image pull downloaded)."""
+        if count > 0:
+            self.byte_counts[name] = self.byte_counts.get(name, 0) + count
 
     def cache(self, *, hit: bool) -> None:
         """One cache used by the run: found ready (hit) or created or extracted for it (miss)."""

@@ -431,6 +431,8 @@ class DockerRun(ExecutorRun[Any]):
                 )
         except ImageError as exc:
             raise resolution_error(exc) from None
+        if image.pull is not None and image.pull.bytes_downloaded:
+            run.data.phases.add_bytes("image_pull", image.pull.bytes_downloaded)
         self.image = image.name
         if self.payload.effective_features.taskcluster_proxy:
             await self._create_network()
