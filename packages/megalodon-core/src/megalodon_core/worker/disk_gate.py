@@ -22,6 +22,10 @@ class DiskSpaceOwner(Protocol):
     async def free_disk_space(self) -> None: ...
 
 
+#: Tasks directories whose shortage was already logged; cleared once there is enough space again.
+_short: set[str] = set()
+
+
 def free_bytes(path: str) -> int:
     return shutil.disk_usage(path).free
 
@@ -31,6 +35,7 @@ async def ensure_disk_space(tasks_dir: str, required_mb: int, owners: Sequence[D
     required = required_mb * 1024 * 1024
     free = await asyncio.to_thread(free_bytes, tasks_dir)
     if free >= required:
+        _short.discard(tasks_dir)
         return True
     for owner in owners:
         try:
@@ -39,8 +44,14 @@ async def ensure_disk_space(tasks_dir: str, required_mb: int, owners: Sequence[D
             log.exception("%s failed to free disk space", type(owner).__name__)
         free = await asyncio.to_thread(free_bytes, tasks_dir)
         if free >= required:
+            _short.discard(tasks_dir)
             return True
-    log.warning(
+    # The check runs before every claim (every few seconds while short): say it once per episode, the
+    # self-checks' quarantine line and /healthz carry it from then on.
+    level = logging.DEBUG if tasks_dir in _short else logging.WARNING
+    _short.add(tasks_dir)
+    log.log(
+        level,
         "not able to free up enough disk space - require %d bytes, but only have %d bytes - and nothing "
         "left to delete: not claiming",
         required,
