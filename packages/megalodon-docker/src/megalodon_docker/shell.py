@@ -157,7 +157,7 @@ def _plain_socket(hijacked: Any) -> socket.socket:
     sock = hijacked if isinstance(hijacked, socket.socket) else getattr(hijacked, "_sock", None)
     if not isinstance(sock, socket.socket) or isinstance(sock, ssl.SSLSocket):
         raise InternalError(
-            "interactive shells need a unix-socket or plain TCP docker endpoint (dockerConfig.baseUrl); "
+            "interactive shells need a unix-socket or plain TCP docker endpoint (dockerConfig.host); "
             f"this engine connection is a {type(hijacked).__name__}"
         )
     return sock
