@@ -123,6 +123,15 @@ class FeatureInitError(Exception):
 ExecutorInitError = FeatureInitError
 
 
+class ExecutorUnavailable(FeatureInitError):
+    """Raised by :meth:`TaskExecutor.initialise` when what the executor runs on is absent (no engine answers).
+
+    The configured executor stops the worker with ``exit_code``, like any :class:`ExecutorInitError`; with
+    ``"executor": "auto"`` the worker runs without it, as when its factory raises (its tasks then get
+    malformed-payload), so a pool that installed several executors keeps running the kinds it can.
+    """
+
+
 class TaskFeature(ABC):
     """A feature's per-task half: scopes it needs, artifact names it owns, start before and stop after."""
 
@@ -297,7 +306,9 @@ class TaskExecutor:
     async def initialise(self) -> None:
         """Once, when the worker starts, before any claim (host checks, sweeping what a crashed worker left).
 
-        Raise :class:`ExecutorInitError` to refuse to start the worker with its exit code.
+        Raise :class:`ExecutorInitError` to refuse to start the worker with its exit code, or
+        :class:`ExecutorUnavailable` when what the executor runs on is absent (an ``auto`` worker then runs
+        without it).  Connect to engines here, not in the factory: building an executor touches nothing.
         """
 
     def new_run(self, run: TaskRun) -> ExecutorRun[Any]:

@@ -25,7 +25,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,14 @@ import taskcluster.aio.download
 from megalodon_core import __version__
 from megalodon_core.artifact_download import download_artifact_to_file
 from megalodon_core.artifacts import check_artifact_name
-from megalodon_core.contracts import ArtifactEntry, Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
+from megalodon_core.contracts import (
+    ArtifactEntry,
+    Artifacts,
+    ExecutorRun,
+    ExecutorUnavailable,
+    NoArtifacts,
+    TaskExecutor,
+)
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, InternalError, MalformedPayload
 from megalodon_core.process import memory_limit_bytes, memory_limit_message
 from megalodon_core.rundata import FeatureRequest, ImageIdentity, ProxyPlacement
@@ -148,23 +155,44 @@ class DockerExecutor(TaskExecutor):
     STREAM_DRAIN_SECONDS = 10.0
 
     def __init__(self, worker: Any) -> None:
+        # No engine call here: commands that only build executors (and a worker before its start-up
+        # checks) must not touch the engine.  The connection and the sweep are :meth:`initialise`'s.
         super().__init__(worker)
         config = worker.config
         self.settings: DockerConfig = config.extra("dockerConfig") or DockerConfig()
-        threads = 4 + 3 * config.capacity
-        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="docker")
-        # Building the client negotiates the API version with the engine: the one engine call made on the
-        # event loop, at worker start before anything is claimed, so that a worker without a reachable
-        # engine fails here (and a multi-executor worker runs without this executor) instead of per task.
-        self.client = _connect(self.settings, self.settings.apiTimeoutSeconds, None, threads)
-        # Output streams and waits last as long as the task and may be silent for longer than any API
-        # timeout: they get their own connection pool without one.
-        self.stream_api = _connect(self.settings, None, self.client.api.api_version, threads).api
-        root = Path(config.downloadsDir).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        self.images = ImageManager(
-            self.client,
-            root,
+        self.threads = 4 + 3 * config.capacity
+        self.pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="docker")
+        self.downloads = Path(config.downloadsDir).resolve()
+        self.caches = CachePool(Path(config.cachesDir).resolve() / "docker-worker")
+        self.purger = PurgePoller(self.caches, config.task_queue_id, self._purge_requests)
+        #: Containers whose removal failed; retried before the next task and swept at the next start.
+        self.leftovers: set[str] = set()
+        self.label_worker = f"{config.workerGroup}/{config.workerId}"
+        self._client: Any = None
+        self._stream_api: Any = None
+        self._images: ImageManager | None = None
+        #: The engine ping in flight (:meth:`health`): one at a time, however long an engine hangs.
+        self._ping: asyncio.Future[Any] | None = None
+
+    async def initialise(self) -> None:
+        """Worker start, before any claim: connect to the engine, then remove what a crashed run left.
+
+        Connecting negotiates the API version, so a worker without a reachable engine stops here with a
+        line naming the engine (or, with ``"executor": "auto"``, runs without this executor).
+        """
+        try:
+            self._client = await self.call(_connect, self.settings, self.settings.apiTimeoutSeconds, None, self.threads)
+            # Output streams and waits last as long as the task and may be silent for longer than any API
+            # timeout: they get their own connection pool without one.
+            stream = await self.call(_connect, self.settings, None, self._client.api.api_version, self.threads)
+        except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
+            where = self.settings.host or "the default Docker socket (DOCKER_HOST)"
+            raise ExecutorUnavailable(f"the Docker engine at {where} does not answer: {exc}") from exc
+        self._stream_api = stream.api
+        await asyncio.to_thread(self.downloads.mkdir, parents=True, exist_ok=True)
+        self._images = ImageManager(
+            self._client,
+            self.downloads,
             {k: v.model_dump() for k, v in self.settings.registries.items()},
             options=ImageOptions(
                 default_registry=self.settings.defaultRegistry,
@@ -174,16 +202,31 @@ class DockerExecutor(TaskExecutor):
                 executor=self.pool,
             ),
         )
-        self.caches = CachePool(Path(config.cachesDir).resolve() / "docker-worker")
-        self.purger = PurgePoller(self.caches, config.task_queue_id, self._purge_requests)
-        #: Containers whose removal failed; retried before the next task and swept at the next start.
-        self.leftovers: set[str] = set()
-        self.label_worker = f"{config.workerGroup}/{config.workerId}"
-        # Containers a crashed run of this worker left behind go before any task of this run starts; the
-        # sweep runs in the pool so construction does not wait for it, and prepare() waits for it.
-        self.swept: Future[list[str]] = self.pool.submit(self._sweep)
-        #: The engine ping in flight (:meth:`health`): one at a time, however long an engine hangs.
-        self._ping: asyncio.Future[Any] | None = None
+        # Containers a crashed run of this worker left behind go before any task of this run starts.
+        removed = await self.call(self._sweep)
+        if removed:
+            log.info("removed %d leftover container(s) of an earlier run of this worker", len(removed))
+
+    @property
+    def client(self) -> Any:
+        """The engine client (``docker.DockerClient``), connected by :meth:`initialise`."""
+        return self._connected(self._client)
+
+    @property
+    def stream_api(self) -> Any:
+        """A low-level client without an API timeout, for output streams and waits."""
+        return self._connected(self._stream_api)
+
+    @property
+    def images(self) -> ImageManager:
+        images: ImageManager = self._connected(self._images)
+        return images
+
+    @staticmethod
+    def _connected(value: Any) -> Any:
+        if value is None:
+            raise RuntimeError("the docker executor was used before its initialise() connected to the engine")
+        return value
 
     def new_run(self, run: TaskRun) -> DockerRun:
         return DockerRun(self, run)
@@ -278,10 +321,12 @@ class DockerExecutor(TaskExecutor):
 
     async def close(self) -> None:
         """Worker stops: release the engine connections and the thread pool."""
-        with contextlib.suppress(Exception):
-            await self.call(self.client.close)
-        with contextlib.suppress(Exception):
-            await self.call(self.stream_api.close)
+        if self._client is not None:
+            with contextlib.suppress(Exception):
+                await self.call(self._client.close)
+        if self._stream_api is not None:
+            with contextlib.suppress(Exception):
+                await self.call(self._stream_api.close)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def collect_garbage(self) -> None:
@@ -416,7 +461,6 @@ class DockerRun(ExecutorRun[Any]):
         """Get the image before the maxRunTime clock starts (docker-worker excludes pull time)."""
         run = self.task_run
         self.started = time.monotonic()
-        await asyncio.wrap_future(self.executor.swept)
         self.work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="dw-", dir=run.task_dir))
         await self.executor.collect_garbage()
         try:

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import WorkerConfig
-from ..contracts import ExecutorInfo, ExecutorRun, TaskExecutor
+from ..contracts import ExecutorInfo, ExecutorRun, ExecutorUnavailable, TaskExecutor
 from ..errors import MalformedPayload
 from ..plugins import PluginHost
 from ..worker_context import WorkerContext
@@ -122,6 +122,27 @@ def instantiate_executors(config: WorkerConfig, plugins: PluginHost, ctx: Worker
         f'Config setting "executor" names {wanted!r}, which no installed plugin provides '
         f"(installed: {', '.join(sorted(available)) or 'none'})"
     )
+
+
+async def initialise_executors(config: WorkerConfig, executors: dict[str, TaskExecutor]) -> None:
+    """Run each executor's start-up :meth:`~TaskExecutor.initialise`, in priority order.
+
+    With ``auto``, an executor raising :class:`ExecutorUnavailable` (e.g. no Docker engine answers) is
+    closed and dropped from ``executors`` like one whose factory raised; the configured executor's error
+    (and every other :class:`~megalodon_core.contracts.ExecutorInitError`) stops the worker.
+    """
+    for name, executor in list(executors.items()):
+        try:
+            await executor.initialise()
+        except ExecutorUnavailable as exc:
+            if config.executor != "auto":
+                raise
+            log.warning("executor %s unavailable on this worker: %s", name, exc)
+            del executors[name]
+            try:
+                await executor.close()
+            except Exception as close_exc:  # nothing of it is used again; the warning above says why
+                log.debug("closing unavailable executor %s: %s", name, close_exc)
 
 
 def choose_info(plugins: PluginHost, payload: Any) -> ExecutorInfo | None:

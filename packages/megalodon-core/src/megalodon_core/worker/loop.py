@@ -37,7 +37,7 @@ from ..worker_context import WorkerContext
 from .bookkeeping import ClaimBooks
 from .disk_gate import DiskSpaceOwner, ensure_disk_space
 from .drain import DRAIN_SIGNAL, WorkerFile
-from .executor_choice import choose_executor, instantiate_executors
+from .executor_choice import choose_executor, initialise_executors, instantiate_executors
 from .exit_codes import (
     EXIT_IDLE_TIMEOUT,
     EXIT_INTERNAL_ERROR,
@@ -298,8 +298,7 @@ class Worker:
             if handle_signals:
                 self.install_signal_handlers()
             try:
-                for executor in self.executors.values():
-                    await executor.initialise()
+                await initialise_executors(self.config, self.executors)
                 for feature in self.features:
                     await feature.initialise()
             except FeatureInitError as exc:
