@@ -27,6 +27,12 @@ worker (as root) and the child writes ``0`` ("myself") to those descriptors befo
 checks the opener's credentials, so this works after the child has switched to a task user, and the
 command never runs one instruction outside its cgroup.
 
+Each task cgroup has an owner marker (:mod:`megalodon_core.owner`: the creating worker's pid and start
+time), a file named after the cgroup in :data:`OWNERS_DIR`, written before the cgroup is made: cgroupfs holds
+no regular files.  A worker killed without a later recovery run leaves its empty cgroups behind; at start,
+:meth:`CgroupHost.sweep_orphans` removes every empty ``megalodon/task-<digest>`` whose owner is no live
+process.  Nothing outside ``megalodon/``, and nothing not named as megalodon names its cgroups, is touched.
+
 Everything here blocks on small pseudo-files: callers run it in a thread (``asyncio.to_thread``).
 """
 
@@ -44,6 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .owner import marker_alive, owner_marker
+
 log = logging.getLogger(__name__)
 
 #: Where cgroup hierarchies are mounted.
@@ -58,6 +66,10 @@ KILL_PAUSE = 0.01
 #: How long to wait for a v1 freezer to report FROZEN before killing anyway.
 FREEZE_WAIT = 1.0
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+#: The names :func:`task_cgroup_name` gives: the only cgroups a sweep may remove.
+TASK_NAME = re.compile(r"task-[0-9a-f]{32}")
+#: Owner markers of task cgroups, one file per cgroup (tmpfs: gone at reboot, like the cgroups).
+OWNERS_DIR = Path("/run/megalodon/cgroups")
 
 
 class CgroupError(Exception):
@@ -82,6 +94,8 @@ class CgroupHost:
     root: Path
     #: v1: controller name -> its hierarchy's mount; v2: {"unified": root}.
     mounts: dict[str, Path] = field(default_factory=dict)
+    #: Where each task cgroup's owner marker is kept.
+    owners: Path = OWNERS_DIR
 
     @property
     def has_memory(self) -> bool:
@@ -100,6 +114,12 @@ class CgroupHost:
             raise CgroupError(f"no memory controller in the cgroup hierarchy at {self.root}")
         if self.version == 2:
             self._enable_v2_controllers()
+        # The marker first: a sweep by another worker starting now never sees this cgroup without an owner.
+        try:
+            self.owners.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (self.owners / name).write_text(owner_marker())
+        except OSError as exc:
+            raise CgroupError(f"could not write the owner marker {self.owners / name}: {exc.strerror or exc}") from exc
         dirs: list[Path] = []
         for base in self.base_dirs():
             path = base / name
@@ -119,6 +139,48 @@ class CgroupHost:
             return None
         dirs = [base / name for base in self.base_dirs() if (base / name).is_dir()]
         return TaskCgroup(self, name, dirs) if dirs else None
+
+    def sweep_orphans(self) -> list[str]:
+        """Remove the empty task cgroups no live worker owns; returns their names (worker start).
+
+        Only ``megalodon/task-<digest>`` directories are candidates (:data:`TASK_NAME`), so no cgroup
+        megalodon did not create is touched.  A cgroup whose marker names a live process is kept (that
+        worker may be between two commands of a task); one that still holds processes is kept too and
+        logged (crash recovery of the run that made it kills them).  A cgroup without a marker was made by
+        no running worker: markers are written before the cgroup.  Markers whose cgroup is gone are dropped.
+        """
+        names = {
+            entry.name
+            for base in self.base_dirs()
+            if base.is_dir()
+            for entry in base.iterdir()
+            if TASK_NAME.fullmatch(entry.name) and entry.is_dir()
+        }
+        removed: list[str] = []
+        for name in sorted(names):
+            if marker_alive(_read(self.owners / name)):
+                continue
+            group = TaskCgroup(self, name, [base / name for base in self.base_dirs() if (base / name).is_dir()])
+            try:
+                emptied = group.try_rmdir()
+            except CgroupError as exc:
+                log.warning("leftover task cgroup %s: %s", name, exc)
+                continue
+            if emptied:
+                removed.append(name)
+            else:
+                log.warning("leftover task cgroup %s of no live worker still holds processes: kept", name)
+        # Markers of cgroups that no longer exist (removed by hand, or by a worker killed before the unlink).
+        if self.owners.is_dir():
+            for marker in self.owners.iterdir():
+                if TASK_NAME.fullmatch(marker.name) and marker.name not in names and not marker_alive(_read(marker)):
+                    with contextlib.suppress(OSError):
+                        marker.unlink()
+        return removed
+
+    def drop_marker(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            (self.owners / name).unlink()
 
     def _enable_v2_controllers(self) -> None:
         """Delegate memory and pids to ``megalodon/`` and its children (best effort: the root may refuse)."""
@@ -290,6 +352,7 @@ class TaskCgroup:
                 if exc.errno == errno.EBUSY:
                     return False
                 raise CgroupError(f"could not remove cgroup {directory}: {exc.strerror or exc}") from exc
+        self.host.drop_marker(self.name)
         return True
 
     def remove(self) -> None:
@@ -306,6 +369,7 @@ class TaskCgroup:
                     if exc.errno != errno.EBUSY or attempt == 49:
                         raise CgroupError(f"could not remove cgroup {directory}: {exc.strerror or exc}") from exc
                     time.sleep(KILL_PAUSE)  # the last killed process is still being torn down
+        self.host.drop_marker(self.name)
 
 
 def _field(text: str, key: str) -> int:
@@ -316,18 +380,18 @@ def _field(text: str, key: str) -> int:
     return 0
 
 
-def detect(root: Path = CGROUP_ROOT) -> CgroupHost | None:
+def detect(root: Path = CGROUP_ROOT, owners: Path = OWNERS_DIR) -> CgroupHost | None:
     """The cgroup hierarchy this process can create task cgroups in, or None (then callers fall back to
     killing by process group and say so once in the worker log)."""
     if os.geteuid() != 0:
         return None
     if (root / "cgroup.controllers").is_file():
-        host = CgroupHost(2, root, {"unified": root})
+        host = CgroupHost(2, root, {"unified": root}, owners)
     else:
         mounts = {c: root / c for c in V1_CONTROLLERS if (root / c / "cgroup.procs").is_file()}
         if not mounts:
             return None
-        host = CgroupHost(1, root, mounts)
+        host = CgroupHost(1, root, mounts, owners)
     try:
         for base in host.base_dirs():
             base.mkdir(exist_ok=True)
@@ -357,3 +421,9 @@ def kill_task_cgroup(task_id: str, run_id: int) -> int:
     with contextlib.suppress(CgroupError):
         group.remove()
     return killed
+
+
+def sweep_orphan_cgroups() -> list[str]:
+    """:meth:`CgroupHost.sweep_orphans` on this host (none without usable cgroups); for executors' start."""
+    found = host()
+    return found.sweep_orphans() if found is not None else []

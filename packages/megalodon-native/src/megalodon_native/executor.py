@@ -6,13 +6,16 @@ pools switching from generic-worker keep their tasks and the tools that read the
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import shlex
 import time
 from pathlib import Path
 from typing import Any, ClassVar
 
+from megalodon_core import cgroup as cgroups
 from megalodon_core.artifacts import check_artifact_name, check_expiry
 from megalodon_core.contracts import Artifacts, ExecutorRun, NoArtifacts, TaskExecutor
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
@@ -25,6 +28,8 @@ from .payload import PayloadError, payload_json_schema, published_schema, valida
 from .process import CommandResult, TaskProcesses, memory_limit_message, run_command
 from .proxy_interface import docker_bridge_gateway
 from .shell import NativeShellLauncher
+
+log = logging.getLogger(__name__)
 
 #: Payload flags naming a feature plugin; requesting one that is absent is malformed-payload.
 _PLUGIN_FEATURES = {
@@ -296,6 +301,12 @@ class NativeExecutor(TaskExecutor):
     #: Whether each task runs as an OS account of its own (the multiuser engine), which features like
     #: osGroups may change for the task.
     per_task_user: ClassVar[bool] = False
+
+    async def initialise(self) -> None:
+        """Worker start: remove the empty task cgroups that workers killed without a later recovery run left."""
+        removed = await asyncio.to_thread(cgroups.sweep_orphan_cgroups)
+        if removed:
+            log.info("removed %d leftover task cgroup(s) of no live worker", len(removed))
 
     def parse_model(self, raw: Any) -> Any:
         """The engine's payload model (the multiuser engine's schema adds two feature flags)."""

@@ -468,3 +468,4 @@ class MultiuserExecutor(NativeExecutor):
         await asyncio.to_thread(os.chmod, tasks_dir, 0o711)
         with contextlib.suppress(UserError):
             await sweep_stale_users(remove_files=bool(config.cleanUpTaskDirs))
+        await super().initialise()  # the engines' common start-up: leftover task cgroups

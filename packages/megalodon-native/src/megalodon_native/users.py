@@ -29,6 +29,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# One implementation of owner markers, in core: task cgroups carry the same marker.
+from megalodon_core.owner import marker_alive, owner_marker
+
 log = logging.getLogger(__name__)
 
 #: generic-worker's task user names: ``task_`` and digits.
@@ -64,28 +67,6 @@ async def _tool(*argv: str) -> tuple[int, str]:
     )
     out, _ = await proc.communicate()
     return proc.returncode or 0, out.decode(errors="replace").strip()
-
-
-def _process_start_time(pid: int) -> str:
-    """Field 22 of ``/proc/<pid>/stat``: with the pid, it names one process for the machine's uptime."""
-    try:
-        data = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return data.rsplit(")", 1)[1].split()[19]
-
-
-def owner_marker(pid: int | None = None) -> str:
-    pid = os.getpid() if pid is None else pid
-    return f"megalodon pid {pid} started {_process_start_time(pid)}"
-
-
-def _marker_alive(gecos: str) -> bool:
-    match = re.fullmatch(r"megalodon pid (\d+) started (\d*)", gecos.split(",", maxsplit=1)[0])
-    if match is None:
-        return False
-    pid, started = int(match[1]), match[2]
-    return bool(started) and _process_start_time(pid) == started
 
 
 async def create_user(home: Path, *, shell: str = "/bin/bash") -> TaskUser:
@@ -255,7 +236,7 @@ def stale_task_users() -> list[str]:
     return sorted(
         entry.pw_name
         for entry in pwd.getpwall()
-        if TASK_USER.fullmatch(entry.pw_name) and not _marker_alive(entry.pw_gecos)
+        if TASK_USER.fullmatch(entry.pw_name) and not marker_alive(entry.pw_gecos)
     )
 
 
