@@ -41,8 +41,8 @@ die() { log "ERROR: $*" >&2; exit 1; }
 
 # --- 1. Debian packages ---------------------------------------------------------------------------
 # netavark + aardvark-dns: the network stack podman 4 uses for bridge networks (the proxy's per-task
-# network); catatonit: the init podman runs for --init; runc comes with docker.io.
-wanted=(podman netavark aardvark-dns catatonit runc)
+# network); catatonit: the init podman runs for --init; runc comes with docker.io; curl probes the API socket.
+wanted=(podman netavark aardvark-dns catatonit runc curl)
 missing=()
 for pkg in "${wanted[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q '^install ok installed$'; then
@@ -65,6 +65,8 @@ fi
 
 # --- 2. configuration (private to this service, through CONTAINERS_* variables) -------------------
 mkdir -p "$CONF_DIR" "$PODMAN_ROOT" "$(dirname "$PODMAN_SOCKET")"
+PIDFILE="$(dirname "$PODMAN_SOCKET")/service.pid"
+conf_before="$(cat "$CONF_DIR"/*.conf 2>/dev/null | sha256sum)"
 nofile="$(ulimit -Hn)"
 nproc="$(ulimit -Hu)"
 if [ "$nproc" = unlimited ] || [ "$nproc" -gt 32768 ]; then nproc=32768; fi
@@ -95,12 +97,19 @@ short-name-mode = "disabled"
 location = "$REGISTRY_ADDR"
 insecure = true
 CONF
+conf_after="$(cat "$CONF_DIR"/*.conf | sha256sum)"
 export CONTAINERS_CONF="$CONF_DIR/containers.conf"
 export CONTAINERS_STORAGE_CONF="$CONF_DIR/storage.conf"
 export CONTAINERS_REGISTRIES_CONF="$CONF_DIR/registries.conf"
 
 # --- 3. the API service ---------------------------------------------------------------------------
 api_up() { curl -fsS -o /dev/null --unix-socket "$PODMAN_SOCKET" http://d/_ping 2>/dev/null; }
+# A service started with an older configuration is restarted (only the one this script started).
+if [ "$conf_before" != "$conf_after" ] && [ -s "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+    log "configuration changed: restarting the podman service (pid $(cat "$PIDFILE"))"
+    kill "$(cat "$PIDFILE")"
+    for _ in $(seq 1 40); do api_up || break; sleep 0.25; done
+fi
 if api_up; then
     log "podman service already listening on $PODMAN_SOCKET"
 else
@@ -109,6 +118,7 @@ else
     # --time=0: never exit when idle.  setsid: the service must outlive this script.
     setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >>"$PODMAN_LOG" 2>&1 </dev/null &
     spid=$!
+    echo "$spid" >"$PIDFILE"
     for _ in $(seq 1 120); do
         api_up && break
         kill -0 "$spid" 2>/dev/null || { tail -n 30 "$PODMAN_LOG" >&2; die "podman system service exited"; }
