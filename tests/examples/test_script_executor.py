@@ -149,7 +149,7 @@ def test_run_task_demo_payload(tmp_path: Path) -> None:
     assert "hello from a third-party executor: hello from " in (task_dir / "public/logs/live_backing.log").read_text()
 
 
-async def test_an_unusable_shell_stops_the_worker_at_start(
+async def test_an_unusable_shell_stops_a_script_worker_at_start(
     harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The executor's start-up check (its worker-lifetime half): exit 69 naming the config key, no claim."""
@@ -160,3 +160,12 @@ async def test_an_unusable_shell_stops_the_worker_at_start(
     assert await worker.run() == 69
     assert f"config scriptShell: {missing} is not an executable file" in capsys.readouterr().err
     assert harness.double.calls["claimWork"] == 0
+
+
+async def test_an_auto_worker_runs_without_an_unusable_script_executor(harness: Harness, tmp_path: Path) -> None:
+    """With ``executor: auto`` the other executors go on: a native task completes, a script task is refused."""
+    shell = str(tmp_path / "no-such-shell")
+    native = await harness.run({"command": [["true"]], "maxRunTime": 10}, executor="auto", scriptShell=shell)
+    assert (native.state, native.reason) == ("completed", "completed"), native.log
+    script = await harness.run({"script": "true", "maxRunTime": 10}, executor="auto", scriptShell=shell)
+    assert (script.state, script.reason) == ("exception", "malformed-payload"), script.log

@@ -17,7 +17,7 @@ from typing import Any
 
 from megalodon_core.cgroup import CgroupError, TaskCgroup, task_cgroup_name
 from megalodon_core.cgroup import host as cgroup_host
-from megalodon_core.contracts import Artifacts, ExecutorInitError, ExecutorRun, TaskExecutor
+from megalodon_core.contracts import Artifacts, ExecutorRun, ExecutorUnavailable, TaskExecutor
 from megalodon_core.errors import Failure, MalformedPayload
 from megalodon_core.process import kill_group, run_command
 from megalodon_core.rundata import FeatureRequest, ProxyPlacement
@@ -129,10 +129,12 @@ class ScriptExecutor(TaskExecutor):
     run_class = ScriptRun
 
     async def initialise(self) -> None:
-        # A shell that cannot run would fail every task: refuse to start instead (generic-worker's exit 69).
+        # A shell that cannot run would fail every task.  Unavailable, not a plain init error: a worker
+        # configured for this executor stops (exit 69, naming the key); an ``auto`` worker that also has
+        # other executors runs without this one.
         shell = shell_of(self.worker.config)
         if not await asyncio.to_thread(lambda: os.path.isfile(shell) and os.access(shell, os.X_OK)):
-            raise ExecutorInitError(f"config scriptShell: {shell} is not an executable file")
+            raise ExecutorUnavailable(f"config scriptShell: {shell} is not an executable file")
 
 
 def shell_of(config: Any) -> str:
