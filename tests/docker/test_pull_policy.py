@@ -436,6 +436,11 @@ MESSAGES = [
     ("received unexpected HTTP status: 503 Service Unavailable", "transient"),
     ('Get "http://127.0.0.1:5999/v2/": dial tcp 127.0.0.1:5999: connect: connection refused', "transient"),
     ('Get "https://registry/v2/": net/http: TLS handshake timeout', "transient"),
+    # dockerd's answer, after 15 s, for a registry that accepts the connection and never answers.
+    (
+        'Get "http://127.0.0.1:33711/v2/": net/http: request canceled (Client.Timeout exceeded while awaiting headers)',
+        "transient",
+    ),
     ("read tcp 10.0.0.2:4000->10.0.0.1:443: read: connection reset by peer", "transient"),
     ("unexpected EOF", "transient"),
     ("something nobody has seen before", "transient"),
