@@ -438,6 +438,7 @@ async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user
     drop = shared["drop"]
     own = 'curl -s -o /dev/null -w "OWN-STATUS=%{http_code}\\n" "$TASKCLUSTER_PROXY_URL/auth/v1/scopes/current"'
     script = (
+        f'echo "$TASKCLUSTER_DOCKER_NETWORK" > {drop}/network; '
         f'echo "$TASKCLUSTER_PROXY_URL" > {drop}/url.tmp && mv {drop}/url.tmp {drop}/url; {own}; '
         f"for i in $(seq 600); do [ -e {drop}/done ] && break; sleep 0.1; done"
     )
@@ -456,6 +457,7 @@ async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user
     try:
         await wait_for(lambda: (drop / "url").exists() or running.done(), 60)
         url = (drop / "url").read_text().strip() + "/auth/v1/scopes/current"
+        network = (drop / "network").read_text().strip()  # the run's own, as generic-worker gives it
 
         def status(argv: list[str], **kwargs: Any) -> str:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **kwargs)
@@ -469,6 +471,8 @@ async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user
                 "docker",
                 "run",
                 "--rm",
+                "--network",
+                network,
                 "megalodon-test/busybox:latest",
                 "sh",
                 "-c",
@@ -483,4 +487,4 @@ async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user
     assert out.state == "completed", out.log
     assert "OWN-STATUS=200" in out.log
     assert stranger == "403"  # a host process of another user
-    assert container == "200"  # a container on docker's bridge, as one the task starts
+    assert container == "200"  # a container on the run's network, as one the task starts

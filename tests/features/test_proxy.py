@@ -391,11 +391,14 @@ async def test_disabled_by_config_is_refused(harness: Harness) -> None:
 
 
 async def test_native_docker_bridge_interface_listens_on_the_bridge_gateway(harness: Harness) -> None:
-    """``taskclusterProxyInterface: docker-bridge``: the proxy is on docker's bridge gateway, where containers
-    the task starts can reach it (needs the Docker engine, like every docker test)."""
-    gateway = await docker_bridge_gateway()
+    """``taskclusterProxyInterface: docker-bridge``: as generic-worker (v106+), the proxy is on the gateway
+    of a Docker network of the run's own, which the task learns from ``TASKCLUSTER_DOCKER_NETWORK`` and
+    ``TASKCLUSTER_PROXY_GATEWAY`` (needs the Docker engine, like every docker test)."""
+    default_gateway = await docker_bridge_gateway()
     script = (
         "import os, urllib.request; url = os.environ['TASKCLUSTER_PROXY_URL']; print('url', url); "
+        "print('network', os.environ['TASKCLUSTER_DOCKER_NETWORK']); "
+        "print('gateway', os.environ['TASKCLUSTER_PROXY_GATEWAY']); "
         "print('status', urllib.request.urlopen(url + '/auth/v1/scopes/current').status)"
     )
     payload = {
@@ -406,5 +409,8 @@ async def test_native_docker_bridge_interface_listens_on_the_bridge_gateway(harn
     }
     out = await harness.run(payload, task={"scopes": ["auth:current-scopes"]}, taskclusterProxyPort=0)
     assert out.state == "completed", out.log
+    (gateway,) = lines(out.log, "gateway")
+    assert gateway != default_gateway  # not docker's shared default bridge
     assert lines(out.log, "url")[0].startswith(f"http://{gateway}:")
+    assert lines(out.log, "network") == [f"gw-task-{out.task_id[:12]}-0"]
     assert lines(out.log, "status") == ["200"]

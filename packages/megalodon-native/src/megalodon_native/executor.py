@@ -26,7 +26,7 @@ from megalodon_core.timefmt import go_duration, parse_iso
 from .artifacts import NativeArtifacts
 from .payload import PayloadError, payload_json_schema, published_schema, validate_payload
 from .process import CommandResult, TaskProcesses, memory_limit_message, run_command
-from .proxy_interface import docker_bridge_gateway
+from .proxy_interface import TaskNetwork, create_task_network, remove_task_network, sweep_orphan_networks
 from .shell import NativeShellLauncher
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,8 @@ class NativeRun(ExecutorRun[Any]):
         super().__init__(executor, task_run)
         #: The run's process boundary (its cgroup): every process the task started dies with the run.
         self.processes: TaskProcesses | None = None
+        #: ``taskclusterProxyInterface: docker-bridge``: the run's own Docker network (removed at cleanup).
+        self.task_network: TaskNetwork | None = None
 
     # -- validation --------------------------------------------------------------------------------------
     def write_header(self) -> None:
@@ -197,12 +199,16 @@ class NativeRun(ExecutorRun[Any]):
         )
 
     async def proxy_placement(self) -> ProxyPlacement:
-        """generic-worker's ``taskclusterProxyInterface``: loopback, or docker's default bridge gateway (so
-        containers the task starts reach it); the configured port first, the next free one otherwise."""
+        """generic-worker's ``taskclusterProxyInterface``: loopback, or the gateway of a Docker network of the
+        run's own (so containers the task starts on it reach the proxy, and no neighbour's container does);
+        the configured port first, the next free one otherwise."""
         port = int(self.worker.config.taskclusterProxyPort)
-        interface = self.payload.taskcluster_proxy_interface
-        host = await docker_bridge_gateway() if interface == "docker-bridge" else "127.0.0.1"
-        return ProxyPlacement(host=host, port=port)
+        if self.payload.taskcluster_proxy_interface != "docker-bridge":
+            return ProxyPlacement(host="127.0.0.1", port=port)
+        run = self.task_run
+        await self.executor.sweep_task_networks_once()
+        self.task_network = await create_task_network(run.task_id, run.run_id)
+        return ProxyPlacement(host=self.task_network.gateway, port=port)
 
     def chain_of_trust_additions(self) -> Path | None:
         """The insecure engine's task runs as the worker's user: reading its additions as the worker reads
@@ -230,6 +236,9 @@ class NativeRun(ExecutorRun[Any]):
                 "TASKCLUSTER_ROOT_URL": config.rootURL,
             }
         )
+        if self.task_network is not None:  # generic-worker's variables for `docker run --network ...`
+            env["TASKCLUSTER_DOCKER_NETWORK"] = self.task_network.name
+            env["TASKCLUSTER_PROXY_GATEWAY"] = self.task_network.gateway
         if config.workerLocation:
             env["TASKCLUSTER_WORKER_LOCATION"] = config.workerLocation
         if config.instanceType:
@@ -291,6 +300,9 @@ class NativeRun(ExecutorRun[Any]):
         """Kill whatever the task's commands left running (its cgroup, detached daemons included) and remove it."""
         if self.processes is not None:
             await self.processes.remove()
+        network, self.task_network = self.task_network, None
+        if network is not None:  # after the features stopped: the proxy no longer listens on its gateway
+            await remove_task_network(network.name)
 
 
 class NativeExecutor(TaskExecutor):
@@ -301,6 +313,15 @@ class NativeExecutor(TaskExecutor):
     #: Whether each task runs as an OS account of its own (the multiuser engine), which features like
     #: osGroups may change for the task.
     per_task_user: ClassVar[bool] = False
+
+    #: The sweep of networks killed workers left (docker-bridge), once per worker, before its first such run:
+    #: a worker that never runs one never calls the engine.
+    _network_sweep: asyncio.Future[list[str]] | None = None
+
+    async def sweep_task_networks_once(self) -> None:
+        if self._network_sweep is None:
+            self._network_sweep = asyncio.ensure_future(sweep_orphan_networks())
+        await asyncio.shield(self._network_sweep)
 
     async def initialise(self) -> None:
         """Worker start: remove the empty task cgroups that workers killed without a later recovery run left."""

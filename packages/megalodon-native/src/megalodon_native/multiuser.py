@@ -44,7 +44,6 @@ from megalodon_core.task import TaskRun
 from .artifacts import NativeArtifacts
 from .executor import COT_ADDITIONAL, NativeExecutor, NativeRun
 from .payload_multiuser import multiuser_payload_json_schema, validate_multiuser_payload
-from .proxy_interface import docker_bridge_subnets
 from .users import (
     TASK_PATH,
     TaskUser,
@@ -308,9 +307,9 @@ class MultiuserRun(NativeRun):
         placement = await super().proxy_placement()
         if self.user is None or self._as_current_user():
             return placement
-        # Containers the task starts (docker-bridge) connect from docker's bridge network, from a socket the
-        # host's tables do not list: generic-worker's --allowed-network fallback.
-        sources = await docker_bridge_subnets() if self.payload.taskcluster_proxy_interface == "docker-bridge" else ()
+        # Containers the task starts (docker-bridge) connect from the run's own network, from a socket the
+        # host's tables do not list: generic-worker's --allowed-network fallback, that subnet alone.
+        sources = (self.task_network.subnet,) if self.task_network is not None else ()
         return dataclasses.replace(placement, allowed_uids=frozenset({self.user.uid}), allowed_sources=sources)
 
     def chain_of_trust_additions(self) -> Path | None:
