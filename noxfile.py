@@ -100,7 +100,7 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def build(session: nox.Session) -> None:
-    """Build every wheel, install them by path in a fresh venv, check list-plugins shows them all."""
+    """Build every wheel (and the examples), install them by path in a fresh venv, check list-plugins shows them."""
     session.install("build>=1.0")
     dist_dir = ROOT / "dist"
     dist_dir.mkdir(exist_ok=True)
@@ -108,14 +108,21 @@ def build(session: nox.Session) -> None:
         old.unlink()
     for dist in DISTRIBUTIONS:
         session.run("python", "-m", "build", "--wheel", "--outdir", str(dist_dir), f"packages/{dist}")
-    wheels = sorted(str(p) for p in dist_dir.glob("*.whl"))
+    # The third-party examples build and install the same way, apart from the release wheels.
+    example_dir = dist_dir / "examples"
+    example_dir.mkdir(exist_ok=True)
+    for old in example_dir.glob("*.whl"):
+        old.unlink()
+    for example in EXAMPLES:
+        session.run("python", "-m", "build", "--wheel", "--outdir", str(example_dir), f"examples/{example}")
+    wheels = sorted(str(p) for p in [*dist_dir.glob("*.whl"), *example_dir.glob("*.whl")])
     venv = Path(session.create_tmp()) / "wheelcheck"
     session.run("python", "-m", "venv", "--clear", str(venv))
     python = str(venv / "bin" / "python")
     session.run(python, "-m", "pip", "install", "-q", *wheels, external=True)
     out = session.run(str(venv / "bin" / "megalodon"), "list-plugins", "--json", external=True, silent=True)
     records = {r["distribution"]: r for r in json.loads(str(out))}
-    for dist in DISTRIBUTIONS[1:]:
+    for dist in DISTRIBUTIONS[1:] + EXAMPLES:
         if dist not in records or records[dist]["status"] != "loaded":
             session.error(f"{dist} is not listed as loaded by list-plugins: {records.get(dist)}")
     session.log("wheel check: " + ", ".join(f"{d} {r['version']} {r['status']}" for d, r in records.items()))
