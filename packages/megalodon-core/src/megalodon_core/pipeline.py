@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .artifacts import check_artifact_name
 from .contracts import Artifacts, ExecutorRun, Feature, TaskExecutor, TaskFeature
 from .errors import ExecutionError, Failure, InternalError, MalformedPayload, ResourceUnavailable, State
+from .logzip import discard_when_done
 from .payload_limits import PayloadLimitError, check_payload_limits
 from .rundata import LogNames
 from .scopes import ScopeCheck, describe
@@ -174,7 +175,10 @@ async def _upload_artifacts(run: TaskRun, artifacts: Artifacts) -> None:
 async def _upload_logs(run: TaskRun) -> None:
     live_name, backing_name = run.data.logs.live, run.data.logs.backing
     run.log.close()
+    gzip_body = run.log.take_gzip_body()  # a big log's body, compressed while the task wrote it
     if not backing_name:
+        if gzip_body is not None:
+            discard_when_done(gzip_body)
         return
     publisher = run.publisher()
     try:
@@ -187,6 +191,7 @@ async def _upload_logs(run: TaskRun) -> None:
             content_encoding="gzip",
             expires=run.expires,
             object_storage=run.worker.config.createObjectArtifacts,
+            gzip_body=gzip_body,
         )
         from .task import UploadedArtifact
 

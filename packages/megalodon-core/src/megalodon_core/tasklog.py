@@ -20,12 +20,15 @@ Writes go to a buffered local file: they land in the page cache and never wait o
 
 from __future__ import annotations
 
+import concurrent.futures
 import shutil
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .logzip import GzipBody, GzipShadow, discard_untaken
 from .timefmt import UTC, utcnow
 
 
@@ -73,6 +76,11 @@ class TaskLog:
         self._secrets: list[bytes] = []
         self._held = b""
         self.bytes_written = 0
+        # Bytes not yet handed to the gzip shadow; once they reach a chunk the shadow starts (big logs only).
+        self._unzipped: bytearray | None = bytearray()
+        self._shadow: GzipShadow | None = None
+        self._gzip_body: concurrent.futures.Future[GzipBody] | None = None
+        self._untaken: list[concurrent.futures.Future[GzipBody] | None] = [None]
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def add_sink(self, sink: Sink) -> None:
@@ -131,8 +139,21 @@ class TaskLog:
         assert self._file is not None
         self._file.write(data)
         self.bytes_written += len(data)
+        if self._unzipped is not None:  # None once the shadow gave up: the uploader compresses the file
+            self._shadow_feed(data)
         for sink in self._sinks:
             sink(data)
+
+    def _shadow_feed(self, data: bytes) -> None:
+        assert self._unzipped is not None
+        self._unzipped += data
+        if len(self._unzipped) >= _BUFFER:
+            if self._shadow is None:
+                self._shadow = GzipShadow(self.path)
+            if self._shadow.feed(bytes(self._unzipped)):
+                self._unzipped.clear()
+            else:
+                self._unzipped = None
 
     def flush(self) -> None:
         """Push everything to the file, held-back bytes included (a secret cannot follow any more)."""
@@ -162,6 +183,24 @@ class TaskLog:
             # No fsync: the file is read back at once for upload and then deleted; durability buys nothing.
             self._file.close()
             self._file = None
+            if self._shadow is not None:
+                if self._unzipped:  # None when it gave up: finish() then raises
+                    self._shadow.feed(bytes(self._unzipped))
+                self._gzip_body = self._shadow.finish()
+                self._shadow = None
+                # A body nobody takes (a crashed task runner) is removed when this log is collected.
+                self._untaken = [self._gzip_body]
+                weakref.finalize(self, discard_untaken, self._untaken)
+            self._unzipped = None
+
+    def take_gzip_body(self) -> concurrent.futures.Future[GzipBody] | None:
+        """After :meth:`close`: the log's gzip body made while it was written (None for a small log).
+
+        The caller owns it from now on: upload it, or :meth:`GzipBody.discard` it.
+        """
+        body, self._gzip_body = self._gzip_body, None
+        self._untaken[:] = [None]
+        return body
 
     @property
     def closed(self) -> bool:

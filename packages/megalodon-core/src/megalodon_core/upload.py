@@ -14,6 +14,7 @@ createArtifact is the task's fault (malformed-payload), anything else the servic
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import hashlib
 import io
@@ -31,6 +32,7 @@ from taskcluster.aio.retry import retry
 from taskcluster.exceptions import TaskclusterFailure, TaskclusterRestFailure
 
 from .errors import ExecutionError, MalformedPayload, ResourceUnavailable
+from .logzip import GzipBody, discard_when_done
 from .timefmt import iso
 
 CHUNK = 1 << 20
@@ -76,6 +78,24 @@ def _gzip_to_temp(src: Path) -> tuple[Path, str, int]:
                 size += len(chunk)
                 gz.write(chunk)
     return Path(tmp), digest.hexdigest(), size
+
+
+async def _take_body(
+    gzip_body: concurrent.futures.Future[GzipBody], path: Path
+) -> tuple[Path, str, int, int, bytes | None] | None:
+    """A ready-made gzip body of ``path`` as :func:`_prepare_body` gives it, or None (then it is removed)."""
+    try:
+        body = await asyncio.wrap_future(gzip_body)
+    except Exception:
+        return None  # compression failed: the file is compressed again the usual way
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        size = -1
+    if size != body.size:  # something but the task log wrote the file: trust the file
+        body.discard()
+        return None
+    return body.path, body.sha256, body.size, body.body_size, None
 
 
 def _prepare_small(path: Path, encoding: str) -> tuple[Path, str, int, int, bytes | None] | None:
@@ -194,15 +214,32 @@ class Publisher:
         content_encoding: str,
         expires: Any,
         object_storage: bool,
+        gzip_body: concurrent.futures.Future[GzipBody] | None = None,
     ) -> Published:
-        if object_storage:
-            return await self._object(task_id, run_id, name, path, content_type, expires)
-        return await self._s3(task_id, run_id, name, path, content_type, content_encoding, expires)
+        """Upload ``path``; ``gzip_body``: its gzip body made beforehand (a big task log), used for s3 uploads
+        when it holds exactly the file's bytes, else removed and the file compressed here as usual."""
+        if object_storage or content_encoding != "gzip":
+            if gzip_body is not None:
+                discard_when_done(gzip_body)
+            if object_storage:
+                return await self._object(task_id, run_id, name, path, content_type, expires)
+            gzip_body = None
+        return await self._s3(task_id, run_id, name, path, content_type, content_encoding, expires, gzip_body)
 
     async def _s3(
-        self, task_id: str, run_id: int, name: str, path: Path, content_type: str, encoding: str, expires: Any
+        self,
+        task_id: str,
+        run_id: int,
+        name: str,
+        path: Path,
+        content_type: str,
+        encoding: str,
+        expires: Any,
+        gzip_body: concurrent.futures.Future[GzipBody] | None = None,
     ) -> Published:
-        prepared = _prepare_small(path, encoding)
+        prepared = await _take_body(gzip_body, path) if gzip_body is not None else None
+        if prepared is None:
+            prepared = _prepare_small(path, encoding)
         if prepared is None:
             prepared = await asyncio.to_thread(_prepare_body, path, encoding)
         body_path, sha, size, body_size, small = prepared

@@ -1,0 +1,82 @@
+"""The backing log compressed while it is written (megalodon_core.logzip): same bytes as the uploader's gzip."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+
+from megalodon_core import logzip
+from megalodon_core.tasklog import TaskLog
+from megalodon_core.upload import _prepare_body, _take_body
+
+
+def big_log(tmp_path: Path) -> TaskLog:
+    log = TaskLog(tmp_path / "generic-worker" / "live_backing.log")
+    log.add_secret("hunter2-secret")
+    log.info("Task ID: x")
+    for i in range(2500):
+        # a secret split across two writes must still be masked in the compressed body
+        log.write(b"line %d " % i + b"y" * 900 + (b" hunter2-" if i % 9 == 0 else b"\n"))
+        if i % 9 == 0:
+            log.write(b"secret\n")
+    log.write(os.urandom(300_000))  # incompressible bytes too
+    log.info("=== Task Finished ===")
+    log.close()
+    return log
+
+
+def test_body_is_the_uploaders_gzip_of_the_file(tmp_path: Path) -> None:
+    log = big_log(tmp_path)
+    future = log.take_gzip_body()
+    assert future is not None, "a log of several MiB is compressed while it is written"
+    body = future.result(timeout=60)
+    ref_path, ref_sha, ref_size, ref_body_size, _ = _prepare_body(log.path, "gzip")
+    try:
+        assert body.path.read_bytes() == ref_path.read_bytes()
+        assert (body.sha256, body.size, body.body_size) == (ref_sha, ref_size, ref_body_size)
+        content = gzip.decompress(body.path.read_bytes())
+        assert content == log.path.read_bytes()
+        assert b"hunter2-secret" not in content and b"[REDACTED]" in content
+        assert not body.path.is_relative_to(tmp_path), "never in the task directory"
+    finally:
+        body.discard()
+        ref_path.unlink()
+    assert log.take_gzip_body() is None, "taken once"
+
+
+def test_small_log_has_no_body(tmp_path: Path) -> None:
+    log = TaskLog(tmp_path / "live_backing.log")
+    log.info("one line")
+    log.close()
+    assert log.take_gzip_body() is None
+
+
+async def test_body_of_a_file_changed_behind_the_log_is_not_used(tmp_path: Path) -> None:
+    log = big_log(tmp_path)
+    future = log.take_gzip_body()
+    assert future is not None
+    with log.path.open("ab") as fh:
+        fh.write(b"written by something else\n")
+    body_path = future.result(timeout=60).path
+    assert await _take_body(future, log.path) is None, "the uploader compresses the file itself then"
+    assert not body_path.exists(), "and the unused body is removed"
+
+
+def test_a_log_written_faster_than_compression_gives_up_and_keeps_every_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logzip, "MAX_QUEUED", 1)  # as if gzip lagged behind: nothing may wait
+    seen = bytearray()
+    log = TaskLog(tmp_path / "live_backing.log")
+    log.add_sink(seen.extend)
+    for _ in range(3):
+        log.write(b"z" * (1 << 20))
+    log.close()
+    future = log.take_gzip_body()
+    assert future is not None
+    with pytest.raises(RuntimeError, match="faster than it could be compressed"):
+        future.result(timeout=60)
+    assert bytes(seen) == log.path.read_bytes() == b"z" * (3 << 20), "sinks and file got every byte"
