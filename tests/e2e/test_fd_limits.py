@@ -248,3 +248,23 @@ async def test_a_crashed_run_whose_report_fails_is_resolved_before_the_worker_ex
     first = harness.double.task_state(crashed)["runs"][0]
     assert (first["state"], first["reasonResolved"]) == ("exception", "worker-shutdown")
     assert worker.books.journal.entries() == []
+
+
+async def test_runners_crashing_in_a_row_stop_the_worker(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker whose every task runner crashes must not resolve a whole queue internal-error: after
+    MAX_CONSECUTIVE_CRASHES in a row it stops claiming and exits 69 (generic-worker's internal error)."""
+    from megalodon_core.worker import loop
+
+    def broken(path: Path, **kwargs: Any) -> TaskLog:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(loop, "TaskLog", broken)
+    worker_type = harness.worker_type()
+    payload = {"command": [["true"]], "maxRunTime": 30}
+    task_ids = [await harness.create(payload, worker_type) for _ in range(loop.MAX_CONSECUTIVE_CRASHES + 3)]
+    worker = await _worker(harness, worker_type, numberOfTasksToRun=0)
+    assert await asyncio.wait_for(worker.run(), 120) == 69
+    states = [harness.double.task_state(t)["runs"][0]["state"] if harness.double.task_state(t)["runs"] else "pending"
+              for t in task_ids]  # fmt: skip
+    assert states.count("exception") == loop.MAX_CONSECUTIVE_CRASHES
+    assert states.count("pending") == 3

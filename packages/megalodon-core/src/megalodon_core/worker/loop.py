@@ -63,6 +63,10 @@ log = logging.getLogger(__name__)
 CLAIM_ERROR_BACKOFF = 5.0
 #: Attempts (each with the client's own retries) to report a run whose task runner crashed.
 CRASH_REPORT_ATTEMPTS = 3
+#: Task runners crashing in a row (no run reported in between) after which the worker stops claiming and
+#: exits 69: a worker whose every task crashes would otherwise resolve a whole queue internal-error.
+MAX_CONSECUTIVE_CRASHES = 5
+CRASHES_CAUSE = f"{MAX_CONSECUTIVE_CRASHES} task runners crashed in a row"
 
 #: What the exit line says for each exit code the loop returns (71/72 say what stopped the worker).
 EXIT_CAUSES = {
@@ -106,6 +110,8 @@ class Worker:
         #: Claims whose run was reported (or found resolved by the queue): only these count toward
         #: ``numberOfTasksToRun``; a crashed task runner's run does not.
         self._counted: set[asyncio.Task[None]] = set()
+        #: Task runners that crashed since the last run that was reported (:data:`MAX_CONSECUTIVE_CRASHES`).
+        self._consecutive_crashes = 0
         #: Where the worker's own servers listen (``metrics`` -> URL), for the start-up summary; the CLI sets it.
         self.endpoints: dict[str, str] = {}
         self._wake = asyncio.Event()
@@ -246,7 +252,8 @@ class Worker:
         code = EXIT_INTERNAL_ERROR  # what plugins are told if set-up raises (the CLI may map it, e.g. to 73)
         try:
             code = await self._run(handle_signals=handle_signals)
-            stopped = code in (EXIT_WORKER_STOPPED, EXIT_WORKER_SHUTDOWN) or self._stop_cause == "drain"
+            asked = self._stop_cause in ("drain", CRASHES_CAUSE)
+            stopped = asked or code in (EXIT_WORKER_STOPPED, EXIT_WORKER_SHUTDOWN)
             cause = self._stop_cause if stopped else None
             log.info(
                 "worker exiting with code %d (%s) after %d resolved tasks",
@@ -476,6 +483,19 @@ class Worker:
             reported = await self._run_claimed(claim, started, record)
         except Exception as exc:
             reported = await self._runner_crashed(record, exc, started)
+            self._consecutive_crashes += 1
+            if self._consecutive_crashes >= MAX_CONSECUTIVE_CRASHES and not self._stop_claiming:
+                log.error(
+                    "%d task runners crashed in a row: no more claims; the worker exits %d once running tasks end",
+                    self._consecutive_crashes,
+                    EXIT_INTERNAL_ERROR,
+                )
+                self._exit_code = EXIT_INTERNAL_ERROR
+                self._stop_cause = CRASHES_CAUSE
+                self._stop_claiming = True
+                self._wake.set()
+        else:
+            self._consecutive_crashes = 0 if reported else self._consecutive_crashes
         if reported and current is not None:
             self._counted.add(current)
 
