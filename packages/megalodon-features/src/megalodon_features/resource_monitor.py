@@ -108,6 +108,7 @@ class ResourceMonitorTask(TaskFeature):
         self.allowed_high = float(config.allowedHighMemoryDurationSecs)
         self.oom_protection = not config.disableOOMProtection
         self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._reset_window()
         self._high_since: float | None = None
         self._warned = False
@@ -137,9 +138,19 @@ class ResourceMonitorTask(TaskFeature):
     # -- lifecycle -----------------------------------------------------------------------------------------
     async def start(self) -> None:
         self.run.result_rows.append(self.rows)
-        self._task = asyncio.create_task(self._sample_loop(), name=f"resource-monitor-{self.run.task_id}")
+        # The first sample is due after one interval: a timer until then, so a task shorter than that never
+        # starts a sampler at all (issue 13).
+        self._timer = asyncio.get_running_loop().call_later(self.interval, self._start_sampling)
+
+    def _start_sampling(self) -> None:
+        self._timer = None
+        if not self.run.aborted.is_set():
+            self._task = asyncio.create_task(self._sample_loop(), name=f"resource-monitor-{self.run.task_id}")
 
     async def stop(self, errors: ExecutionErrors) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -149,12 +160,9 @@ class ResourceMonitorTask(TaskFeature):
             self.run.result_rows.remove(self.rows)
 
     async def _sample_loop(self) -> None:
+        """A sample now (one interval after start), then one per interval until the run is aborted."""
         failures = 0
         while not self.run.aborted.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.run.aborted.wait(), self.interval)
-            if self.run.aborted.is_set():
-                return
             try:
                 sample = await asyncio.to_thread(self.read)
             except (OSError, ValueError) as exc:
@@ -162,9 +170,11 @@ class ResourceMonitorTask(TaskFeature):
                 failures += 1
                 if failures == 1:
                     log.warning("resource monitor: cannot read memory figures: %s", exc)
-                continue
-            if self.observe(sample, time.monotonic()):
-                return
+            else:
+                if self.observe(sample, time.monotonic()):
+                    return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.run.aborted.wait(), self.interval)
 
     def observe(self, sample: MemorySample, now: float) -> bool:
         """Record one sample; return True once the task has been aborted (monitoring ends there)."""
