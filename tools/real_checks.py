@@ -467,20 +467,27 @@ async def chain_of_trust(worker: Worker) -> str:
     return "ed25519 signature verifies; artifact sha256 matches"
 
 
-async def interactive(worker: Worker) -> str:
+async def interactive(worker: Worker, docker: bool = False) -> str:
     await worker.register(enableInteractive=True, interactivePort=0)
-    script = "n=0; while [ ! -e finish ]; do n=$((n+1)); [ $n -gt 1200 ] && exit 3; sleep 0.1; done; echo saw-finish"
-    task_id = await worker.create(
-        sh(script, features={"interactive": True}, env={"HOME": "/nonexistent/megalodon-check-home"})
-    )
+    finish = "/finish" if docker else "finish"
+    script = f"n=0; while [ ! -e {finish} ]; do n=$((n+1)); [ $n -gt 1200 ] && exit 3; sleep 0.1; done; echo saw-finish"
+    if docker:
+        # docker-worker's artifact name; the container keeps running while its shell is open
+        artifact = "private/docker-worker/shell.html"
+        payload = {"image": BUSYBOX, "command": ["/bin/sh", "-c", script], "maxRunTime": 120}
+        payload["features"] = {"interactive": True}
+    else:
+        artifact = SHELL_ARTIFACT
+        payload = sh(script, features={"interactive": True}, env={"HOME": "/nonexistent/megalodon-check-home"})
+    task_id = await worker.create(payload)
     await worker.start()
-    ref = await worker.wait_artifact(task_id, SHELL_ARTIFACT)
-    expect(ref.get("storageType") == "reference", f"{SHELL_ARTIFACT} is {ref.get('storageType')}")
+    ref = await worker.wait_artifact(task_id, artifact)
+    expect(ref.get("storageType") == "reference", f"{artifact} is {ref.get('storageType')}")
     socket_url = urllib.parse.parse_qs(urllib.parse.urlsplit(ref["url"]).query)["socketUrl"][0]
     output = bytearray()
     async with worker.dep.session.ws_connect(socket_url) as ws:
         await ws.send_bytes(b"\x02" + struct.pack("<HH", 24, 80))
-        await ws.send_bytes(b"\x01" + b"echo A$((6*7))B; touch finish\r")
+        await ws.send_bytes(b"\x01" + f"echo A$((6*7))B; touch {finish}\r".encode())
         give_up = time.monotonic() + 60
         while b"A42B" not in output:
             expect(time.monotonic() < give_up, f"shell output never showed A42B: {bytes(output)[-500:]!r}")
@@ -489,7 +496,7 @@ async def interactive(worker: Worker) -> str:
             output += msg.data
     await worker.run()
     expect("saw-finish" in await completed(worker, task_id), "the shell's command did not reach the task")
-    return "shell.html reference created; websocket shell ran a command in the task directory"
+    return f"{artifact} reference created; websocket shell ran a command in the task"
 
 
 async def role_scopes(worker: Worker) -> str:
@@ -640,6 +647,7 @@ SCENARIOS: dict[str, Callable[[Worker], Awaitable[str]]] = {
     "proxy": taskcluster_proxy,
     "chain-of-trust": chain_of_trust,
     "interactive": interactive,
+    "interactive-docker": lambda w: interactive(w, docker=True),
     "role-scopes": role_scopes,
     "role-scopes-no-expand": role_scopes_without_expand,
     "cancel": cancel_then_report,
