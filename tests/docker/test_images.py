@@ -569,7 +569,10 @@ async def test_gc_under_disk_pressure_keeps_images_held_by_running_tasks(
     manager = _manager(docker_client, tmp_path, options=ImageOptions(disk_free=lambda: 0))
     held, idle = (f"megalodon-gc-test/{kind}:{uuid.uuid4().hex[:8]}" for kind in ("held", "idle"))
     for name in (held, idle):
-        docker_client.images.get(BUSYBOX_IMAGE).tag(name)
+        # An image of its own (a label makes a new image ID): a container anyone else left on the engine
+        # from the shared test image must not make this one "in use".
+        dockerfile = f"FROM {BUSYBOX_IMAGE}\nLABEL megalodon-gc-test={name}\n".encode()
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=name, pull=False, rm=True)
     try:
         await manager.ensure_image(held, task_id="A", task_scopes=[], download=_no_download, log=Log(), hold=True)
         await manager.ensure_image(held, task_id="B", task_scopes=[], download=_no_download, log=Log(), hold=True)
