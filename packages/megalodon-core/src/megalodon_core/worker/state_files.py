@@ -28,11 +28,21 @@ def write_private(path: Path, text: str) -> None:
 
     A multiuser task must not read them: the status file names the tasks running next to it, the metadata
     file the last task (with a task id, a neighbour's live log can be read through the queue).
+
+    Overwritten in place, then cut to length, never truncated to zero first: on ext4 a file truncated to
+    zero and rewritten is flushed to disk at close (``auto_da_alloc``), 20x the cost of the write, and the
+    count and status files are rewritten twice per task (issue 13).
     """
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    with os.fdopen(fd, "w") as fh:
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
         os.fchmod(fd, 0o600)
-        fh.write(text)
+        written = 0
+        while written < len(data):
+            written += os.pwrite(fd, data[written:], written)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
 
 
 def read_resolved_count(state_dir: Path) -> int:
