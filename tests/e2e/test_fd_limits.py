@@ -268,3 +268,38 @@ async def test_runners_crashing_in_a_row_stop_the_worker(harness: Harness, monke
               for t in task_ids]  # fmt: skip
     assert states.count("exception") == loop.MAX_CONSECUTIVE_CRASHES
     assert states.count("pending") == 3
+
+
+async def test_a_run_that_crashed_before_its_directory_is_journalled_with_a_directory_nobody_uses(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery kills whatever works under a journalled run's directory: a crash before the run had one must
+    never journal "" (the worker's own working directory) — it gets a path under tasksDir that never exists."""
+    from megalodon_core.journal import ClaimRecord
+    from megalodon_core.worker import loop
+
+    monkeypatch.setattr(loop, "CLAIM_ERROR_BACKOFF", 0.1)
+
+    def no_dir(self: Worker, task_id: str, run_id: int) -> Path:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(Worker, "task_dir_for", no_dir)
+    worker_type = harness.worker_type()
+    crashed = await harness.create({"command": [["true"]], "maxRunTime": 30}, worker_type)
+    harness.double.faults.add(Fault(method="reportException", status=400, times=loop.CRASH_REPORT_ATTEMPTS))
+    worker = await _worker(harness, worker_type, numberOfTasksToRun=1, idleTimeoutSecs=2)
+    journalled: list[ClaimRecord] = []
+    record = worker.books.credentials_changed
+
+    def spy(entry: ClaimRecord) -> None:
+        journalled.append(entry)
+        record(entry)
+
+    monkeypatch.setattr(worker.books, "credentials_changed", spy)
+    assert await asyncio.wait_for(worker.run(), 120) == 68  # nothing counted: the idle timeout ends it
+    assert [e.task_id for e in journalled] == [crashed]
+    directory = Path(journalled[0].task_dir)
+    tasks_dir = Path(harness.config(worker_type)["tasksDir"]).resolve()
+    assert directory.is_absolute() and tasks_dir in directory.parents and not directory.exists()
+    first = harness.double.task_state(crashed)["runs"][0]
+    assert (first["state"], first["reasonResolved"]) == ("exception", "worker-shutdown")

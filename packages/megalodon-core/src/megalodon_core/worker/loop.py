@@ -544,9 +544,12 @@ class Worker:
                 run_id,
                 str(error).splitlines()[0] if str(error) else error,
             )
+            # Recovery kills processes working under the record's directory: a run that crashed before it had
+            # one gets a path that never exists (never "", which would mean the worker's own directory).
+            journal_dir = record.task_dir or self._unstarted_dir(task_id, run_id)
             with contextlib.suppress(Exception):
                 self.books.credentials_changed(
-                    ClaimRecord(task_id, run_id, credentials, record.taken_until, record.task_dir)
+                    ClaimRecord(task_id, run_id, credentials, record.taken_until, journal_dir)
                 )
             return False
         reason = "canceled" if resolved_elsewhere else "internal-error"
@@ -570,6 +573,10 @@ class Worker:
                 clean=self.config.cleanUpTaskDirs,
             )
         return False
+
+    def _unstarted_dir(self, task_id: str, run_id: int) -> str:
+        """A directory under ``tasksDir`` that no run ever creates (for a claim that crashed before it had one)."""
+        return str(Path(self.config.tasksDir).resolve() / f"unstarted_{task_id}_{run_id}")
 
     async def _resolve_unreported(self) -> None:
         """Before exiting: runs still in the claim journal (a crashed runner whose report failed) are
