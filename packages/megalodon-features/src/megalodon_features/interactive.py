@@ -49,6 +49,7 @@ from megalodon_core.errors import ExecutionError, ExecutionErrors
 from megalodon_core.timefmt import utcnow
 
 from .livelog import public_host
+from .worker_server import WorkerServer
 
 if TYPE_CHECKING:
     from megalodon_core.rundata import RunDataField, ShellLauncher, ShellSession
@@ -130,8 +131,8 @@ class InteractiveTask(TaskFeature):
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
         run = self.run
-        if not await self.feature.ensure_server():
-            run.log.warn(f"[interactive] could not create interactive session: {self.feature.start_error}")
+        if not await self.feature.server.ensure_started():
+            run.log.warn(f"[interactive] could not create interactive session: {self.feature.server.start_error}")
             return
         base = self.feature.base_url()
         # generic-worker's protocol for every task: the Taskcluster UI dropped its docker-worker (v1) viewer,
@@ -278,38 +279,19 @@ class InteractiveTask(TaskFeature):
             await shell.write(EOF_KEY)
 
 
-class InteractiveServer:
+class InteractiveServer(WorkerServer):
     """The worker's interactive HTTP server: every running task's sessions, each under its secret."""
 
+    label: ClassVar[str] = "interactive server"
+    log: ClassVar[logging.Logger] = log
+
     def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.tasks: list[InteractiveTask] = []
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("GET", "/shell/{secret}", self._v2)
-        app.router.add_route("GET", "/{secret}/shell.sock", self._v1)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("GET", "/shell/{secret}", self._v2)
+        router.add_route("GET", "/{secret}/shell.sock", self._v1)
 
     def find(self, secret: str) -> InteractiveTask | None:
         """The task holding ``secret``, compared in constant time as generic-worker does."""
@@ -358,27 +340,12 @@ class InteractiveFeature(Feature):
         super().__init__(worker)
         config = worker.config
         self.server = InteractiveServer(bind_address(config), int(config.interactivePort))
-        self.start_error: str | None = None
-        self._lock = asyncio.Lock()
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableInteractive)
 
     def new_task_feature(self, run: TaskRun) -> TaskFeature:
         return InteractiveTask(self, run)
-
-    async def ensure_server(self) -> bool:
-        async with self._lock:
-            if self.server.running:
-                return True
-            try:
-                await self.server.start()
-            except OSError as exc:
-                self.start_error = f"could not listen on {self.server.host}:{self.server.port}: {exc}"
-                return False
-            self.start_error = None
-            log.info("interactive server listening on %s:%s", self.server.host, self.server.port)
-            return True
 
     def base_url(self) -> str:
         return f"http://{public_host(self.worker.config, self.server.host)}:{self.server.port}"

@@ -48,6 +48,8 @@ from megalodon_core.errors import ExecutionError
 from megalodon_core.tasklog import LOG_CONTENT_TYPE
 from megalodon_core.timefmt import utcnow
 
+from .worker_server import WorkerServer
+
 if TYPE_CHECKING:
     from megalodon_core.errors import ExecutionErrors
     from megalodon_core.task import TaskRun
@@ -260,41 +262,25 @@ def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-class LiveLogServer:
+class LiveLogServer(WorkerServer):
     """The worker's single live log HTTP server: ``GET /log/<secret>`` for every registered stream."""
 
+    label: ClassVar[str] = "live log server"
+    log: ClassVar[logging.Logger] = log
+
     def __init__(self, host: str, port: int) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.streams: dict[str, LiveStream] = {}
-        self._runner: web.AppRunner | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("GET", "/log/{secret}", self._get)
-        app.router.add_route("OPTIONS", "/log/{secret}", self._options)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self.port = int(runner.addresses[0][1])
-        self._runner = runner
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        router.add_route("GET", "/log/{secret}", self._get)
+        router.add_route("OPTIONS", "/log/{secret}", self._options)
 
     async def stop(self) -> None:
         for stream in list(self.streams.values()):
             stream.close()
         self.streams.clear()
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
+        await super().stop()
 
     def register(self, stream: LiveStream) -> None:
         self.streams[stream.secret] = stream
@@ -359,8 +345,6 @@ class LiveLogFeature(Feature):
         super().__init__(worker)
         config = worker.config
         self.server = LiveLogServer(bind_address(config), listen_port(config))
-        self.start_error: str | None = None
-        self._lock = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
 
     def is_enabled(self) -> bool:
@@ -375,24 +359,13 @@ class LiveLogFeature(Feature):
         return LiveLogTask(self, run)
 
     async def initialise(self) -> None:
-        if self.is_enabled():
-            await self.ensure_server()
-            if self.start_error is not None:
-                log.warning("live log server could not start (tasks will retry): %s", self.start_error)
+        if self.is_enabled() and not await self.server.ensure_started():
+            log.warning("live log server could not start (tasks will retry): %s", self.start_error)
 
-    async def ensure_server(self) -> bool:
-        """Start the server if it is not running; False (with :attr:`start_error`) if it cannot."""
-        async with self._lock:
-            if self.server.running:
-                return True
-            try:
-                await self.server.start()
-            except OSError as exc:
-                self.start_error = f"could not listen on {self.server.host}:{self.server.port}: {exc}"
-                return False
-            self.start_error = None
-            log.info("live log server listening on %s:%s", self.server.host, self.server.port)
-            return True
+    @property
+    def start_error(self) -> str | None:
+        """Why the server could not start (None while it listens)."""
+        return self.server.start_error
 
     def base_url(self) -> str:
         config = self.worker.config
@@ -457,7 +430,7 @@ class LiveLogTask(TaskFeature):
         name = live_log_name(run)
         if name is None:
             return
-        if not await self.feature.ensure_server():
+        if not await self.feature.server.ensure_started():
             run.log.warn(f"Could not start live log: {self.feature.start_error}")
             return
         # generic-worker copies the log so far into livelog, then tees: flush so the file holds it all.
