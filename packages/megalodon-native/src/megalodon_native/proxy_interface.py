@@ -36,23 +36,10 @@ async def docker_bridge_gateway() -> str:
         "{{range .IPAM.Config}}{{if .Gateway}}{{.Gateway}} {{end}}{{end}}"
         '|{{index .Options "com.docker.network.bridge.name"}}'
     )
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            "docker",
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            fmt,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-    except OSError as exc:
-        raise InternalError(f"could not determine docker bridge IP address: {exc}") from exc
-    if proc.returncode != 0:
-        raise InternalError(f"could not determine docker bridge IP address: {err.decode(errors='replace').strip()}")
-    listed, _, bridge = out.decode().partition("|")
+    code, out, err = await _docker("network", "inspect", "bridge", "--format", fmt)
+    if code != 0:  # the engine's message, or why docker could not be run
+        raise InternalError(f"could not determine docker bridge IP address: {err}")
+    listed, _, bridge = out.partition("|")
     gateways = listed.split()
     address = bridge_address(gateways, bridge.strip() or "docker0")
     if address is None:
@@ -82,6 +69,7 @@ def task_network_name(task_id: str, run_id: int) -> str:
 
 
 async def _docker(*argv: str) -> tuple[int, str, str]:
+    """``docker <argv>``: exit code (127 when docker cannot be run), stdout, stripped stderr (or the reason)."""
     try:
         proc = await asyncio.create_subprocess_exec(
             "docker",
