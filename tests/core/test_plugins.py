@@ -27,22 +27,25 @@ def _fake_distribution(site: Path, name: str, module_src: str, module: str) -> N
     (info / "entry_points.txt").write_text(f"[megalodon]\n{name} = {module}\n")
 
 
-def _list_plugins(site: Path, extra_env: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def _megalodon(
+    site: Path, *args: str, extra_env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``megalodon *args`` in a fresh interpreter that also sees the distributions installed in ``site``."""
     env = {**os.environ, "PYTHONPATH": str(site), **(extra_env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "list-plugins", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
+    return subprocess.run(
+        [sys.executable, "-m", "megalodon_core", *args], capture_output=True, text=True, env=env, check=check
     )
-    records: list[dict[str, Any]] = json.loads(proc.stdout)
-    return records
+
+
+def _plugins_by_name(site: Path, extra_env: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """``megalodon list-plugins --json``'s records, by distribution name."""
+    proc = _megalodon(site, "list-plugins", "--json", extra_env=extra_env, check=True)
+    return {r["name"]: r for r in json.loads(proc.stdout)}
 
 
 def test_broken_plugin_is_listed_with_its_error_and_others_still_load(tmp_path: Path) -> None:
     _fake_distribution(tmp_path, "broken-plugin", "import does_not_exist_anywhere\n", "broken_plugin_hooks")
-    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    records = _plugins_by_name(tmp_path)
     broken = records["broken-plugin"]
     assert broken["status"] == "failed"
     assert "does_not_exist_anywhere" in broken["error"]
@@ -61,10 +64,10 @@ def test_third_party_executor_is_discovered_through_the_entry_point(tmp_path: Pa
         "                         payload_schema=lambda: {'type': 'object'})]\n"
     )
     _fake_distribution(tmp_path, "thirdparty-exec", src, "thirdparty_hooks")
-    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    records = _plugins_by_name(tmp_path)
     assert records["thirdparty-exec"]["status"] == "loaded"
     assert records["thirdparty-exec"]["executors"] == ["thirdparty"]
-    blocked = {r["name"]: r for r in _list_plugins(tmp_path, {"MEGALODON_BLOCK_PLUGINS": "thirdparty-exec"})}
+    blocked = _plugins_by_name(tmp_path, {"MEGALODON_BLOCK_PLUGINS": "thirdparty-exec"})
     assert blocked["thirdparty-exec"]["status"] == "blocked"
 
 
@@ -111,13 +114,7 @@ def test_core_imports_no_plugin() -> None:
 
 def test_version_is_cheap_and_needs_no_plugins(tmp_path: Path) -> None:
     _fake_distribution(tmp_path, "broken-plugin", "raise SystemExit('must not be imported')\n", "broken_hooks2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "--version"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        check=True,
-    )
+    proc = _megalodon(tmp_path, "--version", check=True)
     assert proc.stdout.strip() == f"megalodon {megalodon_core.__version__}"
 
 
@@ -132,13 +129,7 @@ def test_plugin_can_add_a_cli_command(tmp_path: Path) -> None:
         "    return [CommandInfo(name='say-hello', callback=hello, help='Say hello.')]\n"
     )
     _fake_distribution(tmp_path, "cmd-plugin", src, "cmd_plugin_hooks")
-    proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "say-hello", "--name", "there"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        check=False,
-    )
+    proc = _megalodon(tmp_path, "say-hello", "--name", "there")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "hello there"
 
@@ -151,20 +142,14 @@ def test_plugin_whose_registration_hook_raises_is_listed_broken_and_the_rest_wor
         "    raise RuntimeError('registration exploded')\n"
     )
     _fake_distribution(tmp_path, "raising-plugin", src, "raising_plugin_hooks")
-    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    records = _plugins_by_name(tmp_path)
     broken = records["raising-plugin"]
     assert broken["status"] == "failed"
     assert broken["error"] == "RuntimeError: registration exploded"
     assert records["megalodon-native"]["status"] == "loaded"
     assert records["megalodon-native"]["executors"] == ["native"]
     # The table form keeps working too.
-    proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "list-plugins"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path), "COLUMNS": "300"},
-        check=True,
-    )
+    proc = _megalodon(tmp_path, "list-plugins", extra_env={"COLUMNS": "300"}, check=True)
     assert "registration exploded" in proc.stdout
 
 
@@ -176,7 +161,7 @@ def test_registration_hook_returning_a_non_record_is_broken_not_a_crash(tmp_path
         "    return ['not-a-record']\n"
     )
     _fake_distribution(tmp_path, "wrong-type-plugin", src, "wrong_type_hooks")
-    records = {r["name"]: r for r in _list_plugins(tmp_path)}
+    records = _plugins_by_name(tmp_path)
     assert records["wrong-type-plugin"]["status"] == "failed"
     assert "not a ExecutorInfo" in records["wrong-type-plugin"]["error"]
 
@@ -252,12 +237,6 @@ def test_third_party_executor_loaded_before_native_still_gets_the_payloads_it_ac
     _fake_distribution(tmp_path, "aaa-recipe", src, "aaa_recipe_hooks")
     payload = tmp_path / "payload.json"
     payload.write_text(json.dumps({"recipe": "x", "maxRunTime": 30}))  # native's predicate accepts it too
-    proc = subprocess.run(
-        [sys.executable, "-m", "megalodon_core", "validate-payload", str(payload)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(tmp_path)},
-        check=False,
-    )
+    proc = _megalodon(tmp_path, "validate-payload", str(payload))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "valid recipe payload"
