@@ -357,8 +357,7 @@ async def _serve_worker(
             )
             await proto.close()
             return EXIT_INVALID_CONFIG
-        logging.getLogger(__name__).info("metrics on %s", server.url)
-        worker.endpoints["metrics"] = server.url
+        worker.endpoints["metrics"] = server.url  # metrics.serve logged where it listens
     try:
         return await worker.run(handle_signals=True)
     finally:
