@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ..helpers.procs import write_worker_config
+
 REPO = Path(__file__).resolve().parents[2]
 MEGALODON = [sys.executable, "-m", "megalodon_core"]
 
@@ -81,28 +83,6 @@ def test_show_payload_schema(tmp_path: Path) -> None:
     assert proc.returncode == 2
 
 
-def _write_config(tmp_path: Path, root_url: str, creds: dict[str, str], worker_type: str) -> Path:
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "rootURL": root_url,
-                "clientId": creds["clientId"],
-                "accessToken": creds["accessToken"],
-                "provisionerId": "megalodon-test",
-                "workerType": worker_type,
-                "workerGroup": "g",
-                "workerId": "w",
-                "tasksDir": str(tmp_path / "tasks"),
-                "stateDir": str(tmp_path / "state"),
-                "requiredDiskSpaceMegabytes": 16,
-                "executor": "native",
-            }
-        )
-    )
-    return cfg
-
-
 @pytest.mark.parametrize(
     ("sig", "code", "state", "reason"),
     [
@@ -124,7 +104,6 @@ async def test_signals_stop_the_worker_like_generic_worker(
 
     async with TaskclusterDouble(claim_work_wait=1.0) as double, aiohttp.ClientSession() as session:
         worker_type = f"signal-{sig.name.lower()}"
-        creds = double.worker_credentials("megalodon-test", worker_type, "g", "w")
         root = taskcluster.aio.Queue(
             {"rootUrl": double.root_url, "credentials": double.root_credentials}, session=session
         )
@@ -133,7 +112,7 @@ async def test_signals_stop_the_worker_like_generic_worker(
             task_id,
             make_task({"command": [["/bin/sh", "-c", "sleep 3; echo finished"]], "maxRunTime": 60}, worker_type),
         )
-        cfg = _write_config(tmp_path, double.root_url, creds, worker_type)
+        cfg = write_worker_config(double, tmp_path, worker_type)
         proc = await asyncio.create_subprocess_exec(
             *MEGALODON, "run", "--config", str(cfg), cwd=tmp_path, env={**os.environ}
         )

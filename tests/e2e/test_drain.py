@@ -10,19 +10,17 @@ import json
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import taskcluster
 
 from megalodon_core.double import TaskclusterDouble
-from megalodon_core.testing import make_task
 
-MEGALODON = [sys.executable, "-m", "megalodon_core"]
-POOL = ("megalodon-test", "drain")
+from ..helpers.procs import MEGALODON, create_task, sh, wait_for, write_worker_config
+
+WORKER_TYPE = "drain"
 
 
 def free_port() -> int:
@@ -32,42 +30,9 @@ def free_port() -> int:
         return port
 
 
-async def wait_for(predicate: Any, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-def write_config(double: TaskclusterDouble, tmp_path: Path, **extra: Any) -> Path:
-    creds = double.worker_credentials(*POOL, "g", "w")
-    cfg = {
-        "rootURL": double.root_url,
-        "clientId": creds["clientId"],
-        "accessToken": creds["accessToken"],
-        "provisionerId": POOL[0],
-        "workerType": POOL[1],
-        "workerGroup": "g",
-        "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"),
-        "stateDir": str(tmp_path / "state"),
-        "requiredDiskSpaceMegabytes": 16,
-        "executor": "native",
-        "capacity": 1,
-        **extra,
-    }
-    path = tmp_path / "worker.json"
-    path.write_text(json.dumps(cfg))
-    return path
-
-
 async def create(double: TaskclusterDouble, script: str) -> str:
-    queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
-    task_id: str = taskcluster.slugId()
-    payload = {"command": [["/bin/sh", "-c", script]], "maxRunTime": 120}
-    await asyncio.to_thread(queue.createTask, task_id, make_task(payload, POOL[1], retries=0))
-    return task_id
+    """A task of the drain pool running ``script``."""
+    return await create_task(double, {"command": [sh(script)], "maxRunTime": 120}, WORKER_TYPE, retries=0)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -101,7 +66,7 @@ async def test_drain_lets_the_running_task_finish_claims_nothing_more_and_exits_
 ) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     port = free_port()
-    cfg = write_config(double, tmp_path, metricsPort=port)
+    cfg = write_worker_config(double, tmp_path, WORKER_TYPE, capacity=1, metricsPort=port)
     running = await create(double, f"touch {started}; while [ ! -e {release} ]; do sleep 0.05; done; echo finished")
     proc = await asyncio.create_subprocess_exec(
         *MEGALODON, "run", "--config", str(cfg), cwd=tmp_path, stderr=asyncio.subprocess.PIPE
@@ -139,7 +104,7 @@ async def test_drain_lets_the_running_task_finish_claims_nothing_more_and_exits_
 
 async def test_sigterm_after_sigusr1_is_still_worker_shutdown(double: TaskclusterDouble, tmp_path: Path) -> None:
     started = tmp_path / "started"
-    cfg = write_config(double, tmp_path)
+    cfg = write_worker_config(double, tmp_path, WORKER_TYPE, capacity=1)
     task_id = await create(double, f"touch {started}; sleep 60")
     proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
     try:

@@ -15,77 +15,24 @@ The cgroup tests need root and a cgroup hierarchy (CI runs them as root); the mu
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import shutil
 import signal
-import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import taskcluster
 
 from megalodon_core import cgroup as cgroups
 from megalodon_core.double import TaskclusterDouble
-from megalodon_core.testing import Harness, make_task
+from megalodon_core.testing import Harness
 
-MEGALODON = [sys.executable, "-m", "megalodon_core"]
+from ..helpers.multiuser import multiuser_config
+from ..helpers.procs import MEGALODON, alive, create_task, sh, wait_for, wait_gone, write_worker_config
+
 ROOT = os.geteuid() == 0
 needs_cgroups = pytest.mark.skipif(cgroups.detect() is None, reason="needs root and cgroups at /sys/fs/cgroup")
 needs_root = pytest.mark.skipif(not ROOT, reason="the multiuser engine creates OS users: needs root")
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
-
-
-async def wait_for(predicate: Any, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
-
-
-async def wait_gone(pid: int, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.05)
-    return True
-
-
-@pytest.fixture
-def shared() -> Iterator[dict[str, Path]]:
-    """A tasksDir task users can reach and a world-writable drop box (pytest's tmp_path is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="megalodon-hostile-", dir="/tmp"))
-    os.chmod(base, 0o711)
-    tasks = base / "tasks"
-    tasks.mkdir(mode=0o711)
-    os.chmod(tasks, 0o711)
-    drop = base / "drop"
-    drop.mkdir()
-    os.chmod(drop, 0o1777)
-    yield {"base": base, "tasks": tasks, "drop": drop}
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def mu(shared: dict[str, Path], **extra: Any) -> dict[str, Any]:
-    return {"nativeEngine": "multiuser", "headlessTasks": True, "tasksDir": str(shared["tasks"]), **extra}
 
 
 # -- daemons --------------------------------------------------------------------------------------------------
@@ -112,36 +59,17 @@ async def test_setsid_daemon_that_left_the_task_directory_is_gone_after_the_run(
 async def test_multiuser_setsid_daemon_is_gone_after_the_run(harness: Harness, shared: dict[str, Path]) -> None:
     pidfile = shared["drop"] / "daemon.pid"
     script = DAEMON.format(pidfile=pidfile) + f" while [ ! -s {pidfile} ]; do sleep 0.05; done"
-    out = await harness.run({"command": [sh(script)], "maxRunTime": 60}, **mu(shared))
+    out = await harness.run({"command": [sh(script)], "maxRunTime": 60}, **multiuser_config(shared))
     assert out.state == "completed", out.log
     assert await wait_gone(int(pidfile.read_text()))
 
 
 @needs_cgroups
 async def test_setsid_daemon_is_gone_after_crash_recovery(double: TaskclusterDouble, tmp_path: Path) -> None:
-    creds = double.worker_credentials("megalodon-test", "hostile-crash", "g", "w")
-    config = {
-        "rootURL": double.root_url,
-        "clientId": creds["clientId"],
-        "accessToken": creds["accessToken"],
-        "provisionerId": "megalodon-test",
-        "workerType": "hostile-crash",
-        "workerGroup": "g",
-        "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"),
-        "stateDir": str(tmp_path / "state"),
-        "requiredDiskSpaceMegabytes": 16,
-        "executor": "native",
-        "idleTimeoutSecs": 2,
-    }
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(json.dumps(config))
+    cfg = write_worker_config(double, tmp_path, "hostile-crash", idleTimeoutSecs=2)
     pidfile = tmp_path / "daemon.pid"
-    queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
-    task_id = taskcluster.slugId()
     script = DAEMON.format(pidfile=pidfile) + " sleep 300"
-    task = make_task({"command": [sh(script)], "maxRunTime": 300}, "hostile-crash", retries=0)
-    await asyncio.to_thread(queue.createTask, task_id, task)
+    task_id = await create_task(double, {"command": [sh(script)], "maxRunTime": 300}, "hostile-crash", retries=0)
     proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
     try:
         await wait_for(lambda: pidfile.exists() and pidfile.read_text().strip() != "", 60)
@@ -202,7 +130,10 @@ async def test_multiuser_special_files_become_error_artifacts_and_no_helper_stay
     harness: Harness, shared: dict[str, Path]
 ) -> None:
     out = await asyncio.wait_for(
-        harness.run({"command": [sh(SPECIAL)], "maxRunTime": 60, "artifacts": SPECIAL_ARTIFACTS}, **mu(shared)), 60
+        harness.run(
+            {"command": [sh(SPECIAL)], "maxRunTime": 60, "artifacts": SPECIAL_ARTIFACTS}, **multiuser_config(shared)
+        ),
+        60,
     )
     assert_special_errors(harness, out)
     helpers = [p for p in Path("/proc").iterdir() if p.name.isdigit() and b"read-as-task-user" in _cmdline(p)]
@@ -219,25 +150,8 @@ def _cmdline(proc: Path) -> bytes:
 async def test_sigterm_stays_prompt_with_a_fifo_artifact(
     harness: Harness, double: TaskclusterDouble, tmp_path: Path
 ) -> None:
-    creds = double.worker_credentials("megalodon-test", "hostile-fifo", "g", "w")
-    config = {
-        "rootURL": double.root_url,
-        "clientId": creds["clientId"],
-        "accessToken": creds["accessToken"],
-        "provisionerId": "megalodon-test",
-        "workerType": "hostile-fifo",
-        "workerGroup": "g",
-        "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"),
-        "stateDir": str(tmp_path / "state"),
-        "requiredDiskSpaceMegabytes": 16,
-        "executor": "native",
-    }
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(json.dumps(config))
+    cfg = write_worker_config(double, tmp_path, "hostile-fifo")
     marker = tmp_path / "fifo-made"
-    queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
-    task_id = taskcluster.slugId()
     payload = {
         "command": [sh(f"mkfifo fifo; mkdir d; mkfifo d/inner; touch {marker}; sleep 300")],
         "maxRunTime": 300,
@@ -246,7 +160,7 @@ async def test_sigterm_stays_prompt_with_a_fifo_artifact(
             {"type": "directory", "path": "d", "name": "public/d"},
         ],
     }
-    await asyncio.to_thread(queue.createTask, task_id, make_task(payload, "hostile-fifo", retries=0))
+    task_id = await create_task(double, payload, "hostile-fifo", retries=0)
     proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
     try:
         await wait_for(marker.exists, 60)
@@ -275,7 +189,7 @@ async def test_memory_limit_fails_the_task_and_the_worker_runs_the_next(
 ) -> None:
     if engine == "multiuser" and not ROOT:
         pytest.skip("the multiuser engine creates OS users: needs root")
-    engine_config = mu(shared) if engine == "multiuser" else {}
+    engine_config = multiuser_config(shared) if engine == "multiuser" else {}
     worker_type = harness.worker_type()
     hog = await harness.create({"command": [sh(HOG)], "maxRunTime": 60}, worker_type)
     nice = await harness.create({"command": [["echo", "next one ran"]], "maxRunTime": 60}, worker_type)
@@ -324,7 +238,7 @@ async def test_multiuser_absolute_path_is_read_as_the_task_user(harness: Harness
             {"type": "file", "path": str(readable), "name": "public/mine.txt"},
         ],
     }
-    out = await harness.run(payload, **mu(shared))
+    out = await harness.run(payload, **multiuser_config(shared))
     assert out.state == "failed", out.log
     assert out.artifacts["public/secret.txt"]["storageType"] == "error"
     assert "file-not-readable-on-worker" in out.log
@@ -374,7 +288,9 @@ async def test_multiuser_task_cannot_use_its_neighbours_proxy(harness: Harness, 
     )
     a = await harness.create({"command": [["/bin/sh", "-c", a_script]], "maxRunTime": 120}, worker_type)
     host = PluginHost()
-    config = harness.config(worker_type, capacity=2, numberOfTasksToRun=2, taskclusterProxyPort=0, **mu(shared))
+    config = harness.config(
+        worker_type, capacity=2, numberOfTasksToRun=2, taskclusterProxyPort=0, **multiuser_config(shared)
+    )
     worker = Worker(parse_config(config, host.config_fields()), host)
     assert await asyncio.wait_for(worker.run(), 120) == 0
     out_a = await harness.outcome(a, 0)
@@ -407,7 +323,9 @@ async def test_multiuser_task_cannot_learn_its_neighbours_task_id(harness: Harne
     b = await harness.create({"command": [["/bin/sh", "-c", b_script]], "maxRunTime": 120}, worker_type)
     a = await harness.create({"command": [["/bin/sh", "-c", a_script]], "maxRunTime": 120}, worker_type)
     host = PluginHost()
-    config = harness.config(worker_type, capacity=2, numberOfTasksToRun=2, stateDir=str(state), **mu(shared))
+    config = harness.config(
+        worker_type, capacity=2, numberOfTasksToRun=2, stateDir=str(state), **multiuser_config(shared)
+    )
     worker = Worker(parse_config(config, host.config_fields()), host)
     running = asyncio.create_task(worker.run())
     try:
@@ -451,7 +369,7 @@ async def test_multiuser_docker_bridge_proxy_admits_containers_and_the_task_user
     }
     task_id = await harness.create(payload, worker_type, scopes=["auth:current-scopes"])
     host = PluginHost()
-    config = harness.config(worker_type, taskclusterProxyPort=0, **mu(shared))
+    config = harness.config(worker_type, taskclusterProxyPort=0, **multiuser_config(shared))
     worker = Worker(parse_config(config, host.config_fields()), host)
     running = asyncio.create_task(worker.run())
     try:

@@ -12,11 +12,8 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import sys
-import tempfile
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,9 @@ from megalodon_core.config import parse_config
 from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness
 from megalodon_core.worker import Worker
+
+from ..helpers.multiuser import multiuser_config
+from ..helpers.procs import alive, sh
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the multiuser engine creates OS users: needs root")
 
@@ -39,33 +39,9 @@ async def cmd(*argv: str, check: bool = True) -> None:
         raise AssertionError(f"{argv} failed")
 
 
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
-
-
-@pytest.fixture
-def shared() -> Iterator[dict[str, Path]]:
-    """A tasksDir task users can reach (pytest's tmp_path is root-only) and a world-writable drop box."""
-    base = Path(tempfile.mkdtemp(prefix="megalodon-mu-", dir="/tmp"))
-    os.chmod(base, 0o711)
-    tasks = base / "tasks"
-    tasks.mkdir(mode=0o711)
-    drop = base / "drop"
-    drop.mkdir()
-    os.chmod(drop, 0o1777)
-    os.chmod(tasks, 0o711)
-    yield {"base": base, "tasks": tasks, "drop": drop}
-    shutil.rmtree(base, ignore_errors=True)
-
-
 def mu(shared: dict[str, Path], **extra: Any) -> dict[str, Any]:
-    return {
-        "nativeEngine": "multiuser",
-        "headlessTasks": True,
-        "tasksDir": str(shared["tasks"]),
-        "cleanUpTaskDirs": True,
-        **extra,
-    }
+    """The multiuser engine, and task directories removed after each run (the tests check they are)."""
+    return multiuser_config(shared, cleanUpTaskDirs=True, **extra)
 
 
 def task_users() -> set[str]:
@@ -80,14 +56,6 @@ def task_users() -> set[str]:
         for p in pwd.getpwall()
         if re.fullmatch(r"task_[0-9]+", p.pw_name) and mine.fullmatch(p.pw_gecos.split(",", maxsplit=1)[0])
     }
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
 
 
 async def test_task_runs_as_fresh_user_with_clean_env_and_everything_is_removed(
