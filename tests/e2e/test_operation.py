@@ -6,12 +6,9 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
-
-import taskcluster
 
 import megalodon_core
 from megalodon_core.config import parse_config
@@ -22,19 +19,8 @@ from megalodon_core.task import TaskRun
 from megalodon_core.testing import Harness
 from megalodon_core.worker import Worker, running_task_ids
 
-MEGALODON = [sys.executable, "-m", "megalodon_core"]
-
-
-def sh(script: str) -> list[str]:
-    return ["/bin/sh", "-c", script]
-
-
-async def wait_for(predicate: Any, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+from ..helpers.procs import MEGALODON, create_task, sh, wait_for, write_worker_config
+from ..helpers.runner import RecordingRunner
 
 
 async def test_capacity_four_runs_tasks_concurrently_and_a_slow_one_blocks_nobody(
@@ -69,31 +55,10 @@ async def test_capacity_four_runs_tasks_concurrently_and_a_slow_one_blocks_nobod
 async def test_kill_9_then_restart_resolves_worker_shutdown_not_claim_expired(
     double: TaskclusterDouble, tmp_path: Path
 ) -> None:
-    harness_config = {
-        "rootURL": double.root_url,
-        "provisionerId": "megalodon-test",
-        "workerType": "crash",
-        "workerGroup": "g",
-        "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"),
-        "stateDir": str(tmp_path / "state"),
-        "requiredDiskSpaceMegabytes": 16,
-        "executor": "native",
-        "idleTimeoutSecs": 2,
-    }
-    creds = double.worker_credentials("megalodon-test", "crash", "g", "w")
-    harness_config.update(clientId=creds["clientId"], accessToken=creds["accessToken"])
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(json.dumps(harness_config))
+    cfg = write_worker_config(double, tmp_path, "crash", idleTimeoutSecs=2)
     marker = tmp_path / "still-running"
-    queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
-    from megalodon_core.testing import make_task
-
-    task_id = taskcluster.slugId()
     script = f"while true; do date > {marker}; sleep 0.2; done"
-    await asyncio.to_thread(
-        queue.createTask, task_id, make_task({"command": [sh(script)], "maxRunTime": 300}, "crash", retries=0)
-    )
+    task_id = await create_task(double, {"command": [sh(script)], "maxRunTime": 300}, "crash", retries=0)
     proc = await asyncio.create_subprocess_exec(*MEGALODON, "run", "--config", str(cfg), cwd=tmp_path)
     await wait_for(marker.exists, 30)
     assert running_task_ids(tmp_path / "state") == [task_id]
@@ -172,26 +137,9 @@ async def test_short_disk_evicts_then_never_claims(harness: Harness) -> None:
     assert harness.double.calls["claimWork"] == 0
 
 
-class _FakeRunner:
-    def __init__(self) -> None:
-        self.shutdowns = 0
-        self.reports: list[str] = []
-
-    def capable(self, capability: str) -> bool:
-        return True
-
-    async def shutdown(self) -> bool:
-        self.shutdowns += 1
-        return True
-
-    async def error_report(self, description: str, extra: Any = None, **kwargs: Any) -> bool:
-        self.reports.append(description)
-        return True
-
-
 async def test_worker_manager_terminate_exits_70_and_asks_runner_to_shut_down(harness: Harness) -> None:
     worker_type = harness.worker_type()
-    runner = _FakeRunner()
+    runner = RecordingRunner(capable_of_everything=True)
     worker = Worker(parse_config(harness.config(worker_type, numberOfTasksToRun=0)), PluginHost(), runner=runner)
     harness.double.worker_manager.set_should_terminate(
         f"megalodon-test/{worker_type}", "test-group", harness.worker_id, True
@@ -202,7 +150,7 @@ async def test_worker_manager_terminate_exits_70_and_asks_runner_to_shut_down(ha
 
 async def test_idle_with_runner_only_exits_when_worker_manager_agrees(harness: Harness) -> None:
     worker_type = harness.worker_type()
-    runner = _FakeRunner()
+    runner = RecordingRunner(capable_of_everything=True)
     config = harness.config(worker_type, numberOfTasksToRun=0, idleTimeoutSecs=1, shutdownMachineOnIdle=True)
     worker = Worker(parse_config(config), PluginHost(), runner=runner)
     run = asyncio.create_task(worker.run())
@@ -276,18 +224,7 @@ def test_complete_generic_worker_config_is_accepted_with_warnings(tmp_path: Path
 
 
 async def test_json_worker_log_lines(double: TaskclusterDouble, tmp_path: Path) -> None:
-    creds = double.worker_credentials("megalodon-test", "jsonlog", "g", "w")
-    cfg = tmp_path / "worker.json"
-    cfg.write_text(
-        json.dumps(
-            {
-                "rootURL": double.root_url, "clientId": creds["clientId"], "accessToken": creds["accessToken"],
-                "provisionerId": "megalodon-test", "workerType": "jsonlog", "workerGroup": "g", "workerId": "w",
-                "tasksDir": str(tmp_path / "tasks"), "stateDir": str(tmp_path / "state"), "idleTimeoutSecs": 1,
-                "requiredDiskSpaceMegabytes": 16, "logFormat": "json",
-            }
-        )
-    )  # fmt: skip
+    cfg = write_worker_config(double, tmp_path, "jsonlog", executor="auto", idleTimeoutSecs=1, logFormat="json")
     proc = await asyncio.create_subprocess_exec(
         *MEGALODON,
         "-v",
@@ -307,7 +244,7 @@ async def test_json_worker_log_lines(double: TaskclusterDouble, tmp_path: Path) 
 
 async def test_internal_error_exits_69_and_reports_to_the_runner(harness: Harness, monkeypatch: Any) -> None:
     worker_type = harness.worker_type()
-    runner = _FakeRunner()
+    runner = RecordingRunner(capable_of_everything=True)
     config = harness.config(worker_type, numberOfTasksToRun=0, shutdownMachineOnInternalError=True)
     worker = Worker(parse_config(config), PluginHost(), runner=runner)
 
@@ -316,5 +253,5 @@ async def test_internal_error_exits_69_and_reports_to_the_runner(harness: Harnes
 
     monkeypatch.setattr(worker, "_loop", broken_loop)
     assert await asyncio.wait_for(worker.run(), 30) == 69
-    assert runner.reports == ["RuntimeError: simulated worker bug"]
+    assert [r.description for r in runner.reports] == ["RuntimeError: simulated worker bug"]
     assert runner.shutdowns == 1

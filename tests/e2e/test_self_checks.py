@@ -25,25 +25,10 @@ from megalodon_core.worker import Worker, self_checks
 from megalodon_core.worker import loop as worker_loop
 from megalodon_core.worker.health import health_document
 
+from ..helpers.runner import RecordingRunner
+
 BUSYBOX_IMAGE = "megalodon-test/busybox:latest"
 DOCKER_SOCKET = "/var/run/docker.sock"
-
-
-class RecordingRunner:
-    """A worker-runner link that records the error-reports it is sent."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, dict[str, Any], str]] = []
-
-    def capable(self, capability: str) -> bool:
-        return False
-
-    async def shutdown(self) -> bool:
-        return False
-
-    async def error_report(self, description: str, extra: Any = None, *, title: str = "", kind: str = "") -> bool:
-        self.reports.append((description, dict(extra or {}), title))
-        return True
 
 
 @pytest.fixture(autouse=True)
@@ -125,7 +110,7 @@ async def test_clock_skew_against_the_queue_date_quarantines_until_the_clocks_ag
         assert harness.double.calls["claimWork"] == 0, "a quarantined worker claimed"
         assert harness.double.task_state(task_id)["runs"][0]["state"] == "pending"
         assert len(warnings_about(caplog, "clock")) == 1, "the reason must be logged once, not every round"
-        assert [(r[1]["check"], r[2]) for r in q.runner.reports] == [("clock", "megalodon self-check failed")]
+        assert [(r.extra["check"], r.title) for r in q.runner.reports] == [("clock", "megalodon self-check failed")]
         harness.double.clock_offset = 0
         assert await asyncio.wait_for(q.task, 60) == 0
     assert harness.double.task_state(task_id)["runs"][0]["state"] == "completed"
@@ -257,7 +242,7 @@ async def test_a_docker_engine_that_stops_answering_quarantines_the_docker_execu
             await q.rounds(3)
             assert harness.double.calls["claimWork"] == claims, "a quarantined worker kept claiming"
             assert harness.double.task_state(task_id)["runs"][0]["state"] == "pending"
-            assert [r[1]["check"] for r in q.runner.reports] == ["executors"]
+            assert [r.extra["check"] for r in q.runner.reports] == ["executors"]
             relay.answering = True
             assert await asyncio.wait_for(q.task, 120) == 0
         run0 = harness.double.task_state(task_id)["runs"][0]

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Any
 
 import pytest
 
@@ -17,20 +16,7 @@ from megalodon_core.testing import Harness
 from megalodon_core.worker import Worker
 from megalodon_core.worker.exit_codes import EXIT_WATCHDOG
 
-
-class RecordingRunner:
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, str]] = []
-
-    def capable(self, capability: str) -> bool:
-        return False
-
-    async def shutdown(self) -> bool:
-        return False
-
-    async def error_report(self, description: str, extra: Any = None, *, title: str = "", kind: str = "") -> bool:
-        self.reports.append((title, description))
-        return True
+from ..helpers.runner import RecordingRunner
 
 
 async def test_a_hanging_claim_work_trips_the_watchdog_exit_90(
@@ -46,7 +32,7 @@ async def test_a_hanging_claim_work_trips_the_watchdog_exit_90(
     started = time.monotonic()
     assert await asyncio.wait_for(worker.run(), 30) == EXIT_WATCHDOG == 90
     assert time.monotonic() - started < 4, "the worker waited for the hanging call instead of giving up"
-    [(title, reason)] = runner.reports
+    [(title, reason)] = [(r.title, r.description) for r in runner.reports]
     assert title == "megalodon watchdog"
     assert "no progress for" in reason and "a claimWork call has been in flight for" in reason
     assert any(r.levelno == logging.ERROR and "watchdog: the claim loop made no progress" in r.getMessage()
