@@ -4,25 +4,15 @@ code: never a traceback.  Every test runs the real ``megalodon`` command."""
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-MEGALODON = [str(Path(sys.executable).with_name("megalodon"))]
+from ..helpers.cli import columns, megalodon
+
 BASE = {"rootURL": "http://127.0.0.1:1", "clientId": "c", "accessToken": "t", "workerId": "w", "workerType": "wt"}
-
-
-def megalodon(*args: str, cwd: Path, columns: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ}
-    if columns is not None:
-        env["COLUMNS"] = str(columns)
-    return subprocess.run(
-        [*MEGALODON, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
-    )
 
 
 def assert_clean(proc: subprocess.CompletedProcess[str]) -> None:
@@ -164,27 +154,13 @@ def test_status_of_a_missing_state_dir_is_an_error(tmp_path: Path) -> None:
     assert json.loads(proc.stdout) == {"currentTaskIds": []}
 
 
-def _columns(output: str) -> list[str]:
-    """Each table column's text, its folded fragments joined in order (rows are not separated by rules)."""
-    cells: list[list[str]] = []
-    for line in output.splitlines():
-        if "│" not in line:
-            continue
-        parts = [p.strip() for p in line.strip().strip("│").split("│")]
-        while len(cells) < len(parts):
-            cells.append([])
-        for i, part in enumerate(parts):
-            cells[i].append(part)
-    return ["".join(c) for c in cells]
-
-
 def test_list_plugins_never_truncates_names_at_80_columns(tmp_path: Path) -> None:
     proc = megalodon("list-plugins", cwd=tmp_path, columns=80)
     assert proc.returncode == 0, proc.stderr
     assert "…" not in proc.stdout
     assert all(len(line) <= 80 for line in proc.stdout.splitlines())
     listed = json.loads(megalodon("list-plugins", "--json", cwd=tmp_path).stdout)
-    name_column, dist_column = _columns(proc.stdout)[:2]
+    name_column, dist_column = columns(proc.stdout)[:2]
     for record in listed:
         assert record["name"] in name_column
         assert record["distribution"] in dist_column

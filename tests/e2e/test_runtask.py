@@ -4,40 +4,14 @@ tables that keep paths whole at 80 columns.  Every test runs the real command.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-MEGALODON = [str(Path(sys.executable).with_name("megalodon"))]
-
-
-def megalodon(*args: str, cwd: Path, columns: int | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ}
-    if columns is not None:
-        env["COLUMNS"] = str(columns)
-    return subprocess.run(
-        [*MEGALODON, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False, env=env
-    )
+from ..helpers.cli import columns, megalodon
 
 
 def write(path: Path, data: object) -> Path:
     path.write_text(json.dumps(data))
     return path
-
-
-def columns(output: str) -> list[str]:
-    """Each table column's text, its folded fragments joined in order."""
-    cells: list[list[str]] = []
-    for line in output.splitlines():
-        if "│" not in line:
-            continue
-        parts = [p.strip() for p in line.strip().strip("│").split("│")]
-        while len(cells) < len(parts):
-            cells.append([])
-        for i, part in enumerate(parts):
-            cells[i].append(part)
-    return ["".join(c) for c in cells]
 
 
 def test_a_retried_task_reports_the_run_the_worker_ran(tmp_path: Path) -> None:
