@@ -27,6 +27,8 @@ from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness, Outcome
 from megalodon_core.worker import Worker
 
+from ..helpers.artifacts import wait_for_artifact
+
 pytestmark = pytest.mark.docker
 
 BUSYBOX = "megalodon-test/busybox:latest"
@@ -45,17 +47,6 @@ CONFIG: dict[str, Any] = {
     "interactivePort": 0,
     "dockerConfig": NO_LINGER,
 }
-
-
-async def wait_for_artifact(harness: Harness, task_id: str) -> dict[str, Any]:
-    for _ in range(1200):
-        try:
-            _, meta = harness.double.artifact_content(task_id, 0, ARTIFACT)
-        except KeyError:
-            await asyncio.sleep(0.025)
-            continue
-        return meta
-    raise AssertionError(f"{ARTIFACT} was never published")
 
 
 class Session:
@@ -158,7 +149,7 @@ async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_artifact(harness, task_id)
+        meta = await wait_for_artifact(harness, task_id, ARTIFACT, within=30)
         got["meta"] = meta
         url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
         base, _, secret = url.partition("/shell/")
@@ -223,7 +214,7 @@ async def test_container_outlives_its_command_until_the_task_is_cancelled(
         harness = Harness(double, tmp_path, client)
 
         async def during(task_id: str) -> None:
-            meta = await wait_for_artifact(harness, task_id)
+            meta = await wait_for_artifact(harness, task_id, ARTIFACT, within=30)
             url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
             async with client.ws_connect(url) as ws:
                 shell = Session(ws)
@@ -244,7 +235,7 @@ async def test_the_wrapped_command_keeps_its_exit_code(harness: Harness) -> None
     failing = {**PAYLOAD, "command": ["sh", "-c", "echo about-to-fail; exit 3"]}
 
     async def during(task_id: str) -> None:
-        await wait_for_artifact(harness, task_id)
+        await wait_for_artifact(harness, task_id, ARTIFACT, within=30)
 
     out = await run_task(harness, failing, during)
     assert out.state == "failed", out.log
@@ -264,7 +255,7 @@ async def test_a_payload_without_command_runs_the_image_cmd_under_the_wrapper(
         payload = {key: value for key, value in PAYLOAD.items() if key != "command"} | {"image": tag}
 
         async def during(task_id: str) -> None:
-            await wait_for_artifact(harness, task_id)
+            await wait_for_artifact(harness, task_id, ARTIFACT, within=30)
 
         out = await run_task(harness, payload, during)
     finally:

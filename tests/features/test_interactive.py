@@ -33,6 +33,9 @@ from megalodon_core.testing import Harness, Outcome
 from megalodon_core.timefmt import parse_iso, utcnow
 from megalodon_core.worker import Worker
 
+from ..helpers.artifacts import wait_for_artifact
+from ..helpers.procs import alive
+
 ARTIFACT = "private/generic-worker/shell.html"
 #: The task runs until its shell creates ``finish`` in the task directory.
 WAIT_FOR_FINISH = ["sh", "-c", "while [ ! -e finish ]; do sleep 0.1; done; echo task-saw-finish"]
@@ -44,17 +47,6 @@ PAYLOAD: dict[str, Any] = {
     "features": {"interactive": True},
     "env": {"HOME": "/nonexistent/megalodon-test-home"},
 }
-
-
-async def wait_for_artifact(harness: Harness, task_id: str, name: str = ARTIFACT) -> dict[str, Any]:
-    for _ in range(800):
-        try:
-            _, meta = harness.double.artifact_content(task_id, 0, name)
-        except KeyError:
-            await asyncio.sleep(0.025)
-            continue
-        return meta
-    raise AssertionError(f"{name} was never published")
 
 
 def socket_url(meta: dict[str, Any]) -> str:
@@ -107,14 +99,6 @@ class Shell:
                 self.output += msg.data
 
 
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in state
-
-
 async def resolved(harness: Harness, task_id: str) -> None:
     """Until run 0 is resolved: the secret is retired when the feature stops, which is after the commands
     end (a shell in the task's cgroup dies with them) and before the resolution."""
@@ -158,7 +142,7 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_artifact(harness, task_id)
+        meta = await wait_for_artifact(harness, task_id, ARTIFACT)
         got["meta"] = meta
         url = socket_url(meta)
         async with aiohttp.ClientSession() as session:
@@ -218,7 +202,7 @@ async def test_a_shell_opened_while_commands_run_shares_their_kill_boundary(harn
     payload = {**PAYLOAD, "command": [["sh", "-c", "touch started; " + WAIT_FOR_FINISH[2]]]}
 
     async def during(task_id: str) -> None:
-        url = socket_url(await wait_for_artifact(harness, task_id))
+        url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(url) as ws:
                 first = Shell(ws)
@@ -248,7 +232,7 @@ async def test_wrong_secret_is_refused_and_secrets_are_per_task(harness: Harness
     worker = Worker(parse_config(config, host.config_fields()), host)
     running = asyncio.create_task(worker.run())
     try:
-        urls = [socket_url(await wait_for_artifact(harness, task_id)) for task_id in ids]
+        urls = [socket_url(await wait_for_artifact(harness, task_id, ARTIFACT)) for task_id in ids]
         assert urls[0] != urls[1]
         base_a, _, secret_a = urls[0].rpartition("/")
         async with aiohttp.ClientSession() as session:
@@ -282,7 +266,7 @@ async def test_the_worker_serves_a_terminal_page_at_the_socket_address(harness: 
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        url = socket_url(await wait_for_artifact(harness, task_id))
+        url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         page = "http" + url[len("ws") :]
         async with aiohttp.ClientSession() as session:
             async with session.get(page) as resp:
@@ -307,7 +291,7 @@ async def test_sessions_per_task_are_bounded(harness: Harness) -> None:
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        url = socket_url(await wait_for_artifact(harness, task_id))
+        url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session:
             sockets = [await session.ws_connect(url) for _ in range(10)]
             shells = [Shell(ws) for ws in sockets]
@@ -417,7 +401,7 @@ async def test_multiuser_shell_runs_as_the_task_user(harness: Harness, shared_ta
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        url = socket_url(await wait_for_artifact(harness, task_id))
+        url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
             shell = Shell(ws)
             await shell.type("echo U=$(id -un):$(id -u) H=$HOME; touch finish\r")

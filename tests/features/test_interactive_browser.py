@@ -21,16 +21,10 @@ import pytest
 
 from megalodon_core.testing import Harness
 
+from ..helpers.artifacts import wait_for_artifact
+from .test_interactive import ARTIFACT, PAYLOAD
+
 CHROMIUM = shutil.which("chromium")
-ARTIFACT = "private/generic-worker/shell.html"
-WAIT_FOR_FINISH = ["sh", "-c", "while [ ! -e finish ]; do sleep 0.1; done; echo task-saw-finish"]
-#: HOME without rc files: the shell is the worker's user (root here), whose ~/.bashrc may be slow.
-PAYLOAD: dict[str, Any] = {
-    "command": [WAIT_FOR_FINISH],
-    "maxRunTime": 120,
-    "features": {"interactive": True},
-    "env": {"HOME": "/nonexistent/megalodon-test-home"},
-}
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (run .ci/browser-setup.sh)")
 
@@ -128,24 +122,13 @@ async def start_chromium(profile: Path) -> tuple[asyncio.subprocess.Process, str
     raise AssertionError("chromium never opened its DevTools port")
 
 
-async def wait_for_artifact(harness: Harness, task_id: str) -> dict[str, Any]:
-    for _ in range(800):
-        try:
-            _, meta = harness.double.artifact_content(task_id, 0, ARTIFACT)
-        except KeyError:
-            await asyncio.sleep(0.025)
-            continue
-        return meta
-    raise AssertionError(f"{ARTIFACT} was never published")
-
-
 async def test_page_in_a_real_browser_types_a_command_and_shows_its_output(harness: Harness, tmp_path: Path) -> None:
     got: dict[str, Any] = {}
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_artifact(harness, task_id)
+        meta = await wait_for_artifact(harness, task_id, ARTIFACT)
         socket_url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
         page = "http" + socket_url[len("ws") :]
         proc, browser_url = await start_chromium(profile)

@@ -18,24 +18,14 @@ from megalodon_core.timefmt import parse_iso, utcnow
 from megalodon_features import livelog
 from megalodon_features.livelog import LiveLogServer, LiveStream, bind_address, public_host
 
+from ..helpers.artifacts import wait_for_artifact
+
 LIVE = "public/logs/live.log"
 BACKING = "public/logs/live_backing.log"
 
 
 def sh(script: str) -> list[str]:
     return ["sh", "-c", script]
-
-
-async def wait_for_reference(harness: Harness, task_id: str, name: str = LIVE) -> dict[str, Any]:
-    """The live log artifact's metadata once the worker has published it."""
-    for _ in range(400):
-        try:
-            _, meta = harness.double.artifact_content(task_id, 0, name)
-        except KeyError:
-            await asyncio.sleep(0.025)
-            continue
-        return meta
-    raise AssertionError(f"{name} was never published")
 
 
 async def read_all(
@@ -64,7 +54,7 @@ async def test_readers_follow_a_running_task_then_get_a_link(harness: Harness) -
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_reference(harness, task_id)
+        meta = await wait_for_artifact(harness, task_id, LIVE, within=10)
         got["reference"] = meta
         url = meta["url"]
         async with aiohttp.ClientSession() as session:
@@ -137,7 +127,7 @@ async def test_docker_task_streams_its_live_log(harness: Harness) -> None:
     got: dict[str, Any] = {}
 
     async def during(task_id: str) -> None:
-        meta = await wait_for_reference(harness, task_id)
+        meta = await wait_for_artifact(harness, task_id, LIVE, within=10)
         got["reference"] = meta
         async with aiohttp.ClientSession() as session:
             seen = asyncio.Event()
