@@ -1,13 +1,14 @@
 """The backing log's gzip body, compressed while the task writes it rather than after it exits.
 
 A task printing hundreds of MiB would otherwise wait, between its command's exit and its resolution, for the
-whole log to be read back, hashed and compressed (about a second per 200 MiB).  :class:`GzipShadow` takes the
-log's bytes as :class:`~megalodon_core.tasklog.TaskLog` writes them, in chunks of about a MiB, and compresses
-and hashes them in one background thread (zlib and hashlib release the GIL), so at close only the last chunk
-is left.  The body is byte for byte what the uploader's own gzip of the file gives (same header name,
-mtime 0, level; deflate does not depend on how its input is split), in a private temporary file as the
-uploader's own (never in the task directory, whose names a task may change).  Small logs never start one:
-below one chunk the uploader's in-memory path is cheaper.
+whole log to be read back, hashed and compressed (about a second per 200 MiB).  A :class:`GzipShadow`
+follows the log file as :class:`~megalodon_core.tasklog.TaskLog` writes it: a thread of its own reads what
+has reached the file (the page cache, through a descriptor of the very file the log writes) and compresses
+and hashes it (zlib and hashlib release the GIL), so at close only what the thread has not caught up with is
+left.  Memory stays bounded (one chunk at a time) however fast the task writes.  The body holds exactly the
+file's bytes (the uploader checks the size and falls back to its own gzip otherwise), compressed at
+:data:`GZIP_LEVEL`, in a private temporary file as the uploader's own (never in the task directory, whose
+names a task may change).  Small logs never start one: below a MiB the uploader's in-memory path is cheaper.
 """
 
 from __future__ import annotations
@@ -20,18 +21,13 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
-#: Go's gzip.DefaultCompression, as :data:`megalodon_core.upload.GZIP_LEVEL` (same bytes as the uploader's).
-GZIP_LEVEL = 6
-
-#: Most bytes a log may have waiting for compression: a task writing faster than gzip keeps up with makes
-#: its shadow give up (memory stays bounded) and the uploader compresses the file after the task, as before.
-MAX_QUEUED = 32 << 20
-
-#: One thread for every log of the worker: jobs of one log run in order, and compression never takes more
-#: than one core from the tasks.
-_EXECUTOR = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="megalodon-log-gzip")
+#: zlib level 1, not the uploader's 6 (Go's default, :data:`megalodon_core.upload.GZIP_LEVEL`): level 6 compresses
+#: log text at ~120 MiB/s, slower than a task can print, so the shadow would still be compressing long after
+#: the task exits; level 1 keeps up at ~400 MiB/s for bodies some 10-30% bigger (docs/compatibility.md).
+GZIP_LEVEL = 1
+#: Bytes read from the log per step.
+CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -48,72 +44,65 @@ class GzipBody:
 
 
 class GzipShadow:
-    """Compresses what it is fed, in order, off the event loop; :meth:`finish` gives the :class:`GzipBody`."""
+    """Follows the log behind descriptor ``source_fd``; :meth:`finish` (after the log's close) gives the body."""
 
-    def __init__(self, log_path: Path) -> None:
-        self.log_name = log_path.name
-        self.path: Path | None = None
-        self._raw: BinaryIO | None = None
-        self._gz: gzip.GzipFile | None = None
-        self._sha = hashlib.sha256()
-        self._size = 0
-        self._error: BaseException | None = None
-        self._queued = 0
-        self._lock = threading.Lock()
+    def __init__(self, log_name: str, source_fd: int) -> None:
+        self.log_name = log_name
+        # Our own descriptor of the same open file (not the path: the task may rename things under it).
+        self._fd = os.open(f"/proc/self/fd/{source_fd}", os.O_RDONLY | os.O_CLOEXEC)
+        self._wake = threading.Event()
+        self._closed = False
+        self._abandoned = False
+        self.body: concurrent.futures.Future[GzipBody] = concurrent.futures.Future()
+        threading.Thread(target=self._follow, name="megalodon-log-gzip", daemon=True).start()
 
-    def feed(self, data: bytes) -> bool:
-        """Queue ``data`` (the next bytes of the log) for compression; returns at once.  False: the shadow gave
-        up (too much is waiting), feed it no more; :meth:`finish` then raises."""
-        with self._lock:
-            if self._error is not None:
-                return False
-            if self._queued + len(data) > MAX_QUEUED:
-                self._error = RuntimeError("the task wrote its log faster than it could be compressed")
-                return False
-            self._queued += len(data)
-        _EXECUTOR.submit(self._compress, data)
-        return True
+    def poke(self) -> None:
+        """More of the log has reached the file."""
+        self._wake.set()
 
     def finish(self) -> concurrent.futures.Future[GzipBody]:
-        """Queue the end of the stream; the future gives the body (or raises what went wrong)."""
-        return _EXECUTOR.submit(self._close)
+        """The log is closed (everything is in the file): read the rest, end the stream."""
+        self._closed = True
+        self._wake.set()
+        return self.body
 
-    def _compress(self, data: bytes) -> None:
-        with self._lock:
-            self._queued -= len(data)
-        if self._error is not None:
-            return
-        try:
-            if self._gz is None:
-                fd, name = tempfile.mkstemp(prefix="megalodon-gz-", suffix=".gz")
-                self.path = Path(name)
-                self._raw = os.fdopen(fd, "wb")
-                self._gz = gzip.GzipFile(
-                    filename=self.log_name, mode="wb", fileobj=self._raw, mtime=0, compresslevel=GZIP_LEVEL
-                )
-            self._sha.update(data)
-            self._size += len(data)
-            self._gz.write(data)
-        except BaseException as exc:  # reported by finish(); the uploader then compresses the file itself
-            self._error = exc
+    def abandon(self) -> None:
+        """The log moved to another file (:meth:`TaskLog.reopen_at_path`): this body would be wrong."""
+        self._abandoned = True
+        self.finish()
 
-    def _close(self) -> GzipBody:
+    def _follow(self) -> None:
+        path: Path | None = None
         try:
-            if self._error is not None:
-                raise self._error
-            if self._gz is None or self._raw is None or self.path is None:
-                raise RuntimeError("nothing was compressed")
-            self._gz.close()
-            self._raw.flush()
-            body_size = os.fstat(self._raw.fileno()).st_size
-            self._raw.close()
-            return GzipBody(self.path, self._sha.hexdigest(), self._size, body_size)
-        except BaseException:
-            if self._raw is not None:
-                self._raw.close()
-            if self.path is not None:
-                self.path.unlink(missing_ok=True)
-            raise
+            fd, name = tempfile.mkstemp(prefix="megalodon-gz-", suffix=".gz")
+            path = Path(name)
+            sha = hashlib.sha256()
+            offset = 0
+            with (
+                os.fdopen(fd, "wb") as raw,
+                gzip.GzipFile(filename=self.log_name, mode="wb", fileobj=raw, mtime=0, compresslevel=GZIP_LEVEL) as gz,
+            ):
+                while not self._abandoned:
+                    closed = self._closed  # read before the file: once set, the file holds the whole log
+                    chunk = os.pread(self._fd, CHUNK, offset)
+                    if chunk:
+                        sha.update(chunk)
+                        gz.write(chunk)
+                        offset += len(chunk)
+                        continue
+                    if closed:
+                        break
+                    self._wake.wait()
+                    self._wake.clear()
+            if self._abandoned:
+                raise RuntimeError("the task log moved to another file")
+            self.body.set_result(GzipBody(path, sha.hexdigest(), offset, path.stat().st_size))
+        except BaseException as exc:  # the uploader then compresses the file itself
+            if path is not None:
+                path.unlink(missing_ok=True)
+            self.body.set_exception(exc)
+        finally:
+            os.close(self._fd)
 
 
 def discard_when_done(body: concurrent.futures.Future[GzipBody]) -> None:

@@ -76,8 +76,9 @@ class TaskLog:
         self._secrets: list[bytes] = []
         self._held = b""
         self.bytes_written = 0
-        # Bytes not yet handed to the gzip shadow; once they reach a chunk the shadow starts (big logs only).
-        self._unzipped: bytearray | None = bytearray()
+        # The gzip shadow following the file (started once the log passes a MiB), and the bytes written since
+        # it was last told (None after close).
+        self._unzipped: int | None = 0
         self._shadow: GzipShadow | None = None
         self._gzip_body: concurrent.futures.Future[GzipBody] | None = None
         self._untaken: list[concurrent.futures.Future[GzipBody] | None] = [None]
@@ -139,21 +140,19 @@ class TaskLog:
         assert self._file is not None
         self._file.write(data)
         self.bytes_written += len(data)
-        if self._unzipped is not None:  # None once the shadow gave up: the uploader compresses the file
-            self._shadow_feed(data)
+        if self._unzipped is not None:
+            self._shadow_feed(len(data))
         for sink in self._sinks:
             sink(data)
 
-    def _shadow_feed(self, data: bytes) -> None:
-        assert self._unzipped is not None
-        self._unzipped += data
-        if len(self._unzipped) >= _BUFFER:
+    def _shadow_feed(self, size: int) -> None:
+        assert self._unzipped is not None and self._file is not None
+        self._unzipped += size
+        if self._unzipped >= _BUFFER:  # about a buffer's worth has reached the file
+            self._unzipped = 0
             if self._shadow is None:
-                self._shadow = GzipShadow(self.path)
-            if self._shadow.feed(bytes(self._unzipped)):
-                self._unzipped.clear()
-            else:
-                self._unzipped = None
+                self._shadow = GzipShadow(self.path.name, self._file.fileno())
+            self._shadow.poke()
 
     def flush(self) -> None:
         """Push everything to the file, held-back bytes included (a secret cannot follow any more)."""
@@ -171,6 +170,10 @@ class TaskLog:
         if self._file is None:
             raise ValueError("the task log is closed")
         self.flush()
+        if self._shadow is not None:  # it follows the old file; a new one follows the new file from its start
+            self._shadow.abandon()
+            self._shadow = None
+        self._unzipped = _BUFFER if self._unzipped is not None else None
         with open(f"/proc/self/fd/{self._file.fileno()}", "rb") as src, open(self.path, "xb") as dst:
             shutil.copyfileobj(src, dst)
         new = open(self.path, "ab", buffering=_BUFFER)  # noqa: SIM115 - replaces the long-lived handle
@@ -184,8 +187,6 @@ class TaskLog:
             self._file.close()
             self._file = None
             if self._shadow is not None:
-                if self._unzipped:  # None when it gave up: finish() then raises
-                    self._shadow.feed(bytes(self._unzipped))
                 self._gzip_body = self._shadow.finish()
                 self._shadow = None
                 # A body nobody takes (a crashed task runner) is removed when this log is collected.
