@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import struct
 import urllib.parse
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,13 +19,11 @@ import aiohttp
 import docker
 import pytest
 
-from megalodon_core.config import parse_config
 from megalodon_core.double import TaskclusterDouble
-from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness, Outcome
-from megalodon_core.worker import Worker
 
 from ..helpers.artifacts import wait_for_artifact
+from ..helpers.shell_client import ShellSession, refused_status, resolved, run_kept_alive
 
 pytestmark = pytest.mark.docker
 
@@ -49,95 +45,10 @@ CONFIG: dict[str, Any] = {
 }
 
 
-class Session:
-    """A websocket session in either protocol; ``output`` is what the terminal printed."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, v1: bool = False) -> None:
-        self.ws = ws
-        self.v1 = v1
-        self.output = bytearray()
-        self.codes: list[int] = []
-        self.stopped: int | None = None
-
-    async def type(self, text: str) -> None:
-        await self.ws.send_bytes((b"\x00" if self.v1 else b"\x01") + text.encode())
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self.ws.send_bytes(bytes([50 if self.v1 else 2]) + struct.pack("<HH", rows, cols))
-
-    def _take(self, data: bytes) -> None:
-        if not self.v1:
-            self.output += data
-            return
-        self.codes.append(data[0])
-        if data[0] in (1, 2):
-            self.output += data[1:]
-        elif data[0] == 200:
-            self.stopped = data[1]
-
-    async def expect(self, pattern: str, within: float = 60.0) -> re.Match[str]:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            text = self.output.decode(errors="replace")
-            found = re.search(pattern, text)
-            if found:
-                return found
-            if loop.time() > deadline:
-                raise AssertionError(f"{pattern!r} not seen; output so far:\n{text}")
-            try:
-                msg = await self.ws.receive(timeout=max(0.1, deadline - loop.time()))
-            except TimeoutError:
-                continue
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                raise AssertionError(f"session ended ({msg.type}) before {pattern!r}; output:\n{text}")
-            self._take(msg.data)
-
-    async def closed(self, within: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            msg = await self.ws.receive(timeout=max(0.1, deadline - loop.time()))
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                return
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                self._take(msg.data)
-
-
 async def run_task(harness: Harness, payload: dict[str, Any], during: Callable[[str], Awaitable[None]]) -> Outcome:
-    """Run ``payload`` on a docker worker that stays up after it (until a second, trivial task), so ``during``
-    can still reach the worker's server once the first task is resolved."""
-    worker_type = harness.worker_type()
-    task_id = await harness.create(payload, worker_type)
-    host = PluginHost()
-    worker = Worker(
-        parse_config(harness.config(worker_type, numberOfTasksToRun=2, **CONFIG), host.config_fields()), host
-    )
-    running = asyncio.create_task(worker.run())
-    try:
-        await during(task_id)
-        await harness.create({"image": BUSYBOX, "command": ["true"], "maxRunTime": 30}, worker_type)
-        code = await asyncio.wait_for(running, 120)
-    finally:
-        if not running.done():
-            running.cancel()
-    return await harness.outcome(task_id, code)
-
-
-async def resolved(harness: Harness, task_id: str) -> None:
-    """Until the run is resolved (the exec ends with the container, before the worker is done with the task)."""
-    for _ in range(2400):
-        if harness.double.task_state(task_id)["runs"][0]["state"] not in ("pending", "running"):
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"task {task_id} never resolved")
-
-
-async def refused_status(session: aiohttp.ClientSession, url: str) -> int:
-    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        async with session.ws_connect(url):
-            pass
-    return info.value.status
+    """``payload`` on a docker worker kept up after it, so ``during`` still reaches its server afterwards."""
+    trivial = {"image": BUSYBOX, "command": ["true"], "maxRunTime": 30}
+    return await run_kept_alive(harness, payload, during, trivial=trivial, **CONFIG)
 
 
 async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
@@ -159,7 +70,7 @@ async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
             assert await refused_status(session, f"{base}/x{secret[1:]}/shell.sock") == 401
             # docker-worker's protocol: resume first, stdout-coded output, stopped + exit code.
             async with session.ws_connect(v1_url) as ws:
-                old = Session(ws, v1=True)
+                old = ShellSession(ws, v1=True, within=60)
                 await old.resize(30, 90)
                 await old.type("echo O=$(stty size); exit 3\r")
                 await old.expect(r"O=30 90\b")
@@ -167,7 +78,7 @@ async def test_docker_exec_shell_in_both_protocols_ends_with_the_task(
                 got["v1_codes"], got["v1_stopped"] = old.codes, old.stopped
             # generic-worker's protocol, as the artifact says.
             async with session.ws_connect(url) as ws:
-                shell = Session(ws)
+                shell = ShellSession(ws, within=60)
                 await shell.resize(24, 80)
                 await shell.type("echo T=$TERM H=$(hostname) I=$TASK_ID S=$(stty size)\r")
                 found = await shell.expect(r"T=([\w-]+) H=(\w+) I=([\w-]+) S=24 80\b")
@@ -217,7 +128,7 @@ async def test_container_outlives_its_command_until_the_task_is_cancelled(
             meta = await wait_for_artifact(harness, task_id, ARTIFACT, within=30)
             url = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)["socketUrl"][0]
             async with client.ws_connect(url) as ws:
-                shell = Session(ws)
+                shell = ShellSession(ws, within=60)
                 await shell.type("until [ -e /tmp/done ]; do sleep 0.1; done; sleep 1; echo G=$((2+3))\r")
                 await shell.expect(r"G=5")
                 got["state"] = double.task_state(task_id)["runs"][0]["state"]

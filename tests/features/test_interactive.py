@@ -13,10 +13,9 @@ import os
 import re
 import shutil
 import socket
-import struct
 import tempfile
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,13 @@ from megalodon_core.config import parse_config
 from megalodon_core.contracts import ExecutorInfo, ExecutorRun, executor_for
 from megalodon_core.plugins import PluginHost
 from megalodon_core.rundata import FeatureRequest
-from megalodon_core.testing import Harness, Outcome
+from megalodon_core.testing import Harness
 from megalodon_core.timefmt import parse_iso, utcnow
 from megalodon_core.worker import Worker
 
 from ..helpers.artifacts import wait_for_artifact
 from ..helpers.procs import alive
+from ..helpers.shell_client import ShellSession, refused_status, resolved, run_kept_alive
 
 ARTIFACT = "private/generic-worker/shell.html"
 #: The task runs until its shell creates ``finish`` in the task directory.
@@ -47,93 +47,13 @@ PAYLOAD: dict[str, Any] = {
     "features": {"interactive": True},
     "env": {"HOME": "/nonexistent/megalodon-test-home"},
 }
+#: The task that ends a worker kept up after the interactive one.
+TRIVIAL: dict[str, Any] = {"command": [["true"]], "maxRunTime": 30}
 
 
 def socket_url(meta: dict[str, Any]) -> str:
     query = urllib.parse.parse_qs(urllib.parse.urlsplit(meta["url"]).query)
     return query["socketUrl"][0]
-
-
-class Shell:
-    """The client side of one v2 session: type, resize, and wait for output."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.output = bytearray()
-
-    async def type(self, text: str) -> None:
-        await self.ws.send_bytes(b"\x01" + text.encode())
-
-    async def resize(self, rows: int, cols: int) -> None:
-        await self.ws.send_bytes(b"\x02" + struct.pack("<HH", rows, cols))
-
-    async def expect(self, pattern: str, within: float = 30.0) -> re.Match[str]:
-        """Read until ``pattern`` matches the output received so far (generous bound, polled by messages)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            text = self.output.decode(errors="replace")
-            found = re.search(pattern, text)
-            if found:
-                return found
-            left = deadline - loop.time()
-            if left <= 0:
-                raise AssertionError(f"{pattern!r} not seen; output so far:\n{text}")
-            try:
-                msg = await self.ws.receive(timeout=left)
-            except TimeoutError:
-                continue  # the deadline check above reports what was seen
-            if msg.type != aiohttp.WSMsgType.BINARY:
-                raise AssertionError(f"session ended ({msg.type}) before {pattern!r}; output:\n{text}")
-            self.output += msg.data
-
-    async def closed(self, within: float = 30.0) -> aiohttp.WSMessage:
-        """Drain until the server closes the websocket; returns the close message."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            msg = await self.ws.receive(timeout=max(0.1, deadline - loop.time()))
-            if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING):
-                return msg
-            if msg.type == aiohttp.WSMsgType.BINARY:
-                self.output += msg.data
-
-
-async def resolved(harness: Harness, task_id: str) -> None:
-    """Until run 0 is resolved: the secret is retired when the feature stops, which is after the commands
-    end (a shell in the task's cgroup dies with them) and before the resolution."""
-    for _ in range(2400):
-        if harness.double.task_state(task_id)["runs"][0]["state"] not in ("pending", "running"):
-            return
-        await asyncio.sleep(0.025)
-    raise AssertionError(f"task {task_id} never resolved")
-
-
-async def run_kept_alive(
-    harness: Harness, payload: dict[str, Any], during: Callable[[str], Awaitable[None]], **config: Any
-) -> Outcome:
-    """Run ``payload`` on a worker that stays up after it (until a second, trivial task), so ``during`` can
-    still reach the worker's server once the first task is resolved."""
-    worker_type = harness.worker_type()
-    task_id = await harness.create(payload, worker_type)
-    host = PluginHost()
-    raw = harness.config(worker_type, numberOfTasksToRun=2, interactivePort=0, **config)
-    running = asyncio.create_task(Worker(parse_config(raw, host.config_fields()), host).run())
-    try:
-        await during(task_id)
-        await harness.create({"command": [["true"]], "maxRunTime": 30}, worker_type)
-        code = await asyncio.wait_for(running, 120)
-    finally:
-        if not running.done():
-            running.cancel()
-    return await harness.outcome(task_id, code)
-
-
-async def refused_status(session: aiohttp.ClientSession, url: str) -> int:
-    with pytest.raises(aiohttp.WSServerHandshakeError) as info:
-        async with session.ws_connect(url):
-            pass
-    return info.value.status
 
 
 async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harness) -> None:
@@ -147,7 +67,7 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
         url = socket_url(meta)
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(url) as ws:
-                shell = Shell(ws)
+                shell = ShellSession(ws)
                 await shell.resize(24, 80)
                 await shell.type("echo A$((6*7))B; echo T=$TERM; echo W=$(pwd); echo E=$TASK_ID; echo S=$(stty size)\r")
                 await shell.expect(r"A42B")
@@ -170,7 +90,7 @@ async def test_shell_runs_commands_resizes_and_ends_with_the_task(harness: Harne
             got["after"] = await refused_status(session, url)
 
     before = utcnow()
-    out = await run_kept_alive(harness, PAYLOAD, during)
+    out = await run_kept_alive(harness, PAYLOAD, during, trivial=TRIVIAL, interactivePort=0)
     after = utcnow()
     assert out.state == "completed", out.log
     assert "task-saw-finish" in out.log
@@ -205,11 +125,11 @@ async def test_a_shell_opened_while_commands_run_shares_their_kill_boundary(harn
         url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session:
             async with session.ws_connect(url) as ws:
-                first = Shell(ws)
+                first = ShellSession(ws)
                 await first.type("until [ -e started ]; do sleep 0.1; done; echo R=$((1+2))\r")
                 await first.expect(r"R=3")
             async with session.ws_connect(url) as ws:
-                shell = Shell(ws)
+                shell = ShellSession(ws)
                 await shell.type("setsid sh -c 'echo Q=$$; exec sleep 1001' & sleep 0.5; touch finish\r")
                 got["pid"] = int((await shell.expect(r"Q=(\d+)"))[1])
                 got["alive_during"] = alive(got["pid"])
@@ -239,7 +159,7 @@ async def test_wrong_secret_is_refused_and_secrets_are_per_task(harness: Harness
             assert await refused_status(session, f"{base_a}/{secret_a[:-2]}") == 401
             assert await refused_status(session, f"{base_a}/{secret_a[::-1]}") == 401
             async with session.ws_connect(urls[0]) as ws_a, session.ws_connect(urls[1]) as ws_b:
-                shells = [Shell(ws_a), Shell(ws_b)]
+                shells = [ShellSession(ws_a), ShellSession(ws_b)]
                 for shell in shells:
                     await shell.type("echo I=$TASK_ID\r")
                 seen = [(await shell.expect(r"I=([\w-]+)"))[1] for shell in shells]
@@ -274,7 +194,7 @@ async def test_the_worker_serves_a_terminal_page_at_the_socket_address(harness: 
             async with session.get(page + "x") as resp:
                 got["wrong"] = resp.status
             async with session.ws_connect(url) as ws:
-                shell = Shell(ws)
+                shell = ShellSession(ws)
                 await shell.type("touch finish\r")
                 await shell.closed()
 
@@ -294,13 +214,13 @@ async def test_sessions_per_task_are_bounded(harness: Harness) -> None:
         url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session:
             sockets = [await session.ws_connect(url) for _ in range(10)]
-            shells = [Shell(ws) for ws in sockets]
+            shells = [ShellSession(ws) for ws in sockets]
             for i, shell in enumerate(shells):
                 await shell.type(f"echo N=$(({i}+100))\r")
             for i, shell in enumerate(shells):
                 await shell.expect(rf"N={i + 100}\b")
             async with session.ws_connect(url) as extra:
-                refused = Shell(extra)
+                refused = ShellSession(extra)
                 await refused.closed()
                 got["extra"] = bytes(refused.output)
             await shells[0].type("touch finish\r")
@@ -403,7 +323,7 @@ async def test_multiuser_shell_runs_as_the_task_user(harness: Harness, shared_ta
     async def during(task_id: str) -> None:
         url = socket_url(await wait_for_artifact(harness, task_id, ARTIFACT))
         async with aiohttp.ClientSession() as session, session.ws_connect(url) as ws:
-            shell = Shell(ws)
+            shell = ShellSession(ws)
             await shell.type("echo U=$(id -un):$(id -u) H=$HOME; touch finish\r")
             found = await shell.expect(r"U=([\w-]+):(\d+) H=(/\S+)")
             got["user"], got["uid"], got["home"] = found[1], int(found[2]), found[3]
