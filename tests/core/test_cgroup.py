@@ -13,27 +13,31 @@ import pytest
 
 from megalodon_core import cgroup as cgroups
 from megalodon_core.cgroup import CgroupHost, TaskCgroup
-from megalodon_core.process import run_command
+from megalodon_core.process import CommandResult, run_command
+
+from ..helpers.procs import alive, wait_gone
 
 HOST = cgroups.detect()
 needs_cgroups = pytest.mark.skipif(HOST is None, reason="needs root and a cgroup hierarchy at /sys/fs/cgroup")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _wait_gone(pid: int, bound: float = 10.0) -> bool:
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        if not _alive(pid):
-            return True
-        time.sleep(0.02)
-    return False
+async def _run_in(
+    group: TaskCgroup,
+    argv: list[str],
+    cwd: Path,
+    *,
+    env: dict[str, str] | None = None,
+    abort: asyncio.Event | None = None,
+) -> CommandResult:
+    """``argv`` run in ``group`` by core's process helper, its output dropped (these tests watch processes)."""
+    return await run_command(
+        argv,
+        cwd=cwd,
+        env={"PATH": "/usr/bin:/bin"} if env is None else env,
+        output=lambda b: None,
+        abort=asyncio.Event() if abort is None else abort,
+        cgroup=group,
+    )
 
 
 # -- v2: the file protocol on a fake unified hierarchy ---------------------------------------------------------
@@ -117,24 +121,17 @@ async def test_setsid_daemon_in_cgroup_is_killed(tmp_path: Path) -> None:
     pidfile = tmp_path / "daemon.pid"
     script = f"cd / && setsid sh -c 'echo $$ > {pidfile}; exec sleep 300' < /dev/null > /dev/null 2>&1 &"
     try:
-        result = await run_command(
-            ["/bin/sh", "-c", script],
-            cwd=tmp_path,
-            env={"PATH": "/usr/bin:/bin"},
-            output=lambda b: None,
-            abort=asyncio.Event(),
-            cgroup=group,
-        )
+        result = await _run_in(group, ["/bin/sh", "-c", script], tmp_path)
         assert result.exit_code == 0
         deadline = time.monotonic() + 10
         while not pidfile.exists() or not pidfile.read_text().strip():
             assert time.monotonic() < deadline, "daemon never started"
             await asyncio.sleep(0.02)
         pid = int(pidfile.read_text())
-        assert _alive(pid)
+        assert alive(pid)
         assert pid in group.pids()  # setsid and cd / did not take it out of the cgroup
         await asyncio.to_thread(group.kill)
-        assert await asyncio.to_thread(_wait_gone, pid)
+        assert await wait_gone(pid)
         assert group.pids() == []
     finally:
         await asyncio.to_thread(group.remove)
@@ -149,16 +146,7 @@ async def test_abort_kills_whole_cgroup(tmp_path: Path) -> None:
     pidfile = tmp_path / "child.pid"
     script = f"setsid sleep 300 & echo $! > {pidfile}; sleep 300"
     try:
-        run = asyncio.create_task(
-            run_command(
-                ["/bin/sh", "-c", script],
-                cwd=tmp_path,
-                env={"PATH": "/usr/bin:/bin"},
-                output=lambda b: None,
-                abort=abort,
-                cgroup=group,
-            )
-        )
+        run = asyncio.create_task(_run_in(group, ["/bin/sh", "-c", script], tmp_path, abort=abort))
         deadline = time.monotonic() + 10
         while not pidfile.exists() or not pidfile.read_text().strip():
             assert time.monotonic() < deadline
@@ -166,7 +154,7 @@ async def test_abort_kills_whole_cgroup(tmp_path: Path) -> None:
         abort.set()
         result = await asyncio.wait_for(run, 30)
         assert result.aborted
-        assert await asyncio.to_thread(_wait_gone, int(pidfile.read_text()))
+        assert await wait_gone(int(pidfile.read_text()))
     finally:
         await asyncio.to_thread(group.remove)
 
@@ -179,14 +167,8 @@ async def test_memory_limit_kills_and_is_reported(tmp_path: Path) -> None:
     group = await asyncio.to_thread(HOST.create, f"test-{os.getpid()}-oom", memory_limit=32 << 20)
     try:
         assert await asyncio.to_thread(group.oom_kills) == 0
-        result = await run_command(
-            [sys.executable, "-c", "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096])"],
-            cwd=tmp_path,
-            env={},
-            output=lambda b: None,
-            abort=asyncio.Event(),
-            cgroup=group,
-        )
+        hog = [sys.executable, "-c", "b = bytearray(256 << 20); b[::4096] = b'x' * len(b[::4096])"]
+        result = await _run_in(group, hog, tmp_path, env={})
         assert result.signalled == 9
         assert await asyncio.to_thread(group.oom_kills) >= 1
     finally:
@@ -198,13 +180,8 @@ async def test_crash_recovery_kills_a_runs_cgroup(tmp_path: Path) -> None:
     assert HOST is not None
     task_id, run_id = f"RecoveryTest{os.getpid()}", 3
     group = await asyncio.to_thread(HOST.create, cgroups.task_cgroup_name(task_id, run_id))
-    result = await run_command(
-        ["/bin/sh", "-c", "cd / && setsid sleep 300 < /dev/null > /dev/null 2>&1 &"],
-        cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin"},
-        output=lambda b: None,
-        abort=asyncio.Event(),
-        cgroup=group,
+    result = await _run_in(
+        group, ["/bin/sh", "-c", "cd / && setsid sleep 300 < /dev/null > /dev/null 2>&1 &"], tmp_path
     )
     assert result.exit_code == 0
     deadline = time.monotonic() + 10
@@ -214,5 +191,5 @@ async def test_crash_recovery_kills_a_runs_cgroup(tmp_path: Path) -> None:
     pids = group.pids()
     assert await asyncio.to_thread(cgroups.kill_task_cgroup, task_id, run_id) >= 1
     for pid in pids:
-        assert await asyncio.to_thread(_wait_gone, pid)
+        assert await wait_gone(pid)
     assert HOST.existing(group.name) is None
