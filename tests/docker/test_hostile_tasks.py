@@ -23,6 +23,8 @@ from megalodon_core.testing import Harness
 from megalodon_core.timefmt import iso, utcnow
 from megalodon_core.worker import Worker
 
+from ..helpers.memory_limit import assert_hog_killed_and_next_task_ran
+
 IMAGE = "megalodon-test/busybox:latest"
 SECRET = "b-container-secret-24680"
 LABEL = "megalodon.task"
@@ -141,10 +143,4 @@ async def test_memory_limit_oom_kills_the_container_and_the_next_task_runs(harne
     nice = await harness.create({"image": IMAGE, "command": ["echo", "next one ran"], "maxRunTime": 60}, worker_type)
     worker = worker_for(harness, worker_type, numberOfTasksToRun=2, taskMemoryLimitMegabytes=32)
     assert await asyncio.wait_for(worker.run(), 180) == 0
-    first = await harness.outcome(hog, 0)
-    assert first.state == "failed", first.log
-    assert "SURVIVED" not in first.log
-    assert "exceeded the worker's per-task memory limit of 32 MB (taskMemoryLimitMegabytes)" in first.log
-    second = await harness.outcome(nice, 0)
-    assert second.state == "completed", second.log
-    assert "next one ran" in second.log
+    await assert_hog_killed_and_next_task_ran(harness, hog, nice, limit_mb=32)
