@@ -468,7 +468,10 @@ async def chain_of_trust(worker: Worker) -> str:
 
 
 async def interactive(worker: Worker, docker: bool = False) -> str:
-    await worker.register(enableInteractive=True, interactivePort=0)
+    # docker-worker keeps an interactive container alive 180 s after start and 900 s after the last session:
+    # shortened here so the task ends soon after its command
+    keep_alive = {"interactiveMinTimeSeconds": 1, "interactiveExpirationAfterSessionSeconds": 1}
+    await worker.register(enableInteractive=True, interactivePort=0, **({"dockerConfig": keep_alive} if docker else {}))
     finish = "/finish" if docker else "finish"
     script = f"n=0; while [ ! -e {finish} ]; do n=$((n+1)); [ $n -gt 1200 ] && exit 3; sleep 0.1; done; echo saw-finish"
     if docker:
@@ -487,13 +490,15 @@ async def interactive(worker: Worker, docker: bool = False) -> str:
     output = bytearray()
     async with worker.dep.session.ws_connect(socket_url) as ws:
         await ws.send_bytes(b"\x02" + struct.pack("<HH", 24, 80))
-        await ws.send_bytes(b"\x01" + f"echo A$((6*7))B; touch {finish}\r".encode())
+        # the marker is printed after the touch: closing the socket ends the shell, so wait for it
+        await ws.send_bytes(b"\x01" + f"echo A$((6*7))B; touch {finish}; echo T$((1+1))DONE\r".encode())
         give_up = time.monotonic() + 60
-        while b"A42B" not in output:
-            expect(time.monotonic() < give_up, f"shell output never showed A42B: {bytes(output)[-500:]!r}")
+        while b"T2DONE" not in output:
+            expect(time.monotonic() < give_up, f"shell output never showed T2DONE: {bytes(output)[-500:]!r}")
             msg = await ws.receive(timeout=60)
             expect(msg.type == aiohttp.WSMsgType.BINARY, f"session ended ({msg.type}) early: {bytes(output)!r}")
             output += msg.data
+    expect(b"A42B" in output, f"the shell did not run the command: {bytes(output)[-500:]!r}")
     await worker.run()
     expect("saw-finish" in await completed(worker, task_id), "the shell's command did not reach the task")
     return f"{artifact} reference created; websocket shell ran a command in the task"
