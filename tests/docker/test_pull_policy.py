@@ -18,25 +18,16 @@ import time
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import docker
 import docker.errors
 import pytest
 from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 
-from megalodon_core import __version__
-from megalodon_core.config import parse_config
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
-from megalodon_core.metrics import Metrics, MetricsPlugin, serve
-from megalodon_core.phase_metrics import PhaseMetrics
-from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import PROVISIONER, Harness
-from megalodon_core.worker import Worker
 from megalodon_docker.images import (
     ImageError,
     ImageManager,
@@ -48,6 +39,8 @@ from megalodon_docker.images import (
     classify_pull_error,
     resolution_error,
 )
+
+from ..helpers.metrics import scrape, scraped_worker
 
 pytestmark = pytest.mark.docker
 
@@ -475,23 +468,6 @@ def test_other_image_errors_fail_the_task_as_docker_worker_did() -> None:
 # == through the worker: resolutions, task log and metrics =====================================================
 
 
-@asynccontextmanager
-async def scraped_worker(harness: Harness, worker_type: str, **config: Any) -> AsyncIterator[tuple[Worker, str]]:
-    """A worker with core's metrics plugins and ``/metrics`` served, as ``megalodon run`` sets it up."""
-    host = PluginHost()
-    cfg = parse_config(harness.config(worker_type, **config), host.config_fields())
-    metrics = Metrics(version=__version__, workerPoolId=cfg.task_queue_id, workerId=cfg.workerId)
-    host.register(MetricsPlugin(metrics), name="megalodon-core.metrics")
-    host.register(
-        PhaseMetrics(metrics, task_queue_id=cfg.task_queue_id, capacity=cfg.capacity), name="megalodon-core.phases"
-    )
-    server = await serve(metrics)
-    try:
-        yield Worker(cfg, host), f"{server.url}/metrics"
-    finally:
-        await server.stop()
-
-
 def _docker_task(image: str) -> dict[str, Any]:
     return {"image": image, "command": ["sh", "-c", "test -s /blob && echo blob-ok"], "maxRunTime": 60}
 
@@ -503,20 +479,17 @@ async def test_pull_bytes_and_duration_reach_the_task_log_and_the_metrics(harnes
         harness, worker_type, numberOfTasksToRun=1, executor="docker", requiredDiskSpaceMegabytes=0
     ) as (worker, url):
         code = await asyncio.wait_for(worker.run(), 120)
-        async with aiohttp.ClientSession() as session, session.get(url) as resp:
-            text = await resp.text()
+        scraped = await scrape(url)
     out = await harness.outcome(task_id, code)
     assert out.state == "completed", out.log
     assert "blob-ok" in out.log
     assert re.search(
         rf"Pulled docker image {re.escape(absent)} in \d+\.\d{{3}} seconds \(\d+\.\d{{3}} mb downloaded\)", out.log
     )
-    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
     pool = f"{PROVISIONER}/{worker_type}"
 
     def value(name: str, phase: str) -> float:
-        (found,) = [s.value for s in samples if s.name == name and s.labels == {"taskQueueId": pool, "phase": phase}]
-        return float(found)
+        return scraped.value(name, taskQueueId=pool, phase=phase)
 
     assert value("megalodon_task_phase_bytes_total", "image_pull") >= BLOB_BYTES
     assert value("megalodon_task_phase_seconds_count", "image_pull") == 1
