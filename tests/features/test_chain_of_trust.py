@@ -306,3 +306,32 @@ def test_docker_tasks_ignore_additional_data(tmp_path: Path) -> None:
     (tmp_path / "chain-of-trust-additional-data.json").write_text("{not json")
     unsigned, _ = ChainOfTrustTask(fake_run(tmp_path, "docker"), Ed25519PrivateKey.generate())._certify({}, tmp_path)
     assert "imageHash" in json.loads(unsigned.read_bytes())["environment"]
+
+
+def test_additional_data_that_is_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """A task (insecure engine: the worker's user) may leave a FIFO under the name; opening it for reading
+    would block the worker thread forever (no writer is left once the task ended), so the run never resolves."""
+    import os
+    import threading
+
+    os.mkfifo(tmp_path / "chain-of-trust-additional-data.json")
+    task = ChainOfTrustTask(fake_run(tmp_path), Ed25519PrivateKey.generate())
+    outcome: list[BaseException | None] = []
+
+    def certify() -> None:
+        try:
+            task._certify({}, tmp_path)
+            outcome.append(None)
+        except BaseException as exc:  # the test inspects it below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=certify, daemon=True)
+    thread.start()
+    thread.join(10)
+    if thread.is_alive():  # release the blocked open, so the thread ends with the test
+        fd = os.open(tmp_path / "chain-of-trust-additional-data.json", os.O_WRONLY | os.O_NONBLOCK)
+        os.close(fd)
+        thread.join(5)
+        pytest.fail("reading a FIFO left as chain-of-trust-additional-data.json blocked")
+    assert isinstance(outcome[0], InternalError)
+    assert "not a regular file" in str(outcome[0])

@@ -227,12 +227,20 @@ def read_additional_data(path: Path) -> dict[str, Any] | None:
     could; the multiuser engine replaces it by a copy read as the task user first).
     """
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_ADDITIONAL_DATA_BYTES + 1)
+        # O_NONBLOCK: a FIFO the task left under that name would otherwise block this thread for ever (no
+        # writer remains once the task ended) and the run would never resolve; only a regular file is read.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise InternalError(f"cannot read {ADDITIONAL_DATA_FILE}: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InternalError(f"{ADDITIONAL_DATA_FILE} written by the task is not a regular file")
+        try:
+            data = fh.read(MAX_ADDITIONAL_DATA_BYTES + 1)
+        except OSError as exc:
+            raise InternalError(f"cannot read {ADDITIONAL_DATA_FILE}: {exc.strerror or exc}") from None
     if len(data) > MAX_ADDITIONAL_DATA_BYTES:
         raise InternalError(f"{ADDITIONAL_DATA_FILE} is larger than {MAX_ADDITIONAL_DATA_BYTES} bytes")
     try:
