@@ -589,3 +589,59 @@ async def test_gc_under_disk_pressure_keeps_images_held_by_running_tasks(
                 docker_client.images.remove(name)
             except docker.errors.ImageNotFound:
                 pass
+
+
+# -- a registry name must not reach an image the task may not use -------------------------------------------
+
+
+async def test_artifact_image_name_as_registry_image_needs_the_artifact_scope(
+    docker_client: docker.DockerClient, tmp_path: Path, image_files: dict[str, Path], cleanup_tags: list[str]
+) -> None:
+    """A private artifact image is cached as ``md5(taskId + path):latest``; naming that tag as a plain
+    registry image must not hand it to a task without ``queue:get-artifact:<path>``."""
+    source_task, path = uuid.uuid4().hex, "private/docker-worker-tests/image.tar"
+    name = _md5_name(source_task, path)
+    cleanup_tags.append(name)
+    downloader = CopyDownloader({(source_task, path): image_files[".tar"]})
+    manager = _manager(docker_client, tmp_path)
+    spec = TaskImage(type="task-image", task_id=source_task, path=path)
+    await manager.ensure_image(
+        spec, task_id="A", task_scopes=[f"queue:get-artifact:{path}"], download=downloader, log=Log()
+    )
+    for alias in (name, name.removesuffix(":latest")):
+        with pytest.raises(ImagePullRejected, match="reserved for images loaded from task artifacts"):
+            await manager.ensure_image(alias, task_id="B", task_scopes=[], download=_no_download, log=Log())
+
+
+async def test_private_registry_image_is_not_reachable_by_its_image_id(
+    docker_client: docker.DockerClient, tmp_path: Path, busybox_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image present locally is used without a pull only under the name it carries: its ID (printed in
+    every task log) or an ID prefix must not skip the credentials' ``docker-worker:image:`` scope check."""
+    creds = {"username": "user", "password": "secret"}
+    manager = _manager(docker_client, tmp_path, registries={REGISTRY: creds})
+    await manager.ensure_image(
+        REGISTRY_BUSYBOX_IMAGE,
+        task_id="A",
+        task_scopes=[f"docker-worker:image:{REGISTRY}/*"],
+        download=_no_download,
+        log=Log(),
+    )
+    pulled: list[str] = []
+
+    def no_pull(repo: str, *args: object, **kwargs: object) -> None:
+        pulled.append(repo)
+        raise docker.errors.NotFound(f"pull access denied for {repo}, repository does not exist")
+
+    monkeypatch.setattr(docker_client.api, "pull", no_pull)
+    hex_id = busybox_id.removeprefix("sha256:")
+    for alias in (busybox_id, hex_id, hex_id[:12]):
+        with pytest.raises(ImageError) as info:
+            await manager.ensure_image(alias, task_id="B", task_scopes=[], download=_no_download, log=Log())
+        assert not isinstance(info.value, ImageNotAuthorizedError)
+    assert "sha256" not in pulled  # an image ID is refused, never pulled as repository "sha256"
+    # The name it carries still resolves without a pull.
+    resolved = await _manager(docker_client, tmp_path).ensure_image(
+        BUSYBOX_IMAGE, task_id="C", task_scopes=[], download=_no_download, log=Log()
+    )
+    assert resolved.image_id == busybox_id

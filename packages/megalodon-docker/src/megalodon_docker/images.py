@@ -292,6 +292,61 @@ def _split_reference(name: str) -> tuple[str, str | None, str | None]:
     return repo, tag, digest
 
 
+#: The local names artifact images are loaded under (``md5(taskId + path)``): never a registry image's.
+_ARTIFACT_IMAGE_REPO = re.compile(r"[0-9a-f]{32}")
+#: An image ID (``sha256:<hex>``, or the bare 64 hex digits), which the engine resolves without any name.
+_IMAGE_ID = re.compile(r"(sha256:)?[0-9a-f]{64}")
+
+
+def _check_registry_name(name: str) -> None:
+    """Refuse registry image names that would reach a local image without its guard.
+
+    The engine finds a local image by its ID and by any unique ID prefix, and artifact images are cached
+    under ``md5(taskId + path):latest``: a task naming either as a registry image would otherwise get a
+    private registry image without its ``docker-worker:image:`` scope, or a private artifact image without
+    ``queue:get-artifact:``, since a present image is used without a pull.
+    """
+    repo, _tag, _digest = _split_reference(name)
+    if _IMAGE_ID.fullmatch(name):
+        raise ImagePullRejected(f"Image {name} is an image ID: name a repository (and tag or digest) instead")
+    if _ARTIFACT_IMAGE_REPO.fullmatch(repo):
+        raise ImagePullRejected(
+            f"Image name {repo} is reserved for images loaded from task artifacts on this worker: use an "
+            '"indexed-image" or "task-image" image'
+        )
+
+
+def _normalized_references(reference: str, *, requested: bool) -> set[str]:
+    """``reference`` as the engine would resolve it (``docker.io/library/`` added, ``:latest`` defaulted).
+
+    A requested unqualified name also matches ``localhost/<name>``, podman's name for local images.
+    """
+    repo, tag, digest = _split_reference(reference)
+    parts = [p for p in repo.split("/") if p]
+    qualified = len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost")
+    suffix = f"@{digest}" if digest else f":{tag or 'latest'}"
+    names = set()
+    if not qualified:
+        if requested:
+            names.add("localhost/" + "/".join(parts) + suffix)
+        parts = ["docker.io", *parts]
+    if parts[0] == "index.docker.io":
+        parts[0] = "docker.io"
+    if parts[0] == "docker.io" and len(parts) == 2:
+        parts.insert(1, "library")
+    names.add("/".join(parts) + suffix)
+    return names
+
+
+def _carries_name(attrs: Mapping[str, Any], name: str) -> bool:
+    """Whether an image (``inspect`` attributes) is tagged ``name`` or has it as a repository digest."""
+    wanted = _normalized_references(name, requested=True)
+    for known in (attrs.get("RepoTags") or []) + (attrs.get("RepoDigests") or []):
+        if wanted & _normalized_references(str(known), requested=False):
+            return True
+    return False
+
+
 def _check_member(member: tarfile.TarInfo) -> None:
     """Refuse archive members that could write outside the archive root if it were extracted.
 
@@ -583,7 +638,14 @@ class ImageManager:
         self._usage[resolved.name] = _Usage(resolved.image_id, self._clock())
         return resolved
 
-    async def _inspect_id(self, name: str, log: Callable[[str], None] | None = None) -> str | None:
+    async def _inspect_id(
+        self, name: str, log: Callable[[str], None] | None = None, *, exact: bool = False
+    ) -> str | None:
+        """The ID of the local image ``name`` resolves to, or None.
+
+        ``exact`` (registry images): only an image that carries ``name`` as a tag or repository digest
+        counts, never one the engine found by ID prefix (see :func:`_check_registry_name`).
+        """
         try:
             image = await self._engine(self._client.images.get, name)
         except docker.errors.ImageNotFound:
@@ -591,6 +653,8 @@ class ImageManager:
         except docker.errors.APIError as exc:
             if log is not None:
                 log(f"Error checking for image presence: {exc}")
+            return None
+        if exact and not _carries_name(image.attrs, name):
             return None
         image_id: str = image.id
         return image_id
@@ -615,6 +679,7 @@ class ImageManager:
     async def _ensure_registry_image(
         self, spec: DockerImage, task_scopes: list[str], log: Callable[[str], None]
     ) -> ResolvedImage:
+        _check_registry_name(spec.name)
         repo, tag, digest = _split_reference(spec.name)
         credentials = self._credentials_for(repo)
         if credentials is not None:
@@ -624,7 +689,7 @@ class ImageManager:
 
         policy = self._pull_policy
         with self._ensuring_name(spec.name):
-            image_id = await self._inspect_id(spec.name)
+            image_id = await self._inspect_id(spec.name, exact=True)
         # A digest names immutable content: pulling it again can only download the same bytes.
         if image_id is not None and (policy != "always" or digest):
             return self._record_use(ResolvedImage(image_id=image_id, name=spec.name))
@@ -640,7 +705,7 @@ class ImageManager:
             if policy == "always":
                 return await self._pull_always(reference, credentials, log)
             # Look again inside the shared job: a concurrent ensure may have pulled it since our look.
-            present_id = await self._inspect_id(spec.name)
+            present_id = await self._inspect_id(spec.name, exact=True)
             if present_id is not None:
                 return ResolvedImage(image_id=present_id, name=spec.name)
             report = await self._pull_with_retries(reference, credentials, log, attempts=self._pull_attempts)
@@ -659,7 +724,7 @@ class ImageManager:
         credentials) is never covered by the present image: the registry's answer is what ``always``
         asks for, and a revoked credential must not keep working from the cache.
         """
-        cached_id = await self._inspect_id(reference)
+        cached_id = await self._inspect_id(reference, exact=True)
         attempts = 1 if cached_id is not None else self._pull_attempts
         started = time.monotonic()
         try:
