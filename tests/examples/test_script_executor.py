@@ -4,10 +4,12 @@ by payload and features by name."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import hashlib
 import json
+import os
 import shlex
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,6 +25,8 @@ from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness
 from megalodon_core.testing.conformance import wait_for_artifact, write_signing_key
 from megalodon_core.worker import Worker
+
+from ..helpers.procs import wait_gone
 
 LIVE = "public/logs/live.log"
 BACKING = "public/logs/live_backing.log"
@@ -108,15 +112,22 @@ async def test_background_processes_die_with_the_run(harness: Harness, tmp_path:
     left the group (``setsid``)."""
     if detach == "setsid" and cgroup_host() is None:
         pytest.skip("no cgroup hierarchy on this host: a setsid daemon is out of reach of a process-group kill")
-    marker = tmp_path / "daemon-survived"
-    daemon = f"sleep 2; touch {shlex.quote(str(marker))}"
+    pid_file = tmp_path / "daemon.pid"
+    # The daemon records its pid, then sleeps far longer than any run: only a kill ends it.
+    daemon = f"echo $$ > {shlex.quote(str(pid_file))}; exec sleep 600"
     prefix = "setsid " if detach == "setsid" else ""
-    script = f"{prefix}sh -c {shlex.quote(daemon)} > /dev/null 2>&1 &\necho started"
+    script = (
+        f"{prefix}sh -c {shlex.quote(daemon)} > /dev/null 2>&1 &\n"
+        f"while [ ! -s {shlex.quote(str(pid_file))} ]; do sleep 0.05; done\necho started"
+    )
     out = await harness.run({"script": script, "maxRunTime": 30}, executor="script")
     assert (out.state, out.reason) == ("completed", "completed"), out.log
-    # Wait past the daemon's 2 s: the file must never appear.
-    await asyncio.sleep(3)
-    assert not marker.exists(), "a background process of the script outlived its run"
+    pid = int(pid_file.read_text())
+    try:
+        assert await wait_gone(pid, limit=30), "a background process of the script outlived its run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_validate_payload_picks_the_script_executor_and_names_the_field(tmp_path: Path) -> None:
