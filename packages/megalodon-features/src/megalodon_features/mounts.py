@@ -353,6 +353,57 @@ def chown_to(target: Path, task_dir: Path, uid: int, gid: int) -> None:
         parent = parent.parent
 
 
+def _permits(info: os.stat_result, uid: int, gids: frozenset[int], bits: int) -> bool:
+    """Whether the mode bits of ``info`` give ``bits`` (``2`` write, ``1`` search) to that uid and groups."""
+    if info.st_uid == uid:
+        bits <<= 6
+    elif info.st_gid in gids:
+        bits <<= 3
+    return info.st_mode & bits == bits
+
+
+def task_user_refusal(path: Path, uid: int, gids: frozenset[int]) -> str | None:
+    """Why the task user could not make ``path`` itself, or None (blocking: call it in a thread).
+
+    Under the multiuser engine the worker mounts as root and then gives the mount to the task user, and a
+    mount path may be absolute: without this check a task could have root overwrite and hand it any file
+    or directory of the host (``/etc/passwd``, ``/usr/local/bin``, its own task log directory).
+    generic-worker creates mounts as the task user; megalodon checks the same rights first: symlinks
+    resolved, an existing target must be the task user's, and otherwise the task user must be able to
+    create entries in its nearest existing ancestor and reach it.
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        info = os.stat(real)
+    except FileNotFoundError:
+        pass
+    else:
+        if info.st_uid != uid:
+            return f"{path} already exists and does not belong to the task user"
+        existing = real.parent
+        return None if _reachable(existing, uid, gids) else f"the task user cannot reach {path}"
+    existing = real.parent
+    while True:
+        try:
+            info = os.stat(existing)
+            break
+        except FileNotFoundError:
+            existing = existing.parent
+    if not _permits(info, uid, gids, 3):
+        return f"the task user may not create {path} (it may not write in {existing})"
+    return None if _reachable(existing, uid, gids) else f"the task user cannot reach {existing}"
+
+
+def _reachable(directory: Path, uid: int, gids: frozenset[int]) -> bool:
+    """Whether the task user may search ``directory`` and every directory above it."""
+    return all(_permits(os.stat(d), uid, gids, 1) for d in (directory, *directory.parents))
+
+
+def task_user_groups(name: str, gid: int) -> frozenset[int]:
+    """The task user's groups (blocking: NSS)."""
+    return frozenset(os.getgrouplist(name, gid))
+
+
 class TaskMounts(TaskFeature):
     """The mounts of one task run: checks, mounts in payload order, and returns caches at the end."""
 
@@ -468,9 +519,20 @@ class TaskMounts(TaskFeature):
             return
         await self.thread(chown_to, self.resolve(m.path), self.run.task_dir, user.uid, user.gid)
 
+    async def _check_task_user_may(self, m: _Mount) -> None:
+        """Multiuser engine: refuse a mount the task user could not make itself (:func:`task_user_refusal`)."""
+        user = self.run.data.task_user
+        if user is None or user.uid == 0:
+            return
+        gids = await self.thread(task_user_groups, user.name, user.gid)
+        refusal = await self.thread(task_user_refusal, self.resolve(m.path), user.uid, gids)
+        if refusal is not None:
+            raise MountError(f"not able to mount mounts[{m.index}] at {self.resolve(m.path)}: {refusal}")
+
     async def _mount_all(self) -> None:
         for m in self.mounts:
             try:
+                await self._check_task_user_may(m)
                 if m.kind == "cache":
                     await self._mount_cache(m)
                 elif m.kind == "directory":
