@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -24,6 +25,11 @@ class ClaimBooks:
         self._journal: ClaimJournal | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
         self._pending: set[asyncio.Future[None]] = set()
+        #: The loop's latest (resolved count, running task ids).  Claim starts write the state files on the
+        #: loop, a claim's end later on the thread: each write takes the latest values under the lock, so an
+        #: end written after the next start cannot put back an older list (nor interleave with it).
+        self._latest: tuple[int, list[str]] = (0, [])
+        self._state_lock = threading.Lock()
 
     async def open(self) -> ClaimJournal:
         """Create the state dir and journal (in a thread: start-up may find a slow disk)."""
@@ -50,7 +56,12 @@ class ClaimBooks:
     def _start_files(self, record: ClaimRecord, task_dir: Path, resolved: int, current: list[str]) -> None:
         task_dir.mkdir(parents=True)
         self.journal.record(record)
-        write_state(self.state_dir, resolved, current)
+        self._latest = (resolved, list(current))
+        self._write_latest_state()
+
+    def _write_latest_state(self) -> None:
+        with self._state_lock:
+            write_state(self.state_dir, *self._latest)
 
     def credentials_changed(self, record: ClaimRecord) -> None:
         """A reclaim swapped the run's credentials: a few hundred bytes written atomically, fine on the loop."""
@@ -69,10 +80,11 @@ class ClaimBooks:
     ) -> None:
         """Forget the claim, persist the count (survives a kill), tidy up — without waiting for it."""
         journal = self.journal
+        self._latest = (resolved, list(current))
 
         def end_files() -> None:
             journal.remove(task_id, run_id)
-            write_state(self.state_dir, resolved, current)
+            self._write_latest_state()
             if metadata is not None:
                 write_private(self.state_dir / METADATA_FILE, metadata)
             if clean:
@@ -95,4 +107,5 @@ class ClaimBooks:
         if self._pending:
             await asyncio.wait(set(self._pending))
         self._thread.shutdown(wait=True)
-        await asyncio.to_thread(write_state, self.state_dir, resolved, current)
+        self._latest = (resolved, list(current))
+        await asyncio.to_thread(self._write_latest_state)
