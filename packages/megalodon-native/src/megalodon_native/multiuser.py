@@ -313,8 +313,11 @@ class MultiuserRun(NativeRun):
         return dataclasses.replace(placement, allowed_uids=frozenset({self.user.uid}), allowed_sources=sources)
 
     def chain_of_trust_additions(self) -> Path | None:
-        """Replaced after the commands by a copy read as the task user (see :meth:`_secure_cot_additional_data`)."""
-        return self.task_run.task_dir / COT_ADDITIONAL
+        """The copy read as the task user after the commands (:meth:`_secure_cot_additional_data`), kept in the
+        worker-private staging directory: the chain-of-trust feature reads it when it stops, after the artifact
+        upload, and a task-user process alive by then (an interactive shell) could swap the task directory's
+        file for a symlink to a root-only file."""
+        return self.staging / COT_ADDITIONAL if self.staging is not None else None
 
     @staticmethod
     def _own_task_dir(run: TaskRun, user: TaskUser) -> tuple[int, int]:
@@ -353,16 +356,20 @@ class MultiuserRun(NativeRun):
 
     async def _after_commands(self) -> None:
         """Stop everything the task user runs, then undo what it may have done to files the worker reads."""
-        run = self.task_run
         user = self.user
         if user is None:
             return
         await kill_user_processes(user)
+        await self._check_log()
+        await self._secure_cot_additional_data(user)
+
+    async def _check_log(self) -> None:
+        """Put the worker's copy of the task log back at its path if the task moved or replaced it."""
+        run = self.task_run
         inode = self.log_inode
         if inode is not None and not await asyncio.to_thread(self._log_intact, run, inode):
             run.log.error("The task replaced or moved the task log directory; the worker's copy is kept")
             await asyncio.to_thread(self._restore_log, run)
-        await self._secure_cot_additional_data(user)
 
     @staticmethod
     def _log_intact(run: TaskRun, inode: tuple[int, int]) -> bool:
@@ -397,7 +404,7 @@ class MultiuserRun(NativeRun):
             ) from None
 
     async def _secure_cot_additional_data(self, user: TaskUser) -> None:
-        """Replace the task's chain-of-trust additions by a copy read as the task user (symlink escapes)."""
+        """Copy the task's chain-of-trust additions, read as the task user (symlink escapes), to staging."""
         run = self.task_run
         path = run.task_dir / COT_ADDITIONAL
         if self.staging is None or not await asyncio.to_thread(os.path.lexists, path):
@@ -405,10 +412,9 @@ class MultiuserRun(NativeRun):
         copy = self.staging / COT_ADDITIONAL
         groups = await asyncio.to_thread(user.supplementary_gids)
         error = await copy_as(user.uid, user.gid, groups, path, copy)
-        await asyncio.to_thread(os.unlink, path)
         if error is not None:
+            await asyncio.to_thread(copy.unlink, True)
             raise Failure(f"Could not copy file '{path}' to temporary location as task user: {error}")
-        await asyncio.to_thread(shutil.move, copy, path)
 
     # -- after ----------------------------------------------------------------------------------------------
     def artifacts(self) -> Artifacts:
@@ -418,6 +424,12 @@ class MultiuserRun(NativeRun):
         return MultiuserArtifacts(self.task_run, list(self.payload.artifacts), user, self.staging)
 
     async def cleanup(self) -> None:
+        if self.user is not None:
+            # The task log is uploaded after cleanup, as root, from its path in the task user's directory:
+            # task-user processes started after the commands (an interactive shell's, open until the features
+            # stopped, and what it left running) are stopped first, then the log is checked again.
+            await kill_user_processes(self.user)
+            await self._check_log()
         await super().cleanup()
         user, self.user = self.user, None
         staging, self.staging = self.staging, None
