@@ -16,8 +16,9 @@ from megalodon_core.artifacts import (
     content_type_for,
 )
 from megalodon_core.errors import ExecutionErrors, Failure, IntermittentTask, MalformedPayload, ResourceUnavailable
+from megalodon_core.logstyle import LogStyle
 from megalodon_core.scopes import satisfies
-from megalodon_core.tasklog import LogStyle, TaskLog
+from megalodon_core.tasklog import TaskLog
 from megalodon_core.timefmt import go_duration, iso, parse_iso
 
 

@@ -24,36 +24,15 @@ import concurrent.futures
 import shutil
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .logstyle import GENERIC_WORKER, LogStyle
 from .logzip import GzipBody, GzipShadow, discard_untaken
 from .timefmt import UTC, utcnow
 
-
-@dataclass(frozen=True)
-class LogStyle:
-    """How the worker's own lines in a task log look.  ``{ts}`` in a prefix is the UTC time with milliseconds.
-
-    ``name`` is also the peer whose conventions a run follows (:attr:`megalodon_core.rundata.RunData.style`).
-    """
-
-    name: str
-    #: strftime format of the timestamp, before ``.<millis>Z``.
-    timestamp: str = "%Y-%m-%dT%H:%M:%S"
-    info: str = "[taskcluster {ts}]"
-    warn: str = "[taskcluster:warn {ts}]"
-    error: str = "[taskcluster:error]"
-    #: Text written before each error message (docker-worker: an empty line, for Treeherder).
-    error_lead: str = ""
-
-
 #: Content type of task log artifacts (the backing log, the live log's reference and link).
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
-
-#: generic-worker's lines: the default style of every executor.
-GENERIC_WORKER = LogStyle("generic-worker")
 
 Sink = Callable[[bytes], None]
 

@@ -45,11 +45,11 @@ from megalodon_core.contracts import (
     TaskExecutor,
 )
 from megalodon_core.errors import ExecutionError, Failure, IntermittentTask, InternalError, MalformedPayload
+from megalodon_core.logstyle import LogStyle
 from megalodon_core.process import memory_limit_bytes, memory_limit_message
 from megalodon_core.rundata import FeatureRequest, ImageIdentity, ProxyPlacement
 from megalodon_core.scopes import expanded, scope_satisfied
 from megalodon_core.task import TaskRun
-from megalodon_core.tasklog import LogStyle
 from megalodon_core.timefmt import parse_iso
 
 from .artifacts import ArchiveFetcher, DockerArtifacts
