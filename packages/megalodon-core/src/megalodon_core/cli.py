@@ -3,35 +3,75 @@
 The plugin host is built lazily inside the commands that need it, so ``megalodon --version`` stays cheap
 and a broken plugin only shows up where plugins matter.  Tracebacks never print locals: the worker holds
 credentials.
+
+``megalodon --help`` costs about two bare ``import typer, rich``: this module imports neither asyncio nor
+rich's console at import (each command imports what it uses), plugin commands are declared by name and
+help and imported only when run (:func:`_add_plugin_commands`), and help and usage errors are click's
+plain text (``rich_markup_mode=None``): typer's rich help formatting alone costs more than the import.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from . import __version__
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .contracts import CommandInfo
+
+
+class _Group(typer.core.TyperGroup):
+    """Click's plain help, except that the commands' summaries wrap instead of being cut at ~50 columns."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(limit=1000)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
 app = typer.Typer(
+    cls=_Group,
     name="megalodon",
     help="A Taskcluster worker for generic-worker and docker-worker payloads.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
-# Messages are never wrapped (they hold paths and keys a user copies); tables fold their cells instead.
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+
+
+class _LazyConsole:
+    """A rich ``Console`` made on first print: importing rich's console costs more than ``--help`` may."""
+
+    def __init__(self, *, stderr: bool) -> None:
+        self._stderr = stderr
+        self._console: Console | None = None
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            # Messages are never wrapped (they hold paths and keys a user copies); tables fold their cells.
+            self._console = Console(stderr=self._stderr, soft_wrap=True)
+        self._console.print(*objects, **kwargs)
+
+
+console = _LazyConsole(stderr=False)
+err_console = _LazyConsole(stderr=True)
 
 
 def _plugins() -> Any:
@@ -76,6 +116,9 @@ def list_plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Show installed plugins: distribution, version, executors and features, load status."""
+    from rich.markup import escape
+    from rich.table import Table
+
     host = _plugins()
     records = [r.as_json() for r in host.records]
     if as_json:
@@ -252,6 +295,8 @@ def run(
     ] = None,
 ) -> None:
     """Run the worker: claim, run and resolve tasks until a stop condition."""
+    import asyncio
+
     from .config import ConfigError, check_directories, read_config_data
     from .worker import EXIT_INVALID_CONFIG
 
@@ -380,6 +425,8 @@ def run_task_cmd(
     Exit code: 0 completed, 1 failed, 2 exception, 3 the queue rejected the task definition, 64 unreadable
     input (task file or --config).
     """
+    import asyncio
+
     from .config import ConfigError, json_kind, read_config_data
     from .runtask import EXIT_TASK_REJECTED, TaskRejected, run_task
 
@@ -419,6 +466,9 @@ def run_task_cmd(
 
 def _print_run_summary(result: Any) -> None:
     """The human summary of ``run-task``: the run the worker ran, its artifacts, and why it did not complete."""
+    from rich.markup import escape
+    from rich.table import Table
+
     colour = {"completed": "green", "failed": "red"}.get(result.state, "yellow")
     console.print(
         f"Task [bold]{escape(result.task_id)}[/bold] run {result.run_id}: [{colour}]{escape(result.state)}[/{colour}] "
@@ -506,7 +556,7 @@ def drain(
     print(json.dumps({"pid": worker.pid, "state": "draining", "currentTaskIds": running_task_ids(state_dir)}))
 
 
-config_app = typer.Typer(help="Inspect worker config files.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect worker config files.", no_args_is_help=True, rich_markup_mode=None)
 app.add_typer(config_app, name="config")
 
 
@@ -519,6 +569,9 @@ def config_explain(
 
     Values a running worker received from worker-runner (new credentials) are read from its stateDir.
     """
+    from rich.markup import escape
+    from rich.table import Table
+
     from .config import explain
     from .worker import RUNTIME_CONFIG_FILE
 
@@ -551,6 +604,8 @@ def tc_double(
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback by default).")] = "127.0.0.1",
 ) -> None:
     """Serve the Taskcluster double (queue, object, index, secrets) until interrupted."""
+    import asyncio
+
     from .double import TaskclusterDouble
 
     async def serve() -> None:
@@ -574,11 +629,16 @@ def main() -> None:
 
 
 def _add_plugin_commands() -> None:
-    from .plugins import PluginError
+    """Declare every plugin command by its name and help; its module is imported only when it runs.
 
-    core = {c.name for c in app.registered_commands}
+    Only ``megalodon_cli_commands`` is called (a commands-only plugin host): building the command line
+    imports the plugins' light ``hooks.py`` modules and nothing they register.
+    """
+    from .plugins import PluginError, PluginHost
+
+    core = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     try:
-        commands = _plugins().commands()
+        commands = PluginHost(commands_only=True).commands()
     except PluginError as exc:
         err_console.print(str(exc), markup=False)
         raise SystemExit(69) from None
@@ -586,4 +646,23 @@ def _add_plugin_commands() -> None:
         if info.name in core:
             err_console.print(f"a plugin's command {info.name!r} clashes with a core command", markup=False)
             raise SystemExit(69)
-        app.command(info.name, help=info.help)(info.callback)
+        app.command(
+            info.name,
+            help=info.help,
+            # Every argument, --help included, goes to the command itself once it is imported.
+            add_help_option=False,
+            context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+        )(_deferred(info))
+
+
+def _deferred(info: CommandInfo) -> Any:
+    """The stand-in callback of a plugin command: imports the real one and runs it on the remaining args."""
+
+    def run_plugin_command(ctx: typer.Context) -> None:
+        command = typer.Typer(add_completion=False, pretty_exceptions_show_locals=False, rich_markup_mode=None)
+        command.command(info.name, help=info.help)(info.load())
+        # standalone: the command's own usage errors, --help and typer.Exit codes end the process as they would
+        # for a core command.
+        typer.main.get_command(command).main(args=ctx.args, prog_name=ctx.command_path, standalone_mode=True)
+
+    return run_plugin_command

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from .tasklog import GENERIC_WORKER, LogStyle
+from .logstyle import GENERIC_WORKER, LogStyle
 
 if TYPE_CHECKING:
     from .errors import ExecutionError, ExecutionErrors
@@ -393,11 +393,31 @@ def payload_module_hooks(module: str) -> tuple[Callable[[], dict[str, Any]], Cal
 
 @dataclass(frozen=True)
 class CommandInfo:
-    """A ``megalodon`` subcommand a plugin adds (e.g. ``new-ed25519-keypair``): a typer-style callback."""
+    """A ``megalodon`` subcommand a plugin adds (e.g. ``new-ed25519-keypair``): a typer-style callback.
+
+    ``callback`` is best given as ``"package.module:function"``: ``megalodon --help`` then lists the command
+    by ``name`` and ``help`` alone, and the module (with whatever it imports) is imported only when the
+    command runs.  A plain callable still works; its module is then imported with the plugin's hooks.
+    """
 
     name: str
-    callback: Callable[..., Any]
+    callback: Callable[..., Any] | str
     help: str
+
+    def __post_init__(self) -> None:
+        # A malformed target fails at registration (the plugin is listed broken), not when a user runs it.
+        if isinstance(self.callback, str):
+            module, sep, attr = self.callback.partition(":")
+            if not sep or not module or not attr.isidentifier():
+                raise ValueError(f"command {self.name!r}: callback {self.callback!r} is not 'package.module:function'")
+
+    def load(self) -> Callable[..., Any]:
+        """The callback itself, importing its module when it was given as ``"package.module:function"``."""
+        if not isinstance(self.callback, str):
+            return self.callback
+        module, _, attr = self.callback.partition(":")
+        target: Callable[..., Any] = getattr(importlib.import_module(module), attr)
+        return target
 
 
 @dataclass(frozen=True)

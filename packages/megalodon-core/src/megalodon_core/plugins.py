@@ -10,6 +10,11 @@ or return something that is not a list of records.  Each newly loaded plugin's r
 tried on that plugin alone (``subset_hook_caller``) before it is kept; a plugin that fails there is
 unregistered, so none of its hooks runs.
 
+``megalodon --help`` needs the plugins' commands only: ``PluginHost(commands_only=True)`` imports each
+plugin's (light) ``hooks.py`` and calls ``megalodon_cli_commands`` alone — no other registration hook, no
+config fields — so building the command line stays cheap, and a plugin broken elsewhere still has its
+commands listed (``list-plugins``, which loads everything, shows it broken).
+
 Entry points are registered in the order of their names, so the hook call order — and with it the
 executor priority documented in :mod:`megalodon_core.hookspec` — does not depend on how the installer laid
 out ``site-packages``.  Plugins given in-process (tests, embedding, core's internal plugins) are
@@ -44,6 +49,7 @@ _REGISTRATION_HOOKS: dict[str, type] = {
     "megalodon_register_features": FeatureInfo,
     "megalodon_cli_commands": CommandInfo,
 }
+_COMMANDS_HOOK = "megalodon_cli_commands"
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +89,10 @@ def _error_text(exc: BaseException) -> str:
 class PluginHost:
     """The plugin manager plus one method per hook."""
 
-    def __init__(self, *, load_entry_points: bool = True, plugins: list[object] | None = None) -> None:
+    def __init__(
+        self, *, load_entry_points: bool = True, plugins: list[object] | None = None, commands_only: bool = False
+    ) -> None:
+        self._commands_only = commands_only
         self.pm = pluggy.PluginManager("megalodon")
         self.pm.add_hookspecs(MegalodonSpec)
         self.records: list[PluginRecord] = []
@@ -92,8 +101,11 @@ class PluginHost:
         for plugin in plugins or []:
             self.register(plugin, name=getattr(plugin, "__name__", repr(plugin)))
         self.pm.check_pending()
-        self._executors: dict[str, ExecutorInfo] = self._collect_unique("megalodon_register_executors", "executor")
-        self._features: dict[str, FeatureInfo] = self._collect_unique("megalodon_register_features", "feature")
+        self._executors: dict[str, ExecutorInfo] = {}
+        self._features: dict[str, FeatureInfo] = {}
+        if not commands_only:
+            self._executors = self._collect_unique("megalodon_register_executors", "executor")
+            self._features = self._collect_unique("megalodon_register_features", "feature")
 
     # -- loading -----------------------------------------------------------------------------------------
     def _load_entry_points(self) -> None:
@@ -133,13 +145,16 @@ class PluginHost:
             log.warning("plugin %s cannot be registered: %s", name, exc)
             return record
         others = [p for p in self.pm.get_plugins() if p is not plugin]
+        hooks = {_COMMANDS_HOOK: CommandInfo} if self._commands_only else _REGISTRATION_HOOKS
         try:
-            for hook, kind in _REGISTRATION_HOOKS.items():
+            for hook, kind in hooks.items():
                 infos = _flatten(hook, kind, self.pm.subset_hook_caller(hook, remove_plugins=others)())
                 if kind is ExecutorInfo:
                     record.executors = [i.name for i in infos]
                 elif kind is FeatureInfo:
                     record.features = [i.name for i in infos]
+            if self._commands_only:
+                return record
             fields = self.pm.subset_hook_caller("megalodon_config_fields", remove_plugins=others)()
             for declared in fields:
                 if not isinstance(declared, dict):
@@ -162,14 +177,21 @@ class PluginHost:
         return out
 
     # -- facade ------------------------------------------------------------------------------------------
+    def _require_full(self, what: str) -> None:
+        """A commands-only host never collected executors, features or config: asking it is a bug, not "none"."""
+        if self._commands_only:
+            raise RuntimeError(f"this plugin host was loaded for CLI commands only: it has no {what}")
+
     @property
     def executors(self) -> dict[str, ExecutorInfo]:
         """Registered executors by name, in priority order (see ``megalodon_register_executors``)."""
+        self._require_full("executors")
         return dict(self._executors)
 
     @property
     def features(self) -> dict[str, FeatureInfo]:
         """Registered features by name, in the order they start for a task."""
+        self._require_full("features")
         return dict(self._features)
 
     def distribution_of(self, executor: str) -> str | None:
@@ -177,6 +199,7 @@ class PluginHost:
         return next((r.distribution for r in self.records if executor in r.executors), None)
 
     def config_fields(self) -> dict[str, tuple[Any, Any]]:
+        self._require_full("config fields")
         fields: dict[str, tuple[Any, Any]] = {}
         for declared in self.pm.hook.megalodon_config_fields():
             for key, spec in declared.items():
@@ -186,10 +209,11 @@ class PluginHost:
         return fields
 
     def commands(self) -> list[CommandInfo]:
-        return list(self._collect_unique("megalodon_cli_commands", "command").values())
+        return list(self._collect_unique(_COMMANDS_HOOK, "command").values())
 
     def executors_accepting(self, payload: Any) -> list[ExecutorInfo]:
         """The executors whose ``accepts`` recognises ``payload``, in priority order."""
+        self._require_full("executors")
         return [i for i in self._executors.values() if i.accepts is not None and _safe_accepts(i, payload)]
 
     def executor_for_payload(self, payload: Any) -> ExecutorInfo | None:

@@ -191,7 +191,7 @@ def make_ephemeral_key(plugins: PluginHost, path: Path) -> str | None:
         return None
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        command.callback(file=path)
+        command.load()(file=path)
     return printed.getvalue().strip() or None
 
 

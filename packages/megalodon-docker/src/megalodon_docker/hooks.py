@@ -5,11 +5,13 @@ The Docker SDK and the executor are imported only when a worker actually builds 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from megalodon_core import hookimpl
 from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
-from megalodon_core.payloads import PublishedSchemas
+
+if TYPE_CHECKING:
+    from megalodon_core.payloads import PublishedSchemas
 
 
 def _factory(worker: Any) -> Any:
@@ -25,11 +27,19 @@ def _accepts(payload: Any) -> bool:
 
 _schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
-#: docker-worker's published payload schema (``tools/d2g/schemas/docker-worker/v1/payload.yml`` in the
-#: monorepo since docker-worker's removal; unchanged since), as the services serve it.
-PUBLISHED_SCHEMAS = PublishedSchemas(
-    package=__package__ or "megalodon_docker", files={"docker": "schemas/payload.yml"}, style="node"
-)
+
+def _published_schemas() -> PublishedSchemas:
+    """docker-worker's published payload schema (``tools/d2g/schemas/docker-worker/v1/payload.yml`` in the
+    monorepo since docker-worker's removal; unchanged since), as the services serve it.
+
+    Made when executors are registered: the schema module (pydantic) is not imported with this module,
+    which ``megalodon --help`` imports to ask for CLI commands only.
+    """
+    from megalodon_core.payloads import PublishedSchemas
+
+    return PublishedSchemas(
+        package=__package__ or "megalodon_docker", files={"docker": "schemas/payload.yml"}, style="node"
+    )
 
 
 # trylast: a third-party executor that accepts a payload takes precedence over megalodon's own.
@@ -43,7 +53,7 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
-            published_schemas=PUBLISHED_SCHEMAS,
+            published_schemas=_published_schemas(),
         )
     ]
 

@@ -58,12 +58,11 @@ def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
 def megalodon_cli_commands() -> list[CommandInfo]:
     commands: list[CommandInfo] = []
     # -- commands --
-    from .chain_of_trust import new_ed25519_keypair
-
+    # By name: chain_of_trust (and cryptography) is imported only when the command runs, not for --help.
     commands.append(
         CommandInfo(
             name="new-ed25519-keypair",
-            callback=new_ed25519_keypair,
+            callback="megalodon_features.chain_of_trust:new_ed25519_keypair",
             help="Write a new chain-of-trust signing key (ed25519SigningKeyLocation); print its public key.",
         )
     )

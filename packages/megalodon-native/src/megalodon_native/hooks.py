@@ -7,12 +7,16 @@ own user) or ``multiuser`` (a fresh OS user per task, see :mod:`megalodon_native
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from megalodon_core import hookimpl
 from megalodon_core.contracts import ExecutorInfo, payload_module_hooks
-from megalodon_core.payloads import PublishedSchemas
-from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
+
+if TYPE_CHECKING:
+    from megalodon_core.payloads import PublishedSchemas
+
+# Nothing heavier at import: ``megalodon --help`` imports this module to ask for CLI commands only, so the
+# payload schema module (pydantic) and the process module are imported inside the hooks that use them.
 
 
 def _factory(worker: Any) -> Any:
@@ -27,13 +31,17 @@ def _factory(worker: Any) -> Any:
 
 _schema, _validate = payload_module_hooks(f"{__package__}.payload")
 
-#: generic-worker's published schemas, one per engine (each of its binaries prints its own engine's).
-PUBLISHED_SCHEMAS = PublishedSchemas(
-    package=__package__ or "megalodon_native",
-    files={"insecure": "schemas/insecure_posix.yml", "multiuser": "schemas/multiuser_posix.yml"},
-    style="go",
-    engine_key="nativeEngine",
-)
+
+def _published_schemas() -> PublishedSchemas:
+    """generic-worker's published schemas, one per engine (each of its binaries prints its own engine's)."""
+    from megalodon_core.payloads import PublishedSchemas
+
+    return PublishedSchemas(
+        package=__package__ or "megalodon_native",
+        files={"insecure": "schemas/insecure_posix.yml", "multiuser": "schemas/multiuser_posix.yml"},
+        style="go",
+        engine_key="nativeEngine",
+    )
 
 
 def _accepts(payload: Any) -> bool:
@@ -54,13 +62,15 @@ def megalodon_register_executors() -> list[ExecutorInfo]:
             payload_schema=_schema,
             accepts=_accepts,
             validate=_validate,
-            published_schemas=PUBLISHED_SCHEMAS,
+            published_schemas=_published_schemas(),
         )
     ]
 
 
 @hookimpl
 def megalodon_config_fields() -> dict[str, tuple[Any, Any]]:
+    from megalodon_core.process import MEMORY_LIMIT_FIELD, MEMORY_LIMIT_KEY
+
     return {
         # which generic-worker engine native payloads run under
         "nativeEngine": (Literal["insecure", "multiuser"], "insecure"),
