@@ -79,3 +79,43 @@ async def test_a_mount_into_the_task_log_directory_is_refused(harness: Harness, 
     assert out.state == "failed", out.log
     assert "forged log" not in out.log
     assert "does not belong to the task user" in out.log or "may not create" in out.log, out.log
+
+
+async def test_a_cache_whose_parent_the_task_swapped_for_a_symlink_does_not_take_a_host_directory(
+    harness: Harness, shared: dict[str, Path], root_only: Path
+) -> None:
+    """At the end of the task the worker (root) moves the cache directory back into the store by its path:
+    had the task replaced a parent of it by a symlink, root would move the directory the link leads to —
+    here root's ``root-only/loot`` — into the store, and the next task of that cache would be given it."""
+    loot = root_only / "loot"
+    loot.mkdir(mode=0o700)
+    (loot / "key").write_text("root's key\n")
+    os.chmod(root_only, 0o711)
+    config = multiuser_config(
+        shared,
+        cleanUpTaskDirs=True,
+        cachesDir=str(shared["base"] / "caches"),
+        downloadsDir=str(shared["base"] / "downloads"),
+    )
+    scopes = {"scopes": ["generic-worker:cache:mu-swap"]}
+    first = await harness.run(
+        {
+            "command": [sh(f"rm -rf x && ln -s {root_only} x && echo SWAPPED")],
+            "maxRunTime": 60,
+            "mounts": [{"cacheName": "mu-swap", "directory": "x/loot"}],
+        },
+        task=scopes,
+        **config,
+    )
+    assert "SWAPPED" in first.log, first.log
+    assert (loot / "key").read_text() == "root's key\n", "root's directory was moved away"
+    second = await harness.run(
+        {
+            "command": [sh("cat cache/key || echo NO-LOOT")],
+            "maxRunTime": 60,
+            "mounts": [{"cacheName": "mu-swap", "directory": "cache"}],
+        },
+        task=scopes,
+        **config,
+    )
+    assert "root's key" not in second.log, second.log

@@ -42,6 +42,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -327,6 +328,30 @@ class _MountedCache:
     mount: _Mount
     entry: CacheEntry
     target: Path
+    #: What ``target`` was once mounted (:func:`directory_identity`); None: the mount was interrupted.
+    identity: tuple[str, int, int] | None = None
+
+
+def directory_identity(path: Path) -> tuple[str, int, int]:
+    """``path`` with symlinks resolved, and the device and inode of the directory there (blocking)."""
+    real = os.path.realpath(path)
+    info = os.lstat(real)
+    return real, info.st_dev, info.st_ino
+
+
+def still_mounted(mounted: _MountedCache) -> bool:
+    """Whether ``mounted.target`` still leads to the directory mounted there (blocking).
+
+    The cache goes back to the store by its path, moved by the worker (root, under the multiuser engine):
+    a task that replaced the directory or a parent of it by a symlink would otherwise have the worker move
+    whatever the link leads to (another user's directory) into the store, for the next task of the cache.
+    """
+    if mounted.identity is None:
+        return False
+    try:
+        return directory_identity(mounted.target) == mounted.identity and not os.path.islink(mounted.target)
+    except OSError:
+        return False
 
 
 def _classify(index: int, model: Any) -> _Mount:
@@ -632,7 +657,7 @@ class TaskMounts(TaskFeature):
             except BaseException:
                 store.forget_directory(entry)
                 raise
-        self.mounted.append(_MountedCache(m, entry, target))
+        self.mounted.append(_MountedCache(m, entry, target, await self.thread(directory_identity, target)))
         self.info(f"Successfully mounted writable directory cache '{target}'")
 
     # -- download cache ------------------------------------------------------------------------------------
@@ -759,6 +784,10 @@ class TaskMounts(TaskFeature):
                 continue
             self.info(f'Preserving cache: Moving "{mounted.target}" to "{entry.location}"')
             try:
+                if not await asyncio.to_thread(still_mounted, mounted):
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, "it is no longer the directory mounted there", str(mounted.target)
+                    )
                 await asyncio.to_thread(move, mounted.target, Path(entry.location))
             except OSError as exc:
                 self.info(f"Removing cache {name} from cache table")
