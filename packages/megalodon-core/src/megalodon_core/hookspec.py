@@ -93,9 +93,14 @@ class MegalodonSpec:
     def megalodon_cli_commands(self) -> list[CommandInfo]:
         """Add subcommands to the ``megalodon`` command line.
 
-        Called once when the CLI starts (not for ``--version``).  Collected: each plugin returns a list of
-        :class:`~megalodon_core.contracts.CommandInfo`; the callback's parameters are declared the typer
-        way (``Annotated[..., typer.Option(...)]``).  A name that clashes with a core command or another
+        Called once when the CLI starts (not for ``--version``), on a host that calls no other hook:
+        ``megalodon --help`` imports every plugin's ``hooks.py`` for it, so keep that module light.
+        Collected: each plugin returns a list of :class:`~megalodon_core.contracts.CommandInfo`.  Give
+        ``callback`` as ``"package.module:function"``: the command is then listed by its ``name`` and
+        ``help`` and its module is imported only when the command runs, with every argument (its own
+        ``--help`` included).  A plain callable is accepted too, at the price of importing its module
+        whenever the CLI starts.  The function's parameters are declared the typer way
+        (``Annotated[..., typer.Option(...)]``).  A name that clashes with a core command or another
         plugin's fails loudly.
 
         :return: the commands this plugin adds (may be empty).
