@@ -645,3 +645,18 @@ async def test_private_registry_image_is_not_reachable_by_its_image_id(
         BUSYBOX_IMAGE, task_id="C", task_scopes=[], download=_no_download, log=Log()
     )
     assert resolved.image_id == busybox_id
+
+
+@pytest.mark.parametrize("host", ["docker.io", "index.docker.io", "registry-1.docker.io"])
+async def test_docker_hub_aliases_need_the_image_scope_of_hub_credentials(
+    docker_client: docker.DockerClient, tmp_path: Path, host: str
+) -> None:
+    """Docker Hub has several names; credentials configured under one of them guard the image under all, or a
+    task writing ``docker.io/someone/private`` would reach the private image (present, so never pulled)
+    without ``docker-worker:image:``."""
+    creds = {"username": "user", "password": "secret"}
+    manager = _manager(docker_client, tmp_path, registries={"registry.hub.docker.com/someone": creds})
+    with pytest.raises(ImageNotAuthorizedError, match=rf"docker-worker:image:{host}/someone/private:v1"):
+        await manager.ensure_image(
+            f"{host}/someone/private:v1", task_id="T", task_scopes=[], download=_no_download, log=Log()
+        )

@@ -292,6 +292,8 @@ def _split_reference(name: str) -> tuple[str, str | None, str | None]:
     return repo, tag, digest
 
 
+#: The names of Docker Hub's registry (what the engine pulls a two-part ``user/image`` name from).
+DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"})
 #: The local names artifact images are loaded under (``md5(taskId + path)``): never a registry image's.
 _ARTIFACT_IMAGE_REPO = re.compile(r"[0-9a-f]{32}")
 #: An image ID (``sha256:<hex>``, or the bare 64 hex digits), which the engine resolves without any name.
@@ -668,12 +670,18 @@ class ImageManager:
             return None
         if len(parts) == 2:
             parts.insert(0, self._default_registry)
-        host, user = parts[0], parts[1]
-        if f"{host}/{user}" in self._registries:
-            return self._registries[f"{host}/{user}"]
-        for key in (host, f"{host}/"):
-            if key in self._registries:
-                return self._registries[key]
+        # Docker Hub answers to several names: credentials configured under one guard the image under all.
+        hosts = [parts[0]]
+        if parts[0] in DOCKER_HUB_NAMES:
+            hosts += sorted(DOCKER_HUB_NAMES - {parts[0]})
+        user = parts[1]
+        for host in hosts:
+            if f"{host}/{user}" in self._registries:
+                return self._registries[f"{host}/{user}"]
+        for host in hosts:
+            for key in (host, f"{host}/"):
+                if key in self._registries:
+                    return self._registries[key]
         return None
 
     async def _ensure_registry_image(
