@@ -7,6 +7,8 @@ native and docker executors cannot request it: that is their payload format, not
 
 from __future__ import annotations
 
+import shlex
+from pathlib import Path
 from typing import Any
 
 from megalodon_core.testing import Harness
@@ -40,3 +42,16 @@ async def test_not_requested_not_there(harness: Harness) -> None:
     assert (out.state, out.reason) == ("completed", "completed"), out.log
     assert "greeting=[]" in out.log.splitlines()
     assert "public/hello.txt" not in out.artifacts
+
+
+async def test_a_symlink_planted_by_the_task_is_never_written_through(harness: Harness, tmp_path: Path) -> None:
+    """The feature writes its file as the worker: a task that left ``hello-feature.txt`` as a symlink (under the
+    multiuser engine, a task user pointing it at a root-owned file) must not get that file overwritten."""
+    victim = tmp_path / "victim.conf"
+    victim.write_text("precious\n")
+    script = f"ln -s {shlex.quote(str(victim))} hello-feature.txt"
+    out = await harness.run({**payload({"hello": True}), "script": script}, executor="script")
+    assert (out.state, out.reason) == ("completed", "completed"), out.log
+    assert victim.read_text() == "precious\n"
+    data, _ = harness.double.artifact_content(out.task_id, 0, "public/hello.txt")
+    assert data.decode().endswith(f"task {out.task_id} run 0: completed so far\n")

@@ -8,6 +8,9 @@ The smallest useful feature: a worker-lifetime :class:`~megalodon_core.contracts
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from megalodon_core.contracts import Feature, TaskFeature
@@ -45,9 +48,12 @@ class HelloTask(TaskFeature):
         run = self.run
         state, _ = errors.resolution()
         text = f"{self.message}\ntask {run.task_id} run {run.run_id}: {state} so far\n"
-        path = run.task_dir / "hello-feature.txt"
-        await asyncio.to_thread(path.write_text, text)
+        # A worker-private directory, never the task directory: the task may have left any name there as a
+        # symlink, and the worker (root under the multiuser engine) would write through it.
+        staging = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="megalodon-hello-"))
         try:
+            path = staging / "hello-feature.txt"
+            await asyncio.to_thread(path.write_text, text)
             await run.publisher().file(
                 run.task_id,
                 run.run_id,
@@ -60,3 +66,5 @@ class HelloTask(TaskFeature):
             )
         except ExecutionError as exc:
             errors.add(ResourceUnavailable(f"hello feature: could not upload {ARTIFACT}: {exc.message}"))
+        finally:
+            await asyncio.to_thread(shutil.rmtree, staging, True)
