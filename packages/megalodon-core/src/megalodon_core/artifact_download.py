@@ -64,8 +64,12 @@ class FileWriter:
         self.size += len(data)
 
     async def finish(self) -> tuple[int, str]:
-        """Flush, close, and return (size, sha256)."""
-        await self._flush()
+        """Flush, close, and return (size, sha256); the file is closed even when the last write fails."""
+        try:
+            await self._flush()
+        except BaseException:
+            await self.abandon()
+            raise
         if self._file is not None:
             await self.runner(self._file.close)
         return self.size, self._digest.hexdigest()
