@@ -9,7 +9,9 @@ What isolates one task from the worker and from other tasks, and why it is done 
   (HOME, PATH, USER, payload env, forced TASK_ID...): nothing of the worker's environment leaks in.
 - When the commands end (success, failure or abort) every process of the uid is killed, detached or not,
   *before* anything the task could have tampered with is read: artifacts, the task log, and
-  ``chain-of-trust-additional-data.json``.
+  ``chain-of-trust-additional-data.json``.  Task-user processes can still start after that (an interactive
+  shell stays open until the features stop), so the additions are read from a copy in the staging
+  directory, and cleanup kills the uid's processes again and re-checks the log, which is uploaded last.
 - Artifact content is read by ``cat`` running as the task user into a worker-private staging directory:
   a symlink to a file the user cannot read becomes a ``file-not-readable-on-worker`` error artifact, never
   an upload of the worker's file (a root ``os.access`` check would say yes to everything).
