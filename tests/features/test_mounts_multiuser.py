@@ -119,3 +119,16 @@ async def test_a_cache_whose_parent_the_task_swapped_for_a_symlink_does_not_take
         **config,
     )
     assert "root's key" not in second.log, second.log
+
+
+async def test_a_mount_path_climbing_through_the_log_directory_does_not_give_it_to_the_task_user(
+    harness: Harness, shared: dict[str, Path]
+) -> None:
+    """``generic-worker/../x`` lands in the task directory, but the parents the path names on the way must not
+    be chowned to the task user: ``generic-worker/`` (the task log's directory) is root's, 0700."""
+    mount = {"file": "generic-worker/../inputs.txt", "content": {"raw": "mounted\n"}}
+    out = await harness.run(
+        {"command": [sh("stat -c LOGDIR=%U generic-worker; cat inputs.txt")], "maxRunTime": 60, "mounts": [mount]},
+        **multiuser_config(shared, cleanUpTaskDirs=True, downloadsDir=str(shared["base"] / "downloads")),
+    )
+    assert "LOGDIR=root" in out.log, out.log

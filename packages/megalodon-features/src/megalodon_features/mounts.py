@@ -478,9 +478,14 @@ class TaskMounts(TaskFeature):
             raise
 
     def resolve(self, path: str) -> Path:
-        """generic-worker's ``AbsFrom``: absolute paths stay, relative ones are below the task directory."""
+        """generic-worker's ``AbsFrom``: absolute paths stay, relative ones are below the task directory.
+
+        Cleaned as Go's ``filepath.Join`` cleans (``a/../b`` is ``b``), for absolute paths too: the parents
+        a path names are chowned to the task user (:func:`chown_to`), and ``generic-worker/../x`` must not
+        name the task log's directory (root's) as one of them.
+        """
         candidate = Path(path)
-        return candidate if candidate.is_absolute() else self.run.task_dir / candidate
+        return Path(os.path.normpath(candidate if candidate.is_absolute() else self.run.task_dir / candidate))
 
     @property
     def limit(self) -> int:
