@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -394,6 +393,8 @@ async def _serve_worker(
         try:
             server = await serve(metrics, cfg.metricsAddress, cfg.metricsPort, health=health)
         except OSError as exc:
+            import socket
+
             key = "metricsAddress" if isinstance(exc, socket.gaierror) else "metricsPort"
             err_console.print(
                 f'Config setting "{key}" is invalid: cannot listen on {cfg.metricsAddress}:{cfg.metricsPort} '

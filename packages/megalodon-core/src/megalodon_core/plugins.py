@@ -111,8 +111,10 @@ class PluginHost:
     def _load_entry_points(self) -> None:
         blocked = {b.strip() for b in os.environ.get(BLOCK_ENV, "").split(",") if b.strip()}
         for ep in sorted(importlib_metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            dist = ep.dist.name if ep.dist else "?"
-            version = ep.dist.version if ep.dist else "?"
+            # Each is a parse of the distribution's METADATA (the email parser): a commands-only host, which
+            # nobody lists, does without them.
+            dist = ep.dist.name if ep.dist and not self._commands_only else "?"
+            version = ep.dist.version if ep.dist and not self._commands_only else "?"
             if ep.name in blocked:
                 self.records.append(PluginRecord(ep.name, dist, version, "blocked"))
                 continue
