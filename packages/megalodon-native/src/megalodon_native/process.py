@@ -77,18 +77,23 @@ class TaskProcesses:
         self.groups.add(pgid)
 
     async def kill(self) -> None:
-        """Kill every process the run started (cgroup), or at least its commands' process groups."""
-        for pgid in self.groups:
-            kill_group(pgid)
+        """Kill every process the run started (cgroup), or at least its commands' process groups.
+
+        With a cgroup the recorded process groups are left alone: every process of the run is in the cgroup,
+        while a group id whose members are all gone may have been reused by an unrelated process meanwhile
+        (the kernel frees a pgid with its last member), and a long task outlives many of them.
+        """
         if self.cgroup is not None:
             try:
                 # An empty cgroup stays empty (only a member can fork into it): nothing to freeze or kill,
                 # and no thread hop for the common case of commands that left nothing behind.
-                if not self.cgroup.pids():
-                    return
-                await asyncio.to_thread(self.cgroup.kill)
+                if self.cgroup.pids():
+                    await asyncio.to_thread(self.cgroup.kill)
+                return
             except CgroupError as exc:
-                log.error("task cgroup %s: %s", self.name, exc)
+                log.error("task cgroup %s: %s; killing the commands' process groups instead", self.name, exc)
+        for pgid in self.groups:
+            kill_group(pgid)
 
     async def hit_memory_limit(self) -> bool:
         """Whether the kernel killed a process of the run for the memory limit since the last call."""
