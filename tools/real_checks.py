@@ -184,8 +184,10 @@ class Worker:
             "cleanUpTaskDirs": False,
             **config,
         }
-        (self.dir / "worker.json").write_text(json.dumps(self.config, indent=1))
-        os.chmod(self.dir / "worker.json", 0o600)
+        # Created 0600: it holds the worker's credentials, never readable by others even for a moment.
+        fd = os.open(self.dir / "worker.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(self.config, indent=1))
 
     async def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("TASKCLUSTER_")}
