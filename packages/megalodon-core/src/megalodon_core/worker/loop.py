@@ -272,7 +272,7 @@ class Worker:
         disabled = [f.name for f in self.features if not f.is_enabled()]
         features = ", ".join(enabled) or "none"
         if disabled:
-            features += f" (disabled: {', '.join(disabled)})"
+            features += f"; features disabled by config: {', '.join(disabled)}"
         listening = dict(self.endpoints)
         for feature in self.features:
             where = feature.listening()
