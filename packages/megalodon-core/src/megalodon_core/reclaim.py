@@ -61,8 +61,9 @@ async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = Non
             log.warning("reclaim of %s/%s failed, giving the run up: %s", run.task_id, run.run_id, exc)
             run.abort(InternalError(f"Could not reclaim task before its claim expired: {exc}"))
             return
-        except aiohttp.ClientError as exc:
-            log.warning("reclaim of %s/%s failed: %s", run.task_id, run.run_id, exc)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # TimeoutError: the session's total timeout, which the taskcluster client does not wrap.
+            log.warning("reclaim of %s/%s failed: %s", run.task_id, run.run_id, str(exc) or type(exc).__name__)
             await asyncio.sleep(5)
             continue
         run.update_credentials(resp["credentials"], parse_iso(resp["takenUntil"]))

@@ -38,13 +38,14 @@ async def recover_runs(journal: ClaimJournal, ctx: WorkerContext, *, clean_task_
                 killed,
             )
             recovered += 1
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
-            # 409: already resolved (cancelled, deadline, claim expired); 401: credentials long expired.
+        except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
+            # 409: already resolved (cancelled, deadline, claim expired); 401: credentials long expired;
+            # TimeoutError: the session's total timeout, which the taskcluster client does not wrap.
             log.warning(
                 "run %s/%s left by a previous process could not be resolved: %s",
                 entry.task_id,
                 entry.run_id,
-                str(exc).splitlines()[0],
+                (str(exc) or type(exc).__name__).splitlines()[0],
             )
         if clean_task_dirs:
             await asyncio.to_thread(shutil.rmtree, task_dir, True)

@@ -81,9 +81,11 @@ async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins:
             task_id=run.task_id, run_id=run.run_id, state="exception", reason="canceled", duration=duration, run=run
         )
         return True
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        # TimeoutError: the session's total timeout, which the taskcluster client does not wrap.
         plugins.queue_call(method=method, seconds=time.monotonic() - started)
-        log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
+        detail = str(exc) or type(exc).__name__
+        log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, detail)
         return False
     plugins.queue_call(method=method, seconds=time.monotonic() - started)
     log.info("task %s/%s resolved %s/%s in %.2fs (%s)", run.task_id, run.run_id, state, reason, duration, _uploads(run))

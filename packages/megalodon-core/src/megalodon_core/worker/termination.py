@@ -46,7 +46,8 @@ class TerminationCheck:
             answer = await wm.shouldWorkerTerminate(
                 self.config.task_queue_id, self.config.workerGroup, self.config.workerId
             )
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
-            log.warning("shouldWorkerTerminate failed: %s", str(exc).splitlines()[0])
+        except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
+            # TimeoutError: the session's total timeout, which the taskcluster client does not wrap.
+            log.warning("shouldWorkerTerminate failed: %s", (str(exc) or type(exc).__name__).splitlines()[0])
             return False
         return bool(answer.get("terminate"))
