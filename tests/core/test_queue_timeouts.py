@@ -120,3 +120,14 @@ async def test_a_reclaim_the_queue_never_answers_is_retried(
         reclaimer.cancel()
         with contextlib.suppress(BaseException):
             await reclaimer
+
+
+async def test_an_artifact_the_queue_never_creates_is_resource_unavailable(ctx: WorkerContext) -> None:
+    """The pipeline turns ExecutionErrors into the run's resolution; a bare timeout escaped it instead."""
+    from megalodon_core.errors import ResourceUnavailable
+    from megalodon_core.upload import Publisher
+
+    publisher = Publisher(lambda: ctx.queue(CREDS), lambda creds: None, ctx.session)
+    expires = utcnow() + dt.timedelta(hours=1)
+    with pytest.raises(ResourceUnavailable, match=r"Could not create artifact 'public/x\.txt': TimeoutError"):
+        await publisher.error("DDDDDDDDDDDDDDDDDDDDDD", 0, "public/x.txt", "file-missing-on-worker", "gone", expires)

@@ -162,7 +162,7 @@ def classify_create_error(name: str, exc: Exception) -> ExecutionError:
             f"Artifact {name!r} conflicts with an artifact of the same name already created for this "
             f"run (queue answered 409): {exc}"
         )
-    return ResourceUnavailable(f"Could not create artifact {name!r}: {exc}")
+    return ResourceUnavailable(f"Could not create artifact {name!r}: {str(exc) or type(exc).__name__}")
 
 
 class Publisher:
@@ -176,7 +176,8 @@ class Publisher:
     async def _create(self, task_id: str, run_id: int, name: str, body: dict[str, Any]) -> Any:
         try:
             return await self._queue_factory().createArtifact(task_id, str(run_id), name, body)
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
+        except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
+            # TimeoutError: the session's total timeout, which the taskcluster client does not wrap.
             raise classify_create_error(name, exc) from exc
 
     async def error(self, task_id: str, run_id: int, name: str, reason: str, message: str, expires: Any) -> None:
@@ -269,13 +270,15 @@ class Publisher:
                             retry_for(aiohttp.ClientResponseError(r.request_info, (), status=r.status))
                         elif r.status >= 300:
                             raise ResourceUnavailable(f"Upload of artifact {name!r} rejected with HTTP {r.status}")
-                except aiohttp.ClientError as exc:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     retry_for(exc)
 
             try:
                 await retry(5, attempt)
-            except aiohttp.ClientError as exc:
-                raise ResourceUnavailable(f"Could not upload artifact {name!r}: {exc}") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise ResourceUnavailable(
+                    f"Could not upload artifact {name!r}: {str(exc) or type(exc).__name__}"
+                ) from exc
         finally:
             if body_path != path:
                 await asyncio.to_thread(body_path.unlink, missing_ok=True)
@@ -311,7 +314,7 @@ class Publisher:
                 objectService=self._object_factory(resp["credentials"]),
             )
             await self._queue_factory().finishArtifact(task_id, str(run_id), name, {"uploadId": resp["uploadId"]})
-        except (TaskclusterFailure, aiohttp.ClientError, RuntimeError) as exc:
+        except (TaskclusterFailure, aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             raise ResourceUnavailable(f"Could not upload artifact {name!r}: {exc}") from exc
         finally:
             await asyncio.to_thread(fh.close)

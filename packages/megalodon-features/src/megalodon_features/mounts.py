@@ -177,7 +177,7 @@ class URLContent(Content):
             except (_Transient, aiohttp.ClientError, TimeoutError) as exc:
                 await writer.abandon()
                 last = exc
-                tm.warn(f"Download of {self.describe()} failed on this attempt: {exc or type(exc).__name__}")
+                tm.warn(f"Download of {self.describe()} failed on this attempt: {str(exc) or type(exc).__name__}")
                 if attempt < DOWNLOAD_ATTEMPTS:
                     delay = min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1))
                     await asyncio.sleep(delay * (0.5 + random.random() / 2))
@@ -220,7 +220,7 @@ class ArtifactContent(Content):
                 tm.run.queue(), self.task_id, self.artifact, dest, runner=tm.thread
             )
         except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
-            raise FetchError(f"could not download {self.describe()}: {exc or type(exc).__name__}") from None
+            raise FetchError(f"could not download {self.describe()}: {str(exc) or type(exc).__name__}") from None
         tm.info(f"Downloaded {size} bytes with SHA256 {digest} from {self.describe()} to {shown}")
         return size, digest
 
