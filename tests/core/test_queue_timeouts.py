@@ -131,3 +131,17 @@ async def test_an_artifact_the_queue_never_creates_is_resource_unavailable(ctx: 
     expires = utcnow() + dt.timedelta(hours=1)
     with pytest.raises(ResourceUnavailable, match=r"Could not create artifact 'public/x\.txt': TimeoutError"):
         await publisher.error("DDDDDDDDDDDDDDDDDDDDDD", 0, "public/x.txt", "file-missing-on-worker", "gone", expires)
+
+
+async def test_a_claim_the_queue_never_answers_is_an_empty_claim(
+    ctx: WorkerContext, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The claim loop survives it: no task, a warning naming the error, and the loop polls again."""
+    from megalodon_core.worker import Worker
+    from megalodon_core.worker import loop as worker_loop
+
+    monkeypatch.setattr(worker_loop, "CLAIM_ERROR_BACKOFF", 0)
+    worker = Worker(ctx.config, PluginHost(load_entry_points=False))
+    worker.ctx = ctx
+    assert await worker._claim(1) == []
+    assert any("claimWork failed: TimeoutError" in r.getMessage() for r in caplog.records)

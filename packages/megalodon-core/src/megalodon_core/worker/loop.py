@@ -426,8 +426,9 @@ class Worker:
             waker.cancel()
         try:
             result: dict[str, Any] = claim.result()
-        except (TaskclusterFailure, aiohttp.ClientError) as exc:
-            log.warning("claimWork failed: %s", str(exc).splitlines()[0] if str(exc) else exc)
+        except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
+            # TimeoutError: the client does not wrap its session's total timeout (a queue that stopped answering).
+            log.warning("claimWork failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             await asyncio.sleep(CLAIM_ERROR_BACKOFF)
             return []
         finally:
@@ -532,7 +533,7 @@ class Worker:
                     resolved_elsewhere = True  # cancelled, deadline, or claim expired: nothing left to report
                     break
                 error: Exception = failure
-            except aiohttp.ClientError as client_error:
+            except (aiohttp.ClientError, TimeoutError) as client_error:
                 error = client_error
             if attempt + 1 < CRASH_REPORT_ATTEMPTS:
                 await asyncio.sleep(CLAIM_ERROR_BACKOFF)
@@ -542,7 +543,7 @@ class Worker:
                 "resolved before this worker exits, or by its next start",
                 task_id,
                 run_id,
-                str(error).splitlines()[0] if str(error) else error,
+                str(error).splitlines()[0] if str(error) else type(error).__name__,
             )
             # Recovery kills processes working under the record's directory: a run that crashed before it had
             # one gets a path that never exists (never "", which would mean the worker's own directory).
