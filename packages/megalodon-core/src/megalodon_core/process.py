@@ -203,6 +203,14 @@ async def run_command(
             result.aborted = True
             await kill_tree(proc.pid, cgroup)
         status, usage = await reaper
+    except BaseException:
+        # Cancelled rather than aborted (the caller is going away): close the pipe and kill the command's
+        # group now, so neither the descriptor nor the process outlives the call; the cgroup is the caller's.
+        # The reaper is left to collect the killed child (it returns as soon as the child is gone).
+        transport.close()
+        if not reaper.done():
+            kill_group(proc.pid)
+        raise
     finally:
         aborter.cancel()
     result.duration = time.monotonic() - begin

@@ -1,0 +1,52 @@
+"""``run_command`` cancelled (not aborted): neither its pipe nor its process outlives the call."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+import pytest
+
+from megalodon_core.process import run_command
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in state
+
+
+async def test_cancelled_command_is_killed_and_its_pipe_closed(tmp_path: Path) -> None:
+    pids: list[int] = []
+    fds_before = set(os.listdir("/proc/self/fd"))
+    call = asyncio.create_task(
+        run_command(
+            ["sleep", "300"],
+            cwd=tmp_path,
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            output=lambda data: None,
+            abort=asyncio.Event(),
+            started=pids.append,
+        )
+    )
+    for _ in range(200):
+        if pids:
+            break
+        await asyncio.sleep(0.05)
+    assert pids, "the command never started"
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    for _ in range(200):
+        if not _alive(pids[0]):
+            break
+        await asyncio.sleep(0.05)
+    assert not _alive(pids[0]), "a cancelled command kept running"
+    with contextlib.suppress(Exception):
+        await asyncio.sleep(0)  # let the closed transport release its descriptor
+    leaked = set(os.listdir("/proc/self/fd")) - fds_before
+    assert not {fd for fd in leaked if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:")}, "pipe left open"
