@@ -35,13 +35,14 @@ def make_task(payload: dict[str, Any], worker_type: str) -> dict[str, Any]:
     }
 
 
-def worker_config(double: TaskclusterDouble, worker_type: str, workdir: Path, **overrides: Any) -> dict[str, Any]:
-    """A generic-worker style config for ``worker_type``, with credentials minted by the double."""
-    creds = double.worker_credentials(PROVISIONER, worker_type, WORKER_GROUP, WORKER_ID)
+def config_for(
+    root_url: str, credentials: dict[str, str], worker_type: str, workdir: Path, **overrides: Any
+) -> dict[str, Any]:
+    """A generic-worker style config for ``worker_type`` on any queue (the double or a real one)."""
     cfg: dict[str, Any] = {
-        "rootURL": double.root_url,
-        "clientId": creds["clientId"],
-        "accessToken": creds["accessToken"],
+        "rootURL": root_url,
+        "clientId": credentials["clientId"],
+        "accessToken": credentials["accessToken"],
         "provisionerId": PROVISIONER,
         "workerType": worker_type,
         "workerGroup": WORKER_GROUP,
@@ -58,6 +59,12 @@ def worker_config(double: TaskclusterDouble, worker_type: str, workdir: Path, **
     }
     cfg.update(overrides)
     return cfg
+
+
+def worker_config(double: TaskclusterDouble, worker_type: str, workdir: Path, **overrides: Any) -> dict[str, Any]:
+    """:func:`config_for` the double, with worker credentials it mints."""
+    creds = double.worker_credentials(PROVISIONER, worker_type, WORKER_GROUP, WORKER_ID)
+    return config_for(double.root_url, creds, worker_type, workdir, **overrides)
 
 
 def stats(values: list[float]) -> dict[str, float]:

@@ -30,16 +30,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def _one_task(cfg: dict[str, Any], session: aiohttp.ClientSession, wq: Any, claim: dict[str, Any]) -> None:
-    task_id, run_id = claim["status"]["taskId"], str(claim["runId"])
-    expires = claim["task"]["expires"]
-    tq = taskcluster.aio.Queue({"rootUrl": cfg["rootURL"], "credentials": claim["credentials"]}, session=session)
-    proc = await asyncio.create_subprocess_exec("true")
-    code = await proc.wait()
-    raw = (
-        f"[taskcluster {_now()}] Task ID: {task_id}\n[taskcluster {_now()}] Exit Code: {code}\n"
-        f"[taskcluster {_now()}] === Task Finished ===\n"
-    ).encode()
+async def publish_and_report(
+    session: aiohttp.ClientSession, tq: Any, task_id: str, run_id: str, expires: str, raw: bytes
+) -> None:
+    """What megalodon does for every task at the least: the gzipped backing log, the live-log link, the report."""
     body = gzip.compress(raw, 6)
     resp = await tq.createArtifact(
         task_id,
@@ -57,6 +51,18 @@ async def _one_task(cfg: dict[str, Any], session: aiohttp.ClientSession, wq: Any
         {"storageType": "link", "artifact": BACKING, "contentType": LOG_CONTENT_TYPE, "expires": expires},
     )
     await tq.reportCompleted(task_id, run_id)
+
+
+async def _one_task(cfg: dict[str, Any], session: aiohttp.ClientSession, claim: dict[str, Any]) -> None:
+    task_id, run_id = claim["status"]["taskId"], str(claim["runId"])
+    tq = taskcluster.aio.Queue({"rootUrl": cfg["rootURL"], "credentials": claim["credentials"]}, session=session)
+    proc = await asyncio.create_subprocess_exec("true")
+    code = await proc.wait()
+    raw = (
+        f"[taskcluster {_now()}] Task ID: {task_id}\n[taskcluster {_now()}] Exit Code: {code}\n"
+        f"[taskcluster {_now()}] === Task Finished ===\n"
+    ).encode()
+    await publish_and_report(session, tq, task_id, run_id, claim["task"]["expires"], raw)
 
 
 async def main_async(cfg: dict[str, Any]) -> int:
@@ -79,7 +85,7 @@ async def main_async(cfg: dict[str, Any]) -> int:
                             queue_id, {"tasks": 1, "workerGroup": cfg["workerGroup"], "workerId": cfg["workerId"]}
                         )
                     )["tasks"]
-                await _one_task(cfg, session, wq, claims[0])
+                await _one_task(cfg, session, claims[0])
 
         await asyncio.gather(*(loop() for _ in range(capacity)))
     return 0

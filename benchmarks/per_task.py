@@ -39,7 +39,7 @@ import aiohttp
 import psutil
 import taskcluster
 import taskcluster.aio
-from common import PROVISIONER, WORKER_GROUP, WORKER_ID, make_task, ratio, scratch, stats, worker_config
+from common import config_for, make_task, ratio, scratch, stats, worker_config
 
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.double.faults import CallCounter
@@ -256,23 +256,7 @@ async def run_side_real(
             task_id = taskcluster.slugId()
             await queue.createTask(task_id, make_task(payload, worker_type))
             ids.append(task_id)
-        cfg = {
-            "rootURL": root_url,
-            **creds,
-            "provisionerId": PROVISIONER,
-            "workerType": worker_type,
-            "workerGroup": WORKER_GROUP,
-            "workerId": WORKER_ID,
-            "executor": "native",
-            "tasksDir": str(workdir / "tasks"),
-            "stateDir": str(workdir / "state"),
-            "requiredDiskSpaceMegabytes": 16,
-            "cachesDir": str(workdir / "caches"),
-            "downloadsDir": str(workdir / "downloads"),
-            "numberOfTasksToRun": n,
-            "capacity": capacity,
-            "maxTaskRunTime": 3600,
-        }
+        cfg = config_for(root_url, creds, worker_type, workdir, numberOfTasksToRun=n, capacity=capacity)
         cfg_path = workdir / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         argv, env = side_command(side, cfg_path)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gzip
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ import psutil
 import taskcluster
 import taskcluster.aio
 from common import PROVISIONER, WORKER_GROUP, WORKER_ID, make_task, ratio, scratch, stats, worker_config
+from floor import publish_and_report
 from per_task import SCENARIOS as PER_TASK_SCENARIOS
 
 from megalodon_core import hookimpl
@@ -342,28 +342,7 @@ async def baseline_tasks(
             await proc.wait()
             t2 = time.perf_counter()
             raw = f"[taskcluster {iso(utcnow())}] Task ID: {task_id}\n".encode() * 8
-            body = gzip.compress(raw)
-            resp = await tq.createArtifact(
-                task_id,
-                run_id,
-                "public/logs/live_backing.log",
-                {"storageType": "s3", "contentType": LOG_CONTENT_TYPE, "expires": expires, "contentLength": len(raw)},
-            )
-            headers = {"Content-Type": LOG_CONTENT_TYPE, "Content-Encoding": "gzip", "Content-Length": str(len(body))}
-            async with session.put(resp["putUrl"], data=body, headers=headers) as r:
-                r.raise_for_status()
-            await tq.createArtifact(
-                task_id,
-                run_id,
-                "public/logs/live.log",
-                {
-                    "storageType": "link",
-                    "artifact": "public/logs/live_backing.log",
-                    "contentType": LOG_CONTENT_TYPE,
-                    "expires": expires,
-                },
-            )
-            await tq.reportCompleted(task_id, run_id)
+            await publish_and_report(session, tq, task_id, run_id, expires, raw)
             t3 = time.perf_counter()
             phases["claimWork"].append(t1 - t0)
             phases["command"].append(t2 - t1)
