@@ -5,7 +5,6 @@ capacity > 1 after a task finished during the poll; a run cancelled through the 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -20,6 +19,8 @@ import taskcluster.aio
 from megalodon_core.double import PUBLIC_ARTIFACTS, TaskclusterDouble
 from megalodon_core.testing import make_task
 
+from ..helpers.procs import write_worker_config
+
 MEGALODON = [sys.executable, "-m", "megalodon_core"]
 #: The claimWork long poll of these tests: far longer than the exit they wait for.
 LONG_POLL = 30.0
@@ -31,15 +32,7 @@ class WorkerProcess:
     """``megalodon run`` (default log level) against a double, its stderr in a file."""
 
     def __init__(self, tmp_path: Path, double: TaskclusterDouble, worker_type: str, **extra: Any) -> None:
-        creds = double.worker_credentials("megalodon-test", worker_type, "g", "w")
-        cfg = {
-            "rootURL": double.root_url, "clientId": creds["clientId"], "accessToken": creds["accessToken"],
-            "provisionerId": "megalodon-test", "workerType": worker_type, "workerGroup": "g", "workerId": "w",
-            "tasksDir": str(tmp_path / "tasks"), "stateDir": str(tmp_path / "state"), "executor": "native",
-            "requiredDiskSpaceMegabytes": 16, **extra,
-        }  # fmt: skip
-        self.config = tmp_path / "worker.json"
-        self.config.write_text(json.dumps(cfg))
+        self.config = write_worker_config(double, tmp_path, worker_type, **extra)
         self.stderr = tmp_path / "worker.stderr"
         self.tmp_path = tmp_path
         self.proc: asyncio.subprocess.Process | None = None

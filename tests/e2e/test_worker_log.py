@@ -18,21 +18,16 @@ import taskcluster.aio
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.testing import make_task
 
+from ..helpers.procs import write_worker_config
+
 MEGALODON = [sys.executable, "-m", "megalodon_core"]
 CAPABILITIES = ["graceful-termination", "new-credentials", "log", "error-report", "shutdown"]
 
 
 def write_config(tmp_path: Path, double: TaskclusterDouble, worker_type: str, **extra: Any) -> tuple[Path, str]:
-    creds = double.worker_credentials("megalodon-test", worker_type, "g", "w")
-    cfg = {
-        "rootURL": double.root_url, "clientId": creds["clientId"], "accessToken": creds["accessToken"],
-        "provisionerId": "megalodon-test", "workerType": worker_type, "workerGroup": "g", "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"), "stateDir": str(tmp_path / "state"), "executor": "native",
-        "requiredDiskSpaceMegabytes": 16, **extra,
-    }  # fmt: skip
-    path = tmp_path / "worker.json"
-    path.write_text(json.dumps(cfg))
-    return path, creds["accessToken"]
+    """The shared worker config, and the worker's access token the log must never show."""
+    path = write_worker_config(double, tmp_path, worker_type, **extra)
+    return path, json.loads(path.read_text())["accessToken"]
 
 
 def record_task_credentials(double: TaskclusterDouble) -> list[dict[str, str]]:

@@ -17,6 +17,8 @@ import taskcluster
 from megalodon_core.double import TaskclusterDouble
 from megalodon_core.testing import make_task
 
+from ..helpers.procs import write_worker_config
+
 MEGALODON = [sys.executable, "-m", "megalodon_core"]
 
 
@@ -50,19 +52,6 @@ class Runner:
             await asyncio.sleep(0.05)
 
 
-def write_config(tmp_path: Path, double: TaskclusterDouble, worker_type: str, **extra: Any) -> Path:
-    creds = double.worker_credentials("megalodon-test", worker_type, "g", "w")
-    cfg = {
-        "rootURL": double.root_url, "clientId": creds["clientId"], "accessToken": creds["accessToken"],
-        "provisionerId": "megalodon-test", "workerType": worker_type, "workerGroup": "g", "workerId": "w",
-        "tasksDir": str(tmp_path / "tasks"), "stateDir": str(tmp_path / "state"), "executor": "native",
-        "requiredDiskSpaceMegabytes": 16, **extra,
-    }  # fmt: skip
-    path = tmp_path / "worker.json"
-    path.write_text(json.dumps(cfg))
-    return path
-
-
 async def start(tmp_path: Path, config: Path) -> Runner:
     proc = await asyncio.create_subprocess_exec(
         *MEGALODON, "-v", "run", "--with-worker-runner", "--config", str(config),
@@ -91,7 +80,7 @@ CAPABILITIES = ["graceful-termination", "new-credentials", "log", "error-report"
 
 async def test_handshake_new_credentials_and_graceful_termination(double: TaskclusterDouble, tmp_path: Path) -> None:
     worker_type = "wr-graceful"
-    runner = await start(tmp_path, write_config(tmp_path, double, worker_type))
+    runner = await start(tmp_path, write_worker_config(double, tmp_path, worker_type))
     await runner.send({"type": "welcome", "capabilities": [*CAPABILITIES, "something-new"]})
     await runner.wait_for(lambda: runner.of_type("hello"))
     hello = runner.of_type("hello")[0]
@@ -134,7 +123,7 @@ async def test_handshake_new_credentials_and_graceful_termination(double: Taskcl
 
 async def test_worker_manager_terminate_sends_shutdown(double: TaskclusterDouble, tmp_path: Path) -> None:
     worker_type = "wr-terminate"
-    runner = await start(tmp_path, write_config(tmp_path, double, worker_type))
+    runner = await start(tmp_path, write_worker_config(double, tmp_path, worker_type))
     await runner.send({"type": "welcome", "capabilities": CAPABILITIES})
     await runner.wait_for(lambda: runner.of_type("hello"))
     double.worker_manager.set_should_terminate(f"megalodon-test/{worker_type}", "g", "w", True)
@@ -144,7 +133,7 @@ async def test_worker_manager_terminate_sends_shutdown(double: TaskclusterDouble
 
 async def test_graceful_termination_finishing_tasks(double: TaskclusterDouble, tmp_path: Path) -> None:
     worker_type = "wr-finish"
-    runner = await start(tmp_path, write_config(tmp_path, double, worker_type))
+    runner = await start(tmp_path, write_worker_config(double, tmp_path, worker_type))
     await runner.send({"type": "welcome", "capabilities": ["graceful-termination"]})
     await runner.wait_for(lambda: runner.of_type("hello"))
     queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
@@ -163,7 +152,7 @@ async def test_protocol_pipe_fifos(double: TaskclusterDouble, tmp_path: Path) ->
     pipe = tmp_path / "proto"
     os.mkfifo(f"{pipe}-input")  # worker -> runner (generic-worker names the pipes from the runner's side)
     os.mkfifo(f"{pipe}-output")  # runner -> worker
-    config = write_config(tmp_path, double, "wr-pipe")
+    config = write_worker_config(double, tmp_path, "wr-pipe")
     proc = await asyncio.create_subprocess_exec(
         *MEGALODON, "-v", "run", "--with-worker-runner",
         "--worker-runner-protocol-pipe", str(pipe), "--config", str(config),
@@ -197,7 +186,7 @@ async def test_metrics_and_healthz_endpoint(double: TaskclusterDouble, tmp_path:
     from prometheus_client.parser import text_string_to_metric_families
 
     worker_type = "metrics"
-    config = write_config(tmp_path, double, worker_type, metricsPort=0, idleTimeoutSecs=4)
+    config = write_worker_config(double, tmp_path, worker_type, metricsPort=0, idleTimeoutSecs=4)
     queue = taskcluster.Queue({"rootUrl": double.root_url, "credentials": double.root_credentials})
     task_id = taskcluster.slugId()
     await asyncio.to_thread(
