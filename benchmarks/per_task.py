@@ -21,6 +21,7 @@ falls on every side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 import json
@@ -69,8 +70,9 @@ class ProcessWatch:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
     def cpu(self) -> float:
-        t = psutil.Process(self.pid).cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
+        """CPU of the process tree: the process, its live descendants (megalodon's spawner process) and the
+        children each of them reaped (the task commands)."""
+        return tree_cpu(self.pid)
 
     def resolved(self) -> None:
         self.times.append(time.perf_counter())
@@ -79,6 +81,17 @@ class ProcessWatch:
         if len(self.times) == self.n:
             self.cpu_last = self.cpu()
             self.done.set()
+
+
+def tree_cpu(pid: int) -> float:
+    """User + system seconds of ``pid``, its live descendants, and every child any of them reaped."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 class ResolutionClock(CallCounter):

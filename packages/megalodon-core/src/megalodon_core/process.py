@@ -29,6 +29,7 @@ from typing import Any
 from pydantic import NonNegativeInt
 
 from .cgroup import CgroupError, TaskCgroup
+from .spawner import ChildExit, Spawner, SpawnUnavailable
 
 #: How long to keep reading output after the command exited (a detached child may hold the pipe open).
 DRAIN_SECONDS = 0.5
@@ -119,6 +120,11 @@ async def reap(pid: int) -> tuple[int, Any]:
     return await fut
 
 
+async def _reap_usage(pid: int) -> ChildExit:
+    status, usage = await reap(pid)
+    return ChildExit(status, usage.ru_utime, usage.ru_stime)
+
+
 def kill_group(pgid: int) -> None:
     """SIGKILL a process group (the fallback boundary when there is no cgroup)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -145,6 +151,7 @@ async def run_command(
     group: int | None = None,
     extra_groups: list[int] | None = None,
     cgroup: TaskCgroup | None = None,
+    spawner: Spawner | None = None,
 ) -> CommandResult:
     """Run ``argv`` to completion or until ``abort`` is set (then its cgroup, or process group, is killed).
 
@@ -152,6 +159,9 @@ async def run_command(
     started (no such program, no permission, cgroup not joinable) is a ``system_error``, never an exception.
     Processes the command leaves behind are not killed here when it exits normally: the caller decides when
     the task's processes end (usually when all of its commands have run).
+
+    With a ``spawner`` (:mod:`megalodon_core.spawner`) the fork happens in that small process instead of this
+    one, identically; when it cannot take the command, the command is forked here.
     """
     loop = asyncio.get_running_loop()
     result = CommandResult()
@@ -164,23 +174,39 @@ async def run_command(
         result.exit_code = -2
         return result
     read_fd, write_fd = os.pipe()
+    proc: subprocess.Popen[bytes] | None = None
+    spawned: asyncio.Future[ChildExit] | None = None
     try:
-        # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded.
-        proc = subprocess.Popen(  # noqa: ASYNC220
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            start_new_session=True,
-            close_fds=True,
-            user=user,
-            group=group,
-            extra_groups=extra_groups,
-            # Only os.write on descriptors opened above: safe in the forked child of a threaded process.
-            preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509
-        )
+        if spawner is not None:
+            with contextlib.suppress(SpawnUnavailable):
+                pid, spawned = await spawner.spawn(
+                    argv,
+                    cwd=cwd,
+                    env=env,
+                    output_fd=write_fd,
+                    cgroup_fds=cgroup_fds,
+                    user=user,
+                    group=group,
+                    extra_groups=extra_groups,
+                )
+        if spawned is None:
+            # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded.
+            proc = subprocess.Popen(  # noqa: ASYNC220
+                argv,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=write_fd,
+                stderr=write_fd,
+                start_new_session=True,
+                close_fds=True,
+                user=user,
+                group=group,
+                extra_groups=extra_groups,
+                # Only os.write on descriptors opened above: safe in the forked child of a threaded process.
+                preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509
+            )
+            pid = proc.pid
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -188,35 +214,47 @@ async def run_command(
         result.exit_code = -2
         result.duration = time.monotonic() - begin
         return result
+    except BaseException:
+        os.close(read_fd)
+        raise
     finally:
         os.close(write_fd)
         for fd in cgroup_fds:
             os.close(fd)
-    started(proc.pid)
+    started(pid)
     pipe = os.fdopen(read_fd, "rb", buffering=0)
     transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
-    reaper = asyncio.create_task(reap(proc.pid))
+    reaper = asyncio.ensure_future(spawned if spawned is not None else _reap_usage(pid))
     aborter = asyncio.create_task(abort.wait())
     try:
         await asyncio.wait({reaper, aborter}, return_when=asyncio.FIRST_COMPLETED)
         if not reaper.done():
             result.aborted = True
-            await kill_tree(proc.pid, cgroup)
-        status, usage = await reaper
+            await kill_tree(pid, cgroup)
+        ended = await reaper
+    except SpawnUnavailable:
+        # The spawner process died with the command running: it can no longer be waited for, so kill it.
+        transport.close()
+        await kill_tree(pid, cgroup)
+        result.system_error = f"{argv[0]}: the worker's spawner process exited while the command ran"
+        result.duration = time.monotonic() - begin
+        return result
     except BaseException:
         # Cancelled rather than aborted (the caller is going away): close the pipe and kill the command's
         # group now, so neither the descriptor nor the process outlives the call; the cgroup is the caller's.
         # The reaper is left to collect the killed child (it returns as soon as the child is gone).
         transport.close()
         if not reaper.done():
-            kill_group(proc.pid)
+            kill_group(pid)
         raise
     finally:
         aborter.cancel()
+    status = ended.status
     result.duration = time.monotonic() - begin
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: keep Popen from waiting again
-    result.user_time = usage.ru_utime
-    result.kernel_time = usage.ru_stime
+    if proc is not None:
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by us: keep Popen from waiting again
+    result.user_time = ended.user_time
+    result.kernel_time = ended.kernel_time
     if os.WIFSIGNALED(status):
         result.signalled = os.WTERMSIG(status)
         result.exit_code = -1

@@ -21,6 +21,7 @@ from megalodon_core.contracts import Artifacts, ExecutorRun, NoArtifacts, TaskEx
 from megalodon_core.errors import Failure, IntermittentTask, MalformedPayload
 from megalodon_core.rundata import FeatureRequest, ProxyPlacement
 from megalodon_core.scopes import ScopeCheck, describe
+from megalodon_core.spawner import Spawner
 from megalodon_core.timefmt import go_duration, parse_iso
 
 from .artifacts import NativeArtifacts
@@ -264,6 +265,7 @@ class NativeRun(ExecutorRun[Any]):
                     abort=run.aborted,
                     started=processes.started,
                     cgroup=processes.cgroup,
+                    spawner=self.executor.spawner,
                     **identity,
                 )
                 extra = [row for rows in run.result_rows for row in rows()]
@@ -322,6 +324,17 @@ class NativeExecutor(TaskExecutor):
         if self._network_sweep is None:
             self._network_sweep = asyncio.ensure_future(sweep_orphan_networks())
         await asyncio.shield(self._network_sweep)
+
+    #: Forks the task commands (megalodon_core.spawner): started by the first command, ended by close().
+    spawner: Spawner
+
+    def __init__(self, worker: Any) -> None:
+        super().__init__(worker)
+        self.spawner = Spawner()
+
+    async def close(self) -> None:
+        """Worker stop: end the spawner process (every task's processes were killed before)."""
+        await self.spawner.close()
 
     async def initialise(self) -> None:
         """Worker start: remove the empty task cgroups that workers killed without a later recovery run left."""

@@ -1,0 +1,188 @@
+"""The spawner process (issue 13): commands forked by a small process behave exactly as commands forked here.
+
+Each behaviour is checked both ways — ``run_command`` with the worker's :class:`Spawner` and without — so a
+difference between the two paths fails a test: exit codes and signals, the environment and directory, a
+program that does not exist, cgroup membership, abort, cancellation, and the spawner process dying under a
+running command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from megalodon_core import cgroup as cgroups
+from megalodon_core import spawner_process
+from megalodon_core.process import CommandResult, run_command
+from megalodon_core.spawner import Spawner
+
+from ..helpers.procs import alive, wait_gone
+
+HOST = cgroups.detect()
+ENV = {"PATH": "/usr/bin:/bin", "ONLY": "this"}
+
+
+@pytest.fixture
+async def spawner() -> AsyncIterator[Spawner]:
+    spawner = Spawner()
+    yield spawner
+    await spawner.close()
+
+
+async def _run(
+    argv: list[str],
+    cwd: Path,
+    spawner: Spawner | None,
+    *,
+    env: dict[str, str] | None = None,
+    abort: asyncio.Event | None = None,
+    started: list[int] | None = None,
+    cgroup: cgroups.TaskCgroup | None = None,
+) -> tuple[CommandResult, bytes]:
+    out = bytearray()
+    result = await run_command(
+        argv,
+        cwd=cwd,
+        env=ENV if env is None else env,
+        output=out.extend,
+        abort=asyncio.Event() if abort is None else abort,
+        started=(started.append if started is not None else lambda pid: None),
+        cgroup=cgroup,
+        spawner=spawner,
+    )
+    return result, bytes(out)
+
+
+def _spawner_pid(spawner: Spawner) -> int:
+    assert spawner._proc is not None, "the spawner process never started"
+    return spawner._proc.pid
+
+
+async def test_exit_status_output_environment_and_directory_match_a_fork_here(tmp_path: Path, spawner: Spawner) -> None:
+    script = 'echo "out $ONLY $(pwd)"; echo err >&2; env | sort > env.txt; exit 7'
+    local, local_out = await _run(["sh", "-c", script], tmp_path, None)
+    local_env = (tmp_path / "env.txt").read_text()
+    remote, remote_out = await _run(["sh", "-c", script], tmp_path, spawner)
+    assert (remote.exit_code, remote.system_error, remote.signalled) == (7, None, None)
+    assert (local.exit_code, local.system_error) == (7, None)
+    assert remote_out == local_out == f"out this {tmp_path}\nerr\n".encode()
+    assert (tmp_path / "env.txt").read_text() == local_env  # nothing added or lost on the way
+    assert remote.user_time >= 0 and remote.kernel_time >= 0 and remote.duration > 0
+    # It really ran there: the command was the spawner's child, not ours.
+    parents: list[int] = []
+    await _run(["sh", "-c", "echo $PPID > ppid.txt"], tmp_path, spawner, started=parents)
+    assert int((tmp_path / "ppid.txt").read_text()) == _spawner_pid(spawner)
+
+
+async def test_a_missing_program_is_the_same_system_error_either_way(tmp_path: Path, spawner: Spawner) -> None:
+    local, _ = await _run(["no-such-program-megalodon"], tmp_path, None)
+    remote, _ = await _run(["no-such-program-megalodon"], tmp_path, spawner)
+    assert remote.exit_code == local.exit_code == -2
+    assert remote.system_error == local.system_error == "no-such-program-megalodon: No such file or directory"
+    (tmp_path / "not-exec").write_text("#!/bin/sh\n")
+    local, _ = await _run(["./not-exec"], tmp_path, None)
+    remote, _ = await _run(["./not-exec"], tmp_path, spawner)
+    assert remote.system_error == local.system_error == "./not-exec: Permission denied"
+
+
+async def test_signals_have_their_default_disposition_in_the_command(tmp_path: Path, spawner: Spawner) -> None:
+    """The spawner catches INT/TERM/HUP for itself; its commands must not inherit that."""
+    result, _ = await _run(["sh", "-c", "kill -TERM $$; sleep 5"], tmp_path, spawner)
+    assert (result.exit_code, result.signalled) == (-1, signal.SIGTERM)
+    result, _ = await _run(["sh", "-c", "kill -INT $$; sleep 5"], tmp_path, spawner)
+    assert (result.exit_code, result.signalled) == (-1, signal.SIGINT)
+
+
+async def test_the_spawner_survives_int_and_term(tmp_path: Path, spawner: Spawner) -> None:
+    await _run(["true"], tmp_path, spawner)
+    pid = _spawner_pid(spawner)
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+    result, out = await _run(["echo", "still here"], tmp_path, spawner)
+    assert result.exit_code == 0 and out == b"still here\n"
+    assert _spawner_pid(spawner) == pid
+
+
+async def test_abort_kills_a_command_started_there(tmp_path: Path, spawner: Spawner) -> None:
+    abort = asyncio.Event()
+    pids: list[int] = []
+    call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids))
+    for _ in range(200):
+        if pids:
+            break
+        await asyncio.sleep(0.05)
+    assert pids, "the command never started"
+    abort.set()
+    result, _ = await asyncio.wait_for(call, 60)
+    assert result.aborted and result.exit_code == -1 and result.signalled == signal.SIGKILL
+    assert await wait_gone(pids[0])
+
+
+async def test_a_cancelled_command_started_there_is_killed(tmp_path: Path, spawner: Spawner) -> None:
+    pids: list[int] = []
+    call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids))
+    for _ in range(200):
+        if pids:
+            break
+        await asyncio.sleep(0.05)
+    assert pids, "the command never started"
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    assert await wait_gone(pids[0]), "a cancelled command kept running"
+
+
+async def test_a_spawner_killed_under_a_command_fails_it_and_kills_it(tmp_path: Path, spawner: Spawner) -> None:
+    pids: list[int] = []
+    call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids))
+    for _ in range(200):
+        if pids:
+            break
+        await asyncio.sleep(0.05)
+    assert pids, "the command never started"
+    os.kill(_spawner_pid(spawner), signal.SIGKILL)
+    result, _ = await asyncio.wait_for(call, 60)
+    assert result.system_error == "sleep: the worker's spawner process exited while the command ran"
+    assert await wait_gone(pids[0]), "the command outlived its spawner"
+    # Later commands are forked by the worker itself.
+    result, out = await _run(["echo", "forked here"], tmp_path, spawner)
+    assert result.exit_code == 0 and out == b"forked here\n"
+
+
+async def test_an_environment_too_big_for_one_message_is_forked_here(tmp_path: Path, spawner: Spawner) -> None:
+    await _run(["true"], tmp_path, spawner)  # the spawner is up
+    # Many variables below the kernel's 128 KiB per string, more than one message in all.
+    chunks = spawner_process.MAX_MESSAGE // (64 * 1024) + 1
+    big = {**ENV, **{f"BIG{i}": "x" * (64 * 1024) for i in range(chunks)}}
+    result, out = await _run(["sh", "-c", "echo ${#BIG0} $PPID"], tmp_path, spawner, env=big)
+    assert result.exit_code == 0, out
+    length, parent = out.split()
+    assert int(length) == 64 * 1024
+    assert int(parent) == os.getpid()
+
+
+async def test_close_ends_the_spawner_process(tmp_path: Path) -> None:
+    spawner = Spawner()
+    await _run(["true"], tmp_path, spawner)
+    pid = _spawner_pid(spawner)
+    assert alive(pid)
+    await spawner.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.skipif(HOST is None, reason="needs root and a cgroup hierarchy at /sys/fs/cgroup")
+async def test_a_command_started_there_runs_in_its_task_cgroup(tmp_path: Path, spawner: Spawner) -> None:
+    assert HOST is not None
+    group = HOST.create(f"task-spawner-test-{os.getpid()}-0", memory_limit=0)
+    try:
+        result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=group)
+        assert result.exit_code == 0
+        assert f"task-spawner-test-{os.getpid()}-0" in out.decode()
+    finally:
+        group.remove()
