@@ -1,8 +1,9 @@
-"""Claim bookkeeping: the journal record, state files and task directory of each claim, on one thread.
+"""Claim bookkeeping: the journal record, state files and task directory of each claim.
 
-One thread (not the default pool) so writes stay ordered — a claim's end never overtakes its start — and
-the end-of-task part is not awaited before the next claim: the loop hands it over and moves on; the
-worker waits for what is still pending only when it exits.
+The journal record and state files are a few hundred bytes each and are written on the loop, in order (a
+claim's end never overtakes its start).  Removing a big task directory is handed to one thread of its own
+(not the default pool) and not awaited before the next claim; the worker waits for what is still pending
+only when it exits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..journal import ClaimJournal, ClaimRecord
+from .small_tree import remove_small_tree
 from .state_files import JOURNAL_DIR, METADATA_FILE, write_private, write_state
 
 
@@ -25,9 +27,8 @@ class ClaimBooks:
         self._journal: ClaimJournal | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
         self._pending: set[asyncio.Future[None]] = set()
-        #: The loop's latest (resolved count, running task ids).  Claim starts write the state files on the
-        #: loop, a claim's end later on the thread: each write takes the latest values under the lock, so an
-        #: end written after the next start cannot put back an older list (nor interleave with it).
+        #: The loop's latest (resolved count, running task ids).  Each write takes the latest values under the
+        #: lock (the last one, at exit, runs in a thread), so no write can put back an older list.
         self._latest: tuple[int, list[str]] = (0, [])
         self._state_lock = threading.Lock()
 
@@ -78,19 +79,20 @@ class ClaimBooks:
         metadata: str | None,
         clean: bool,
     ) -> None:
-        """Forget the claim, persist the count (survives a kill), tidy up — without waiting for it."""
-        journal = self.journal
+        """Forget the claim, persist the count (survives a kill), tidy up — without waiting for it.
+
+        The journal removal and the two small state files are written here, on the loop, like the claim's
+        start; a small task directory is removed here too (:mod:`.small_tree`).  A bigger one is handed to
+        the bookkeeping thread, and the loop moves on to the next claim.
+        """
         self._latest = (resolved, list(current))
-
-        def end_files() -> None:
-            journal.remove(task_id, run_id)
-            self._write_latest_state()
-            if metadata is not None:
-                write_private(self.state_dir / METADATA_FILE, metadata)
-            if clean:
-                shutil.rmtree(task_dir, True)
-
-        pending = asyncio.get_running_loop().run_in_executor(self._thread, end_files)
+        self.journal.remove(task_id, run_id)
+        self._write_latest_state()
+        if metadata is not None:
+            write_private(self.state_dir / METADATA_FILE, metadata)
+        if not clean or remove_small_tree(task_dir):
+            return
+        pending = asyncio.get_running_loop().run_in_executor(self._thread, shutil.rmtree, task_dir, True)
         self._pending.add(pending)
         pending.add_done_callback(self._pending.discard)
 
