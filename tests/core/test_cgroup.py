@@ -99,6 +99,12 @@ def test_v1_layout_on_fake_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"
     )
     assert group.oom_kills() == 3
+    assert [d.parent.parent.name for d in group.dirs] == ["freezer", "memory"]
+    # Without a limit there is nothing for the memory hierarchy to do: the freezer alone is the boundary.
+    plain = host.create("task-y-1")
+    assert [d.parent.parent.name for d in plain.dirs] == ["freezer"]
+    assert not (tmp_path / "memory/megalodon/task-y-1").exists()
+    assert plain.oom_kills() == 0
 
 
 def test_no_cgroups_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -116,10 +116,11 @@ def test_v1_sweep_on_the_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     for base in host.base_dirs():
         base.mkdir()
     orphan, live, busy = (task_cgroup_name(n, 0) for n in ("orphan", "live", "busy"))
-    host.create(orphan)
+    limit = 64 << 20  # tasks with a memory limit: a cgroup in both hierarchies
+    host.create(orphan, memory_limit=limit)
     (tmp_path / "owners" / orphan).write_text(_dead_marker())
-    host.create(live)
-    busy_group = host.create(busy)
+    host.create(live, memory_limit=limit)
+    busy_group = host.create(busy, memory_limit=limit)
     (tmp_path / "owners" / busy).write_text(_dead_marker())
     fds = busy_group.open_procs()
     try:

@@ -58,7 +58,8 @@ log = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Directory below each hierarchy that holds the task cgroups of every megalodon worker on the host.
 BASE = "megalodon"
-#: v1 controllers used: the freezer stops a tree while it is killed, memory accounts and limits it.
+#: v1 controllers used: the freezer stops a tree while it is killed, memory limits it (a task gets a memory
+#: cgroup only when there is a limit to enforce, see CgroupHost.task_base_dirs).
 V1_CONTROLLERS = ("freezer", "memory")
 #: Rounds of "read cgroup.procs, SIGKILL each" before giving up; each round sleeps a little.
 KILL_ROUNDS = 500
@@ -106,6 +107,13 @@ class CgroupHost:
     def base_dirs(self) -> list[Path]:
         return [mount / BASE for mount in self.mounts.values()]
 
+    def task_base_dirs(self, memory_limit: int) -> list[Path]:
+        """Where a new task cgroup is made: v1 skips the memory hierarchy when there is no limit to enforce
+        and the freezer is the kill boundary (one directory, one migration and one removal less per task)."""
+        if self.version == 1 and not memory_limit and "freezer" in self.mounts:
+            return [self.mounts["freezer"] / BASE]
+        return self.base_dirs()
+
     def create(self, name: str, *, memory_limit: int = 0) -> TaskCgroup:
         """A fresh task cgroup ``name`` (a leftover of that name is emptied and reused)."""
         if not _NAME.fullmatch(name):
@@ -121,7 +129,7 @@ class CgroupHost:
         except OSError as exc:
             raise CgroupError(f"could not write the owner marker {self.owners / name}: {exc.strerror or exc}") from exc
         dirs: list[Path] = []
-        for base in self.base_dirs():
+        for base in self.task_base_dirs(memory_limit):
             path = base / name
             try:
                 path.mkdir(parents=True, exist_ok=True)

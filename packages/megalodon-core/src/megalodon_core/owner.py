@@ -27,9 +27,17 @@ def process_start_time(pid: int) -> str:
     return data.rsplit(")", 1)[1].split()[19]
 
 
+#: This process's own marker, by pid (a forked child has another): it is written for every task cgroup.
+_own: dict[int, str] = {}
+
+
 def owner_marker(pid: int | None = None) -> str:
     """The marker of process ``pid`` (default: this one): ``megalodon pid <pid> started <start time>``."""
-    pid = os.getpid() if pid is None else pid
+    if pid is None:
+        me = os.getpid()
+        if me not in _own:
+            _own[me] = f"megalodon pid {me} started {process_start_time(me)}"
+        return _own[me]
     return f"megalodon pid {pid} started {process_start_time(pid)}"
 
 
