@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -30,6 +31,10 @@ from pydantic import NonNegativeInt
 
 from .cgroup import CgroupError, TaskCgroup
 from .spawner import ChildExit, Spawner, SpawnUnavailable
+
+#: The output pipe's size (the default 1 MiB ``/proc/sys/fs/pipe-max-size``), and Linux's fcntl to set it.
+PIPE_SIZE = 1 << 20
+F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 #: How long to keep reading output after the command exited (a detached child may hold the pipe open).
 DRAIN_SECONDS = 0.5
@@ -174,6 +179,9 @@ async def run_command(
         result.exit_code = -2
         return result
     read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):
+        # A MiB of pipe instead of 64 KiB: a chatty command blocks less and the loop reads bigger chunks.
+        fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
     proc: subprocess.Popen[bytes] | None = None
     spawned: asyncio.Future[ChildExit] | None = None
     try:

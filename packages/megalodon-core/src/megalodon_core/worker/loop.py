@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import platform
 import signal
@@ -110,6 +111,7 @@ class Worker:
         #: Claims whose run was reported (or found resolved by the queue): only these count toward
         #: ``numberOfTasksToRun``; a crashed task runner's run does not.
         self._counted: set[asyncio.Task[None]] = set()
+        self._tasks_dir: Path | None = None
         #: Task runners that crashed since the last run that was reported (:data:`MAX_CONSECUTIVE_CRASHES`).
         self._consecutive_crashes = 0
         #: Where the worker's own servers listen (``metrics`` -> URL), for the start-up summary; the CLI sets it.
@@ -319,6 +321,10 @@ class Worker:
                 self.watchdog.start_backstop(max(BACKSTOP_GRACE, float(self.config.watchdogTimeoutSecs)))
             try:
                 await self.recover()
+                if handle_signals:  # this worker owns its process
+                    # Start-up objects (modules, config, plugins, clients) live as long as the process: out of
+                    # the collector's way, its full passes scan only what tasks allocate (issue 13).
+                    gc.freeze()
                 code = await self._loop()
             except Exception as exc:
                 log.exception("worker crashed")
@@ -459,7 +465,9 @@ class Worker:
 
     # -- one claim ---------------------------------------------------------------------------------------
     def task_dir_for(self, task_id: str, run_id: int) -> Path:
-        base = Path(self.config.tasksDir).resolve()
+        base = self._tasks_dir
+        if base is None:  # resolved once: a symlink in the path is followed as it was at the first claim
+            base = self._tasks_dir = Path(self.config.tasksDir).resolve()
         candidate = base / f"task_{task_id[:12]}_{run_id}"
         n = 0
         while candidate.exists():
