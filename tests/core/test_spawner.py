@@ -9,9 +9,10 @@ running command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import psutil
@@ -186,3 +187,133 @@ async def test_a_command_started_there_runs_in_its_task_cgroup(tmp_path: Path, s
         assert f"task-spawner-test-{os.getpid()}-0" in out.decode()
     finally:
         group.remove()
+
+
+# -- cgroup v2: clone3(CLONE_INTO_CGROUP), no migration ------------------------------------------------------
+def _v2_root() -> Path | None:
+    """A cgroup v2 hierarchy this test may write to: the unified root, or the hybrid layout's unified mount."""
+    if os.geteuid() != 0:
+        return None
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2" and (Path(fields[1]) / "cgroup.procs").is_file():
+            return Path(fields[1])
+    return None
+
+
+V2_ROOT = _v2_root()
+needs_v2 = pytest.mark.skipif(V2_ROOT is None, reason="needs root and a cgroup v2 hierarchy (unified or hybrid)")
+
+
+@pytest.fixture
+def v2_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cgroups.TaskCgroup]:
+    assert V2_ROOT is not None
+    monkeypatch.setattr(cgroups, "BASE", f"megalodon-spawner-{os.getpid()}")
+    host = cgroups.CgroupHost(2, V2_ROOT, {"unified": V2_ROOT}, tmp_path / "owners")
+    group = host.create(f"task-{os.urandom(16).hex()}")
+    try:
+        yield group
+    finally:
+        group.remove()
+        with contextlib.suppress(OSError):
+            (V2_ROOT / cgroups.BASE).rmdir()
+
+
+def _cgroup_of(output: bytes) -> str:
+    return next(line.split(":", 2)[2] for line in output.decode().splitlines() if line.startswith("0::"))
+
+
+@needs_v2
+async def test_v2_commands_start_in_their_cgroup_without_migrating(
+    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+) -> None:
+    result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=v2_group)
+    assert result.exit_code == 0
+    assert _cgroup_of(out) == f"/{cgroups.BASE}/{v2_group.name}"
+    assert spawner.started_via == {"clone3": 1}
+    # The same as a fork here that joins the cgroup before exec.
+    local, local_out = await _run(["cat", "/proc/self/cgroup"], tmp_path, None, cgroup=v2_group)
+    assert local.exit_code == 0 and _cgroup_of(local_out) == _cgroup_of(out)
+
+
+@needs_v2
+async def test_v2_clone3_child_matches_a_fork_here(
+    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+) -> None:
+    """Session, directory, stdin, environment, descriptors, exit codes, signals: the child of clone3 does what
+    subprocess.Popen's child does."""
+    script = (
+        'echo "sid=$(ps -o sid= -p $$ | tr -d " ")" "pid=$$"; pwd; env | sort; '
+        'ls /proc/self/fd | sort -n | tr "\\n" " "; cat; exit 9'
+    )
+    local, local_out = await _run(["sh", "-c", script], tmp_path, None, cgroup=v2_group)
+    remote, remote_out = await _run(["sh", "-c", script], tmp_path, spawner, cgroup=v2_group)
+    assert spawner.started_via["clone3"] == 1
+    assert (remote.exit_code, remote.system_error) == (local.exit_code, local.system_error) == (9, None)
+
+    def normalised(out: bytes) -> list[str]:
+        first, *rest = out.decode().splitlines()
+        sid, pid = (f.split("=")[1] for f in first.split())
+        assert sid == pid, "the command leads its own session"
+        return rest
+
+    assert normalised(remote_out) == normalised(local_out)
+    (tmp_path / "not-executable").write_text("#!/bin/sh\n")
+    (tmp_path / "no-interpreter").write_bytes(b"\x00\x01binary")
+    (tmp_path / "no-interpreter").chmod(0o755)
+    for argv, expected in (
+        (["no-such-program-megalodon"], "no-such-program-megalodon: No such file or directory"),
+        (["./not-executable"], "./not-executable: Permission denied"),
+        (["./no-interpreter"], "./no-interpreter: Exec format error"),
+    ):
+        local, _ = await _run(argv, tmp_path, None, cgroup=v2_group)
+        remote, _ = await _run(argv, tmp_path, spawner, cgroup=v2_group)
+        assert remote.system_error == local.system_error == expected
+        assert remote.exit_code == local.exit_code == -2
+    local, _ = await _run(["true"], tmp_path / "gone", None, cgroup=v2_group)
+    remote, _ = await _run(["true"], tmp_path / "gone", spawner, cgroup=v2_group)
+    assert remote.system_error == local.system_error == "true: No such file or directory"
+    result, _ = await _run(["sh", "-c", "kill -TERM $$; sleep 5"], tmp_path, spawner, cgroup=v2_group)
+    assert (result.exit_code, result.signalled) == (-1, signal.SIGTERM)
+    result, out = await _run(["sh", "-c", "yes | head -c 3"], tmp_path, spawner, cgroup=v2_group)
+    assert result.exit_code == 0 and out == b"y\ny", "SIGPIPE has its default disposition"
+
+
+@needs_v2
+async def test_v2_clone3_child_takes_the_task_identity(
+    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+) -> None:
+    tmp_path.chmod(0o755)
+    out = bytearray()
+    result = await run_command(
+        ["sh", "-c", "echo $(id -u) $(id -g) $(id -G)"],
+        cwd=tmp_path,
+        env=ENV,
+        output=out.extend,
+        abort=asyncio.Event(),
+        cgroup=v2_group,
+        spawner=spawner,
+        user=65534,
+        group=65534,
+        extra_groups=[65534],
+    )
+    assert result.exit_code == 0 and spawner.started_via["clone3"] == 1, out.decode()
+    assert out.decode().split() == ["65534", "65534", "65534"]
+
+
+@needs_v2
+async def test_v2_abort_kills_a_command_started_by_clone3(
+    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+) -> None:
+    abort = asyncio.Event()
+    pids: list[int] = []
+    call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids, cgroup=v2_group))
+    for _ in range(200):
+        if pids:
+            break
+        await asyncio.sleep(0.05)
+    assert pids and spawner.started_via["clone3"] == 1
+    abort.set()
+    result, _ = await asyncio.wait_for(call, 60)
+    assert result.aborted and result.signalled == signal.SIGKILL
+    assert await wait_gone(pids[0])

@@ -250,6 +250,15 @@ class TaskCgroup:
             raise CgroupError(f"could not open {directory}/cgroup.procs: {exc.strerror or exc}") from exc
         return fds
 
+    def open_dir(self) -> int | None:
+        """v2: a descriptor of the cgroup's directory, for ``clone3(CLONE_INTO_CGROUP)``; None on v1."""
+        if self.host.version != 2:
+            return None
+        try:
+            return os.open(self.dirs[0], os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise CgroupError(f"could not open {self.dirs[0]}: {exc.strerror or exc}") from exc
+
     @staticmethod
     def joiner(fds: list[int]) -> Callable[[], None]:
         """A ``preexec_fn`` moving the forked child into the cgroup (only async-signal-safe work in it)."""

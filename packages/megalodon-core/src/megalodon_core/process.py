@@ -171,10 +171,16 @@ async def run_command(
     loop = asyncio.get_running_loop()
     result = CommandResult()
     begin = time.monotonic()
+    cgroup_dir: int | None = None
+    cgroup_fds: list[int] = []
     try:
         # Opening cgroupfs files is kernel memory, no disk: on the loop, not worth a thread hop per command.
         cgroup_fds = cgroup.open_procs() if cgroup is not None else []
+        if cgroup is not None and spawner is not None:
+            cgroup_dir = cgroup.open_dir()
     except CgroupError as exc:
+        for fd in cgroup_fds:
+            os.close(fd)
         result.system_error = f"{argv[0]}: {exc}"
         result.exit_code = -2
         return result
@@ -193,6 +199,7 @@ async def run_command(
                     env=env,
                     output_fd=write_fd,
                     cgroup_fds=cgroup_fds,
+                    cgroup_dir_fd=cgroup_dir,
                     user=user,
                     group=group,
                     extra_groups=extra_groups,
@@ -227,7 +234,7 @@ async def run_command(
         raise
     finally:
         os.close(write_fd)
-        for fd in cgroup_fds:
+        for fd in [*cgroup_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
             os.close(fd)
     started(pid)
     pipe = os.fdopen(read_fd, "rb", buffering=0)

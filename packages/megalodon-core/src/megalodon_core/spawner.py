@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -65,6 +66,8 @@ class Spawner:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, asyncio.Future[ChildExit]] = {}
         self._dead = False
+        #: How its commands were started: "clone3" (straight into a cgroup v2) or "fork" (then joined).
+        self.started_via: collections.Counter[str] = collections.Counter()
 
     async def _start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -154,6 +157,7 @@ class Spawner:
         env: dict[str, str],
         output_fd: int,
         cgroup_fds: list[int],
+        cgroup_dir_fd: int | None = None,
         user: int | None,
         group: int | None,
         extra_groups: list[int] | None,
@@ -167,8 +171,9 @@ class Spawner:
             "group": group,
             "extra_groups": extra_groups,
             "cgroups": len(cgroup_fds),
+            "cgroup_dir": int(cgroup_dir_fd is not None),
         }
-        if len(cgroup_fds) + 1 > spawner_process.MAX_FDS:
+        if len(cgroup_fds) + 2 > spawner_process.MAX_FDS:
             raise SpawnUnavailable("too many cgroup hierarchies for one request")
         sock = await self._ensure()
         self._next_id += 1
@@ -179,7 +184,7 @@ class Spawner:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._replies[request["id"]] = reply
-        fds = array.array("i", [output_fd, *cgroup_fds])
+        fds = array.array("i", [output_fd, *cgroup_fds, *([] if cgroup_dir_fd is None else [cgroup_dir_fd])])
         try:
             # One datagram of at most MAX_MESSAGE bytes: sent whole or not at all (SOCK_SEQPACKET).
             sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -200,6 +205,7 @@ class Spawner:
             if error["kind"] == "os":
                 raise OSError(error["errno"], error["strerror"], error["filename"])
             raise subprocess.SubprocessError(error["message"])
+        self.started_via[str(message.get("via", "fork"))] += 1
         exit_future: asyncio.Future[ChildExit] = message["exit_future"]
         return int(message["pid"]), exit_future
 
