@@ -66,14 +66,16 @@ def _spawner_pid(spawner: Spawner) -> int:
 
 
 async def test_exit_status_output_environment_and_directory_match_a_fork_here(tmp_path: Path, spawner: Spawner) -> None:
-    script = 'echo "out $ONLY $(pwd)"; echo err >&2; env | sort > env.txt; exit 7'
+    script = 'echo "out $ONLY $(pwd)"; echo err >&2; env | sort > env.txt; ls /proc/self/fd > fds.txt; exit 7'
     local, local_out = await _run(["sh", "-c", script], tmp_path, None)
     local_env = (tmp_path / "env.txt").read_text()
+    local_fds = (tmp_path / "fds.txt").read_text()
     remote, remote_out = await _run(["sh", "-c", script], tmp_path, spawner)
     assert (remote.exit_code, remote.system_error, remote.signalled) == (7, None, None)
     assert (local.exit_code, local.system_error) == (7, None)
     assert remote_out == local_out == f"out this {tmp_path}\nerr\n".encode()
     assert (tmp_path / "env.txt").read_text() == local_env  # nothing added or lost on the way
+    assert (tmp_path / "fds.txt").read_text() == local_fds == "0\n1\n2\n3\n"  # 3: ls's own; nothing leaks
     assert remote.user_time >= 0 and remote.kernel_time >= 0 and remote.duration > 0
     # It really ran there: the command was the spawner's child, not ours.
     parents: list[int] = []

@@ -146,6 +146,7 @@ class Spawner:
         for exit_future in self._exits.values():
             if not exit_future.done():
                 exit_future.set_exception(gone)
+                exit_future.exception()  # a spawn whose caller went away has no one to retrieve it
         self._replies.clear()
         self._exits.clear()
 
