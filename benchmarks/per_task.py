@@ -87,7 +87,11 @@ def tree_cpu(pid: int) -> float:
     """User + system seconds of ``pid``, its live descendants, and every child any of them reaped."""
     root = psutil.Process(pid)
     total = 0.0
-    for proc in [root, *root.children(recursive=True)]:
+    try:
+        descendants = root.children(recursive=True)
+    except psutil.NoSuchProcess:
+        descendants = []
+    for proc in [root, *descendants]:
         with contextlib.suppress(psutil.NoSuchProcess):
             t = proc.cpu_times()
             total += t.user + t.system + t.children_user + t.children_system
@@ -258,18 +262,21 @@ async def run_side_real(
     root_url: str, creds: dict[str, str], workdir: Path, side: str, worker_type: str, n: int, capacity: int
 ) -> dict[str, Any]:
     """``run_side`` against a real queue: resolution instants are the queue's own (``status.runs[].resolved``)
-    of every task, read after the run; CPU is sampled when the first and the last created task resolve (the
-    bench process polls those two statuses every 20 ms, the same load on every side)."""
+    of every task, read after the run; CPU is sampled when the first and the n-th task resolve (the
+    bench process polls those two statuses every 20 ms, the same load on every side; one more task keeps the
+    process running past the n-th)."""
     os.makedirs(workdir, exist_ok=True)
     payload = {"command": [["true"]], "maxRunTime": 30}
     async with aiohttp.ClientSession() as session:
         queue = taskcluster.aio.Queue({"rootUrl": root_url, "credentials": dict(creds)}, session=session)
         ids = []
-        for _ in range(n):
+        # One task more than measured: the process is still running when the n-th resolution is seen (the
+        # status poll lags by up to 20 ms), so its CPU can be read then.
+        for _ in range(n + 1):
             task_id = taskcluster.slugId()
             await queue.createTask(task_id, make_task(payload, worker_type))
             ids.append(task_id)
-        cfg = config_for(root_url, creds, worker_type, workdir, numberOfTasksToRun=n, capacity=capacity)
+        cfg = config_for(root_url, creds, worker_type, workdir, numberOfTasksToRun=n + 1, capacity=capacity)
         cfg_path = workdir / "config.json"
         cfg_path.write_text(json.dumps(cfg))
         argv, env = side_command(side, cfg_path)
@@ -277,7 +284,7 @@ async def run_side_real(
             proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env=env)
         watch = ProcessWatch(proc.pid, 2)
         try:
-            for task_id in (ids[0], ids[-1]):
+            for task_id in (ids[0], ids[n - 1]):
                 while proc.returncode is None:  # polling the queue: there is no event to wait on
                     if _resolved_at(await queue.status(task_id)) is not None:
                         break
@@ -290,7 +297,7 @@ async def run_side_real(
                 proc.kill()
                 await proc.wait()
             raise
-        found = [_resolved_at(await queue.status(task_id)) for task_id in ids]
+        found = [_resolved_at(await queue.status(task_id)) for task_id in ids[:n]]
         stamps = sorted(t for t in found if t is not None)
     if code != 0 or len(stamps) != n or len(watch.times) != 2:
         tail = (workdir / "out.txt").read_text(errors="replace")[-3000:]
