@@ -214,9 +214,38 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
+def migration_probe(rounds: int = 10) -> dict[str, Any] | None:
+    """What joining a cgroup by a write to ``cgroup.procs`` costs on this host (the native executor's commands
+    pay it once each on cgroup v1; on v2 they start in their cgroup).  The write sleeps for an RCU grace
+    period unless a hierarchy is mounted with ``favordynmods``, so the figures of the other scenarios depend on
+    it; 30 ms apart, as commands of back-to-back tasks are.  None without root and cgroups."""
+    from megalodon_core import cgroup as cgroups
+
+    host = cgroups.host()
+    if host is None:
+        return None
+    group = host.create(f"task-{os.urandom(16).hex()}")
+    times: list[float] = []
+    try:
+        procs = group.dirs[0] / "cgroup.procs"
+        for _ in range(rounds):
+            sleeper = subprocess.Popen(["sleep", "30"])
+            try:
+                time.sleep(0.03)
+                began = time.perf_counter()
+                procs.write_text(str(sleeper.pid))
+                times.append(time.perf_counter() - began)
+            finally:
+                sleeper.kill()
+                sleeper.wait()
+    finally:
+        group.remove()
+    return {"cgroup_version": host.version, "migration_s": stats(times)}
+
+
 async def bench_pertask(settings: Any) -> dict[str, Any]:
     rounds = 1 if settings.quick else 3
-    result: dict[str, Any] = {"rounds": rounds}
+    result: dict[str, Any] = {"rounds": rounds, "migration": await asyncio.to_thread(migration_probe)}
     payload = {"command": [["true"]], "maxRunTime": 30}
     async with scratch("pertask") as workdir:
         async with TaskclusterDouble(claim_work_wait=0.2, storage_dir=workdir / "store") as double:
@@ -471,6 +500,13 @@ def _mmm(s: dict[str, float], scale: float = 1e3, unit: str = "ms") -> str:
 
 def print_pertask(r: dict[str, Any]) -> None:
     print(f"\n== per task (separate processes, {r['rounds']} alternating rounds; min / median / max) ==")
+    probe = r.get("migration")
+    if probe is not None:
+        m = probe["migration_s"]
+        print(
+            f"  host: cgroup v{probe['cgroup_version']}; a cgroup.procs write (a command joining its cgroup on v1) "
+            f"takes {m['median'] * 1000:.2f} ms (median of {m['n']}, max {m['max'] * 1000:.2f})"
+        )
     for cap in ("capacity1", "capacity4"):
         c = r[cap]
         print(f"  {cap}: {c['tasks_per_run']} tasks per run")

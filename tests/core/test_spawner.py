@@ -23,7 +23,7 @@ from megalodon_core import spawner_process
 from megalodon_core.process import CommandResult, run_command
 from megalodon_core.spawner import Spawner
 
-from ..helpers.procs import alive, wait_gone
+from ..helpers.procs import alive, wait_for, wait_gone
 
 HOST = cgroups.detect()
 ENV = {"PATH": "/usr/bin:/bin", "ONLY": "this"}
@@ -116,11 +116,7 @@ async def test_abort_kills_a_command_started_there(tmp_path: Path, spawner: Spaw
     abort = asyncio.Event()
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids))
-    for _ in range(200):
-        if pids:
-            break
-        await asyncio.sleep(0.05)
-    assert pids, "the command never started"
+    await wait_for(lambda: pids)  # the command started
     abort.set()
     result, _ = await asyncio.wait_for(call, 60)
     assert result.aborted and result.exit_code == -1 and result.signalled == signal.SIGKILL
@@ -130,11 +126,7 @@ async def test_abort_kills_a_command_started_there(tmp_path: Path, spawner: Spaw
 async def test_a_cancelled_command_started_there_is_killed(tmp_path: Path, spawner: Spawner) -> None:
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids))
-    for _ in range(200):
-        if pids:
-            break
-        await asyncio.sleep(0.05)
-    assert pids, "the command never started"
+    await wait_for(lambda: pids)  # the command started
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
@@ -144,11 +136,7 @@ async def test_a_cancelled_command_started_there_is_killed(tmp_path: Path, spawn
 async def test_a_spawner_killed_under_a_command_fails_it_and_kills_it(tmp_path: Path, spawner: Spawner) -> None:
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids))
-    for _ in range(200):
-        if pids:
-            break
-        await asyncio.sleep(0.05)
-    assert pids, "the command never started"
+    await wait_for(lambda: pids)  # the command started
     os.kill(_spawner_pid(spawner), signal.SIGKILL)
     result, _ = await asyncio.wait_for(call, 60)
     assert result.system_error == "sleep: the worker's spawner process exited while the command ran"
@@ -310,11 +298,8 @@ async def test_v2_abort_kills_a_command_started_by_clone3(
     abort = asyncio.Event()
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids, cgroup=v2_group))
-    for _ in range(200):
-        if pids:
-            break
-        await asyncio.sleep(0.05)
-    assert pids and spawner.started_via["clone3"] == 1
+    await wait_for(lambda: pids)  # the command started
+    assert spawner.started_via["clone3"] == 1
     abort.set()
     result, _ = await asyncio.wait_for(call, 60)
     assert result.aborted and result.signalled == signal.SIGKILL
