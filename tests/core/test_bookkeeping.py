@@ -87,3 +87,19 @@ async def test_a_small_task_directory_is_removed_before_claim_ended_returns(tmp_
     assert not task_dir.exists()
     assert books.journal.entries() == []
     await books.close(1, [])
+
+
+async def test_the_journal_holding_credentials_is_private(tmp_path: Path) -> None:
+    import stat
+
+    books = ClaimBooks(tmp_path / "state")
+    await books.open()
+    record = ClaimRecord("task-a", 0, {"clientId": "c", "accessToken": "secret"}, "2030-01-01T00:00:00.000Z", "")
+    await books.claim_started(record, tmp_path / "tasks" / "task-a", 0, ["task-a/0"])
+    journal_dir = tmp_path / "state" / "megalodon-claims"
+    files = list(journal_dir.iterdir())
+    assert [f.name for f in files] == ["task-a-0.json"]
+    assert stat.S_IMODE(files[0].stat().st_mode) == 0o600
+    assert stat.S_IMODE(journal_dir.stat().st_mode) == 0o700
+    assert books.journal.entries()[0].credentials["accessToken"] == "secret"
+    await books.close(0, [])

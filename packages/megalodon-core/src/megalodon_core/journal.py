@@ -43,11 +43,15 @@ class ClaimJournal:
         return self.directory / f"{task_id}-{run_id}.json"
 
     def record(self, entry: ClaimRecord) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".claim-")
+        data = json.dumps(asdict(entry)).encode()
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".claim-")  # 0600 from the start: credentials
         try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(asdict(entry), fh)
-            os.chmod(tmp, 0o600)
+            try:
+                written = 0
+                while written < len(data):
+                    written += os.write(fd, data[written:])
+            finally:
+                os.close(fd)
             os.replace(tmp, self._path(entry.task_id, entry.run_id))
         except BaseException:
             with contextlib.suppress(OSError):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..journal import ClaimJournal, ClaimRecord
 from .small_tree import remove_small_tree
-from .state_files import JOURNAL_DIR, METADATA_FILE, write_private, write_state
+from .state_files import JOURNAL_DIR, METADATA_FILE, write_private, write_resolved_count, write_status
 
 
 class ClaimBooks:
@@ -30,6 +30,9 @@ class ClaimBooks:
         #: The loop's latest (resolved count, running task ids).  Each write takes the latest values under the
         #: lock (the last one, at exit, runs in a thread), so no write can put back an older list.
         self._latest: tuple[int, list[str]] = (0, [])
+        #: What the files hold since this worker wrote them (None: not written yet, whatever a previous
+        #: worker left there).
+        self._written: tuple[int | None, list[str] | None] = (None, None)
         self._state_lock = threading.Lock()
 
     async def open(self) -> ClaimJournal:
@@ -61,8 +64,15 @@ class ClaimBooks:
         self._write_latest_state()
 
     def _write_latest_state(self) -> None:
+        """The count and status files, each only when its value changed since this worker last wrote it (a
+        claim's start changes the status alone, and each file is five syscalls on every task)."""
         with self._state_lock:
-            write_state(self.state_dir, *self._latest)
+            resolved, current = self._latest
+            if resolved != self._written[0]:
+                write_resolved_count(self.state_dir, resolved)
+            if current != self._written[1]:
+                write_status(self.state_dir, current)
+            self._written = (resolved, list(current))
 
     def credentials_changed(self, record: ClaimRecord) -> None:
         """A reclaim swapped the run's credentials: a few hundred bytes written atomically, fine on the loop."""

@@ -53,12 +53,12 @@ def read_resolved_count(state_dir: Path) -> int:
         return 0
 
 
-def write_state(state_dir: Path, resolved: int, current: list[str]) -> None:
-    """Write the resolved count and the running task ids (the status file is removed when none run).
-
-    Called from a thread: callers pass values read on the loop rather than let the thread read live state.
-    """
+def write_resolved_count(state_dir: Path, resolved: int) -> None:
     write_private(state_dir / RESOLVED_COUNT_FILE, f"{resolved}\n")
+
+
+def write_status(state_dir: Path, current: list[str]) -> None:
+    """The running task ids (the status file is removed when none run)."""
     status = state_dir / STATUS_FILE
     if current:
         write_private(status, json.dumps({"currentTaskIds": current}) + "\n")
