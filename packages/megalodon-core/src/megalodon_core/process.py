@@ -239,8 +239,8 @@ async def run_command(
     started(pid)
     pipe = os.fdopen(read_fd, "rb", buffering=0)
     transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
-    # Read as much as the pipe holds per wake-up (asyncio's default is 256 KiB).
-    transport.max_size = PIPE_SIZE  # type: ignore[attr-defined]
+    if hasattr(transport, "max_size"):  # asyncio's own loop reads 256 KiB per wake-up: as much as the pipe holds
+        transport.max_size = PIPE_SIZE
     reaper = asyncio.ensure_future(spawned if spawned is not None else _reap_usage(pid))
     aborter = asyncio.create_task(abort.wait())
     try:
