@@ -45,7 +45,11 @@ async def _run(
     abort: asyncio.Event | None = None,
     started: list[int] | None = None,
     cgroup: cgroups.TaskCgroup | None = None,
+    as_self: bool = True,
 ) -> tuple[CommandResult, bytes]:
+    """``argv`` by ``run_command``.  Without a cgroup it runs ``as_self`` (``user`` = this uid): a step
+    between fork and exec, so a spawner takes the command (with nothing to do there it is forked here, by
+    vfork), and so does the same Popen call when there is no spawner."""
     out = bytearray()
     result = await run_command(
         argv,
@@ -56,6 +60,7 @@ async def _run(
         started=(started.append if started is not None else lambda pid: None),
         cgroup=cgroup,
         spawner=spawner,
+        user=os.getuid() if cgroup is None and as_self else None,
     )
     return result, bytes(out)
 
@@ -156,6 +161,12 @@ async def test_an_environment_too_big_for_one_message_is_forked_here(tmp_path: P
     length, parent = out.split()
     assert int(length) == 64 * 1024
     assert int(parent) == os.getpid()
+
+
+async def test_with_nothing_to_do_before_exec_the_command_is_forked_here(tmp_path: Path, spawner: Spawner) -> None:
+    result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner, as_self=False)
+    assert result.exit_code == 0 and int(out) == os.getpid()
+    assert spawner._proc is None, "the spawner process was started for nothing"
 
 
 async def test_close_ends_the_spawner_process(tmp_path: Path) -> None:

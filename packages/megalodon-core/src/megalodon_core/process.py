@@ -166,7 +166,8 @@ async def run_command(
     the task's processes end (usually when all of its commands have run).
 
     With a ``spawner`` (:mod:`megalodon_core.spawner`) the fork happens in that small process instead of this
-    one, identically; when it cannot take the command, the command is forked here.
+    one, identically; when it cannot take the command, or when nothing is to be done between fork and exec
+    (no cgroup to join, no identity to take: subprocess then uses vfork), the command is forked here.
     """
     loop = asyncio.get_running_loop()
     result = CommandResult()
@@ -191,7 +192,10 @@ async def run_command(
     proc: subprocess.Popen[bytes] | None = None
     spawned: asyncio.Future[ChildExit] | None = None
     try:
-        if spawner is not None:
+        # Nothing to do between fork and exec (no cgroup to join, no identity to take): subprocess uses vfork
+        # here, which costs less than a round trip to the spawner.
+        needs_child_steps = bool(cgroup_fds) or user is not None or group is not None or extra_groups is not None
+        if spawner is not None and needs_child_steps:
             with contextlib.suppress(SpawnUnavailable):
                 pid, spawned = await spawner.spawn(
                     argv,
