@@ -8,10 +8,15 @@ running command.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -167,6 +172,30 @@ async def test_with_nothing_to_do_before_exec_the_command_is_forked_here(tmp_pat
     result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner, as_self=False)
     assert result.exit_code == 0 and int(out) == os.getpid()
     assert spawner._proc is None, "the spawner process was started for nothing"
+
+
+def test_the_spawner_exits_when_the_worker_goes_away(tmp_path: Path) -> None:
+    """A worker killed with -9 just closes its end of the socket: the spawner exits and leaves the commands it
+    started to the worker's recovery (journal and cgroup), as a killed worker's own children are left."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-S", spawner_process.__file__, str(theirs.fileno())], pass_fds=(theirs.fileno(),)
+    )
+    theirs.close()
+    read_fd, write_fd = os.pipe()
+    request = {"id": 1, "argv": ["sleep", "300"], "cwd": str(tmp_path), "env": ENV, "user": os.getuid(), "cgroups": 0}
+    ours.sendmsg([json.dumps(request).encode()], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [write_fd]))])
+    os.close(write_fd)
+    ours.settimeout(60)
+    reply = json.loads(ours.recv(65536))
+    command = int(reply["pid"])
+    try:
+        ours.close()  # the worker is gone
+        assert proc.wait(60) == 0
+        assert alive(command), "the spawner must not kill what it started"
+    finally:
+        os.kill(command, signal.SIGKILL)
+        os.close(read_fd)
 
 
 async def test_close_ends_the_spawner_process(tmp_path: Path) -> None:
