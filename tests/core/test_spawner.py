@@ -24,6 +24,7 @@ import psutil
 import pytest
 
 from megalodon_core import cgroup as cgroups
+from megalodon_core import spawner as spawner_module
 from megalodon_core import spawner_process
 from megalodon_core.process import CommandResult, run_command
 from megalodon_core.spawner import Spawner
@@ -154,6 +155,21 @@ async def test_a_spawner_killed_under_a_command_fails_it_and_kills_it(tmp_path: 
     # Later commands are forked by the worker itself.
     result, out = await _run(["echo", "forked here"], tmp_path, spawner)
     assert result.exit_code == 0 and out == b"forked here\n"
+
+
+async def test_a_new_spawner_starts_after_one_died(
+    tmp_path: Path, spawner: Spawner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _run(["true"], tmp_path, spawner)
+    first = _spawner_pid(spawner)
+    os.kill(first, signal.SIGKILL)
+    await wait_for(lambda: spawner._dead)
+    result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner)
+    assert result.exit_code == 0 and int(out) == os.getpid()  # within RESTART_AFTER: forked here
+    monkeypatch.setattr(spawner_module, "RESTART_AFTER", 0.0)
+    result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner)
+    second = _spawner_pid(spawner)
+    assert result.exit_code == 0 and int(out) == second != first
 
 
 async def test_an_environment_too_big_for_one_message_is_forked_here(tmp_path: Path, spawner: Spawner) -> None:

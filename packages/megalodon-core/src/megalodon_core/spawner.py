@@ -8,8 +8,8 @@ process at all is told in :mod:`megalodon_core.spawner_process`: a fork there co
 Nothing about a command changes: the same ``subprocess.Popen`` call runs there with the same arguments, its
 errors come back as the same exceptions, and its exit status and resource usage come back when it ends.  A
 request too big for one message (a huge environment) is refused with :class:`SpawnUnavailable`, and so is
-every request once the spawner process died: ``run_command`` then forks the command itself, as it does
-without a spawner.
+every request for :data:`RESTART_AFTER` seconds after the spawner process died (then a new one starts):
+``run_command`` then forks the command itself, as it does without a spawner.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,11 @@ from typing import Any
 from . import spawner_process
 
 log = logging.getLogger(__name__)
+
+
+#: After the spawner process died, how long the worker forks commands itself before it starts a new one (a
+#: spawner that dies at once again costs one attempt per period, not one per command).
+RESTART_AFTER = 10.0
 
 
 class SpawnUnavailable(Exception):
@@ -66,6 +72,8 @@ class Spawner:
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._exits: dict[int, asyncio.Future[ChildExit]] = {}
         self._dead = False
+        self._died_at = 0.0
+        self._closed = False
         #: How its commands were started: "clone3" (straight into a cgroup v2) or "fork" (then joined).
         self.started_via: collections.Counter[str] = collections.Counter()
 
@@ -92,14 +100,19 @@ class Spawner:
         self._reader = loop.create_task(self._read_loop(), name="megalodon-spawner-reader")
 
     async def _ensure(self) -> socket.socket:
+        if self._closed:
+            raise SpawnUnavailable("the spawner is closed")
         if self._dead:
-            raise SpawnUnavailable("the spawner process exited")
+            if time.monotonic() - self._died_at < RESTART_AFTER:
+                raise SpawnUnavailable("the spawner process exited")
+            log.warning("starting a new spawner process")
+            self._dead, self._starting = False, None
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         try:
             await asyncio.shield(self._starting)
         except OSError as exc:
-            self._dead = True
+            self._dead, self._died_at = True, time.monotonic()
             log.warning("cannot start the spawner process (%s): the worker forks commands itself", exc)
             raise SpawnUnavailable(str(exc)) from exc
         assert self._sock is not None
@@ -136,9 +149,17 @@ class Spawner:
 
     def _died(self) -> None:
         if not self._dead:
-            self._dead = True
-            if self._replies or self._exits:
-                log.error("the spawner process exited with %d command(s) running", len(self._exits))
+            self._dead, self._died_at = True, time.monotonic()
+            if not self._closed:
+                log.error(
+                    "the spawner process exited with %d command(s) running; the worker forks commands itself "
+                    "for %.0f s, then starts a new one",
+                    len(self._exits),
+                    RESTART_AFTER,
+                )
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
         gone = SpawnUnavailable("the spawner process exited")
         for reply in self._replies.values():
             if not reply.done():
@@ -212,7 +233,7 @@ class Spawner:
 
     async def close(self) -> None:
         """End the spawner process (commands it started are the executor's to kill, before this)."""
-        self._dead = True
+        self._closed = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
