@@ -9,7 +9,10 @@ need not rewrite it (the native executor is its first user):
 - ``user``/``group``/``extra_groups`` are applied between fork and exec, so the command never runs one
   instruction with the worker's identity;
 - with a :class:`~megalodon_core.cgroup.TaskCgroup` the child joins that cgroup before it execs, and an
-  abort kills the whole cgroup (detached daemons included); without one, the command's process group.
+  abort kills the whole cgroup (detached daemons included); without one, the command's process group;
+- with a :class:`~megalodon_core.spawner.Spawner` a command that needs those steps is forked by the
+  spawner process (small, so its fork is cheap; on cgroup v2 straight into the cgroup), which reaps it and
+  sends back the same exit status and resource usage.
 """
 
 from __future__ import annotations
