@@ -83,8 +83,9 @@ if "$DOCKER" info >/dev/null 2>&1; then
 else
     log "starting dockerd (log: $DOCKERD_LOG)"
     # containerd is bundled as a dependency of docker.io; dockerd starts its own managed containerd.
-    # setsid: the daemons must outlive this script (and a CI step's process group).
-    setsid nohup "$DOCKERD" >>"$DOCKERD_LOG" 2>&1 </dev/null &
+    # setsid: the daemons must outlive this script (and a CI step's process group); env -C /: they must not
+    # keep a checkout as their working directory (it may be a temporary clone that is deleted).
+    env -C / setsid nohup "$DOCKERD" >>"$DOCKERD_LOG" 2>&1 </dev/null &
     pid=$!
     if ! wait_for_docker "$pid"; then
         # Some VMs lack the overlay module: retry once with the vfs driver, which works everywhere.
@@ -92,7 +93,7 @@ else
         kill "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
         rm -f /var/run/docker.pid
-        setsid nohup "$DOCKERD" --storage-driver=vfs >>"$DOCKERD_LOG" 2>&1 </dev/null &
+        env -C / setsid nohup "$DOCKERD" --storage-driver=vfs >>"$DOCKERD_LOG" 2>&1 </dev/null &
         pid=$!
         wait_for_docker "$pid" || { tail -n 40 "$DOCKERD_LOG" >&2; die "dockerd did not start within 60 s"; }
     fi
@@ -129,7 +130,7 @@ http:
   addr: $REGISTRY_ADDR
 EOF
     log "starting docker-registry on $REGISTRY_ADDR (log: $REGISTRY_LOG)"
-    setsid nohup /usr/bin/docker-registry serve "$config" >>"$REGISTRY_LOG" 2>&1 </dev/null &
+    env -C / setsid nohup /usr/bin/docker-registry serve "$config" >>"$REGISTRY_LOG" 2>&1 </dev/null &
     rpid=$!
     for _ in $(seq 1 60); do
         registry_up && break

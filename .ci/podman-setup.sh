@@ -115,8 +115,9 @@ if api_up; then
 else
     rm -f "$PODMAN_SOCKET"
     log "starting podman system service on $PODMAN_SOCKET (log: $PODMAN_LOG)"
-    # --time=0: never exit when idle.  setsid: the service must outlive this script.
-    setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >>"$PODMAN_LOG" 2>&1 </dev/null &
+    # --time=0: never exit when idle.  setsid: the service must outlive this script.  env -C /: it must not keep
+    # a checkout as its working directory (conmon fails every container once that directory is deleted).
+    env -C / setsid nohup podman system service --time=0 "unix://$PODMAN_SOCKET" >>"$PODMAN_LOG" 2>&1 </dev/null &
     spid=$!
     echo "$spid" >"$PIDFILE"
     for _ in $(seq 1 120); do
