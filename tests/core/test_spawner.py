@@ -214,6 +214,21 @@ def test_the_spawner_exits_when_the_worker_goes_away(tmp_path: Path) -> None:
         os.close(read_fd)
 
 
+async def test_a_datagram_the_socket_refuses_is_forked_here_and_the_spawner_lives_on(
+    tmp_path: Path, spawner: Spawner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over the socket buffer (~208 KiB by default) the kernel refuses the datagram (EMSGSIZE): that request is
+    forked here; the spawner and the commands it runs are not given up for it."""
+    await _run(["true"], tmp_path, spawner)
+    first = _spawner_pid(spawner)
+    monkeypatch.setattr(spawner_process, "MAX_MESSAGE", 1 << 30)  # let the request reach the socket
+    big = {**ENV, **{f"BIG{i}": "x" * (64 * 1024) for i in range(5)}}  # 320 KiB
+    result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner, env=big)
+    assert result.exit_code == 0 and int(out) == os.getpid()
+    result, out = await _run(["sh", "-c", "echo $PPID"], tmp_path, spawner)
+    assert result.exit_code == 0 and int(out) == first == _spawner_pid(spawner)
+
+
 async def test_close_ends_the_spawner_process(tmp_path: Path) -> None:
     spawner = Spawner()
     await _run(["true"], tmp_path, spawner)

@@ -7,7 +7,7 @@ process at all is told in :mod:`megalodon_core.spawner_process`: a fork there co
 
 Nothing about a command changes: the same ``subprocess.Popen`` call runs there with the same arguments, its
 errors come back as the same exceptions, and its exit status and resource usage come back when it ends.  A
-request too big for one message (a huge environment) is refused with :class:`SpawnUnavailable`, and so is
+request too big for one message (an environment over 128 KiB) is refused with :class:`SpawnUnavailable`, and so is
 every request for :data:`RESTART_AFTER` seconds after the spawner process died (then a new one starts):
 ``run_command`` then forks the command itself, as it does without a spawner.
 """
@@ -18,6 +18,7 @@ import array
 import asyncio
 import collections
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -215,6 +216,8 @@ class Spawner:
             raise SpawnUnavailable("the spawner's socket is full") from None
         except OSError as exc:
             self._replies.pop(request["id"], None)
+            if exc.errno in (errno.EMSGSIZE, errno.ENOBUFS):  # this request only: the spawner is fine
+                raise SpawnUnavailable(f"request of {len(data)} bytes: {exc.strerror}") from exc
             self._died()
             raise SpawnUnavailable(str(exc)) from exc
         try:

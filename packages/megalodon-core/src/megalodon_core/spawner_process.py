@@ -65,8 +65,10 @@ _CLONE_INTO_CGROUP = [True]
 
 _MAXFD = max(os.sysconf("SC_OPEN_MAX"), 1 << 16)
 
-#: The largest request the worker sends (its argv and environment); bigger ones it forks itself.
-MAX_MESSAGE = 256 * 1024
+#: The largest request the worker sends (its argv and environment); bigger ones it forks itself.  Below
+#: the default socket buffer (``net.core.wmem_default``, 208 KiB), beyond which a datagram is refused
+#: (EMSGSIZE) however it is split.
+MAX_MESSAGE = 128 * 1024
 #: Descriptors per request: the output pipe and one ``cgroup.procs`` per hierarchy (a handful).
 MAX_FDS = 32
 
