@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .owner import marker_alive, owner_marker
+from .spawner_process import cgroup_joiner
 
 log = logging.getLogger(__name__)
 
@@ -262,13 +263,7 @@ class TaskCgroup:
     @staticmethod
     def joiner(fds: list[int]) -> Callable[[], None]:
         """A ``preexec_fn`` moving the forked child into the cgroup (only async-signal-safe work in it)."""
-        data = b"0"
-
-        def join() -> None:
-            for fd in fds:
-                os.write(fd, data)
-
-        return join
+        return cgroup_joiner(fds)
 
     def pids(self) -> list[int]:
         text = _read(self._kill_dir / "cgroup.procs")

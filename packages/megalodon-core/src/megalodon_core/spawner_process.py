@@ -39,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 
 #: clone3(2) (the same number on every architecture of the generic syscall table) and its flag to start the
@@ -73,8 +74,10 @@ MAX_MESSAGE = 128 * 1024
 MAX_FDS = 32
 
 
-def _joiner(fds: list[int]) -> Any:
-    """The pre-exec step: join the task's cgroup (writing 0 moves the writer, i.e. the forked child)."""
+def cgroup_joiner(fds: list[int]) -> Callable[[], None]:
+    """A ``preexec_fn`` moving the forked child into a cgroup: writing 0 to an open ``cgroup.procs`` moves the
+    writer.  Only ``os.write`` on descriptors opened before the fork: safe in the child of a threaded process.
+    Here (standard library only) so that this process and the worker's own forks share it."""
 
     def join() -> None:
         for fd in fds:
@@ -207,7 +210,7 @@ def _spawn(sock: socket.socket, children: dict[int, Any], request: dict[str, Any
                 user=request.get("user"),
                 group=request.get("group"),
                 extra_groups=request.get("extra_groups"),
-                preexec_fn=_joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509 - os.write only
+                preexec_fn=cgroup_joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509 - os.write only
             )
             pid = proc.pid
             children[pid] = proc  # kept referenced: a dropped Popen would be waited for by subprocess itself
