@@ -246,8 +246,87 @@ async def test_a_command_started_there_runs_in_its_task_cgroup(tmp_path: Path, s
         result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=group)
         assert result.exit_code == 0
         assert f"task-spawner-test-{os.getpid()}-0" in out.decode()
+        if HOST.version == 1:
+            assert spawner.started_via == {"vfork+migrate": 1}
+            # ... and the spawner went back to the worker's own cgroup.
+            own = Path("/proc/self/cgroup").read_text()
+            assert Path(f"/proc/{_spawner_pid(spawner)}/cgroup").read_text() == own
     finally:
         group.remove()
+
+
+@pytest.mark.skipif(HOST is None or HOST.version != 1, reason="needs root and cgroup v1 hierarchies")
+async def test_a_task_cgroup_killed_while_the_spawner_is_in_it_spares_the_spawner(
+    tmp_path: Path, spawner: Spawner
+) -> None:
+    """The spawner passes through v1 freezer cgroups (vfork+migrate); a task's end killing its cgroup at that
+    moment kills the task's processes and never the spawner, which its neighbours' commands need."""
+    assert HOST is not None
+    group = HOST.create(f"task-{os.urandom(16).hex()}", memory_limit=0)
+    try:
+        pids: list[int] = []
+        running = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids, cgroup=group))
+        await wait_for(lambda: pids)
+        spawner_pid = _spawner_pid(spawner)
+        cgroup_lines = Path(f"/proc/{spawner_pid}/cgroup").read_text().splitlines()
+        home = next(line.split(":", 2)[2] for line in cgroup_lines if ":freezer:" in line)
+        (group.dirs[0] / "cgroup.procs").write_text(str(spawner_pid))  # caught in the middle of a spawn
+        assert spawner_pid in [int(p) for p in (group.dirs[0] / "cgroup.procs").read_text().split()]
+        assert group.pids() == pids, "the spawner is not one of the task's processes"
+        await asyncio.to_thread(group.kill)
+        result, _ = await asyncio.wait_for(running, 60)
+        assert result.signalled == signal.SIGKILL
+        assert alive(spawner_pid)
+        (HOST.mounts["freezer"] / home.lstrip("/") / "cgroup.procs").write_text(str(spawner_pid))
+        after, _ = await _run(["true"], tmp_path, spawner, cgroup=group)
+        assert after.exit_code == 0 and _spawner_pid(spawner) == spawner_pid
+    finally:
+        group.remove()
+
+
+def test_slow_migrations_give_the_vfork_path_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a host where a cgroup migration waits for an RCU grace period, the spawner stops moving itself after
+    a few slow ones and starts commands by clone3 with a join (here in this process, with pipes standing in
+    for the ``cgroup.procs`` descriptors)."""
+    monkeypatch.setattr(spawner_process, "MIGRATION_SLOW", -1.0)  # every migration counts as slow
+    monkeypatch.setattr(spawner_process, "_MIGRATE", [0, False])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    children: dict[int, object] = {}
+    request = {"argv": ["true"], "cwd": str(tmp_path), "env": ENV, "cgroups": 1, "homes": 1}
+    vias = []
+    try:
+        for n in range(spawner_process.SLOW_MIGRATIONS + 1):
+            join_r, join_w = os.pipe()
+            home_r, home_w = os.pipe()
+            out_r, out_w = os.pipe()
+            spawner_process._spawn(theirs, children, {**request, "id": n}, [out_w, join_w, home_w])
+            reply = json.loads(ours.recv(65536))
+            vias.append(reply["via"])
+            os.waitpid(reply["pid"], 0)
+            assert os.read(join_r, 8) == b"0"  # the child (clone3+join) or the spawner itself moved in...
+            if reply["via"] == "vfork+migrate":
+                assert os.read(home_r, 8) == b"0"  # ... and the spawner moved back
+            for fd in (join_r, home_r, out_r):
+                os.close(fd)
+    finally:
+        ours.close()
+        theirs.close()
+    assert vias == ["vfork+migrate"] * spawner_process.SLOW_MIGRATIONS + ["clone3+join"]
+
+
+async def test_a_cgroup_join_that_fails_fails_the_command_as_a_fork_here_does(tmp_path: Path, spawner: Spawner) -> None:
+    """The write into ``cgroup.procs`` failing in the child (here: /dev/full) is the same failure either way,
+    and the command never runs."""
+    (tmp_path / "group").mkdir()
+    (tmp_path / "group" / "cgroup.procs").symlink_to("/dev/full")
+    host = cgroups.CgroupHost(1, tmp_path, {"freezer": tmp_path}, tmp_path / "owners")
+    group = cgroups.TaskCgroup(host, "group", [tmp_path / "group"])
+    argv = ["sh", "-c", "echo ran > ran.txt"]
+    local, _ = await _run(argv, tmp_path, None, cgroup=group)
+    remote, _ = await _run(argv, tmp_path, spawner, cgroup=group)
+    assert local.system_error == "sh: could not join the task's cgroup before exec"
+    assert (remote.exit_code, remote.system_error) == (local.exit_code, local.system_error)
+    assert not (tmp_path / "ran.txt").exists()
 
 
 # -- cgroup v2: clone3(CLONE_INTO_CGROUP), no migration ------------------------------------------------------
@@ -280,6 +359,28 @@ def v2_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cgroup
             (V2_ROOT / cgroups.BASE).rmdir()
 
 
+@pytest.fixture(params=["v1-freezer", "v1-memory", "v2"])
+def clone_group(request: pytest.FixtureRequest) -> Iterator[tuple[cgroups.TaskCgroup, str]]:
+    """A task cgroup and how the spawner starts a command without a task identity in it: v1 freezer alone,
+    the spawner moves itself in and vforks; v1 with a memory limit, a clone3 child joins; v2, clone3 straight
+    into it (``CLONE_INTO_CGROUP``).  With an identity to take, v1 is always a clone3 child that joins."""
+    if request.param.startswith("v1"):
+        if HOST is None or HOST.version != 1:
+            pytest.skip("needs root and cgroup v1 hierarchies at /sys/fs/cgroup")
+        memory = request.param == "v1-memory"
+        if memory and not HOST.has_memory:
+            pytest.skip("needs the v1 memory controller")
+        group = HOST.create(f"task-{os.urandom(16).hex()}", memory_limit=(1 << 30) if memory else 0)
+        try:
+            yield group, "clone3+join" if memory else "vfork+migrate"
+        finally:
+            group.remove()
+        return
+    if V2_ROOT is None:
+        pytest.skip("needs root and a cgroup v2 hierarchy (unified or hybrid)")
+    yield request.getfixturevalue("v2_group"), "clone3"
+
+
 def _cgroup_of(output: bytes) -> str:
     return next(line.split(":", 2)[2] for line in output.decode().splitlines() if line.startswith("0::"))
 
@@ -297,19 +398,19 @@ async def test_v2_commands_start_in_their_cgroup_without_migrating(
     assert local.exit_code == 0 and _cgroup_of(local_out) == _cgroup_of(out)
 
 
-@needs_v2
-async def test_v2_clone3_child_matches_a_fork_here(
-    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+async def test_clone3_child_matches_a_fork_here(
+    tmp_path: Path, spawner: Spawner, clone_group: tuple[cgroups.TaskCgroup, str]
 ) -> None:
     """Session, directory, stdin, environment, descriptors, exit codes, signals: the child of clone3 does what
     subprocess.Popen's child does."""
+    v2_group, via = clone_group
     script = (
         'echo "sid=$(ps -o sid= -p $$ | tr -d " ")" "pid=$$"; pwd; env | sort; '
         'ls /proc/self/fd | sort -n | tr "\\n" " "; cat; exit 9'
     )
     local, local_out = await _run(["sh", "-c", script], tmp_path, None, cgroup=v2_group)
     remote, remote_out = await _run(["sh", "-c", script], tmp_path, spawner, cgroup=v2_group)
-    assert spawner.started_via["clone3"] == 1
+    assert spawner.started_via[via] == 1
     assert (remote.exit_code, remote.system_error) == (local.exit_code, local.system_error) == (9, None)
 
     def normalised(out: bytes) -> list[str]:
@@ -340,10 +441,11 @@ async def test_v2_clone3_child_matches_a_fork_here(
     assert result.exit_code == 0 and out == b"y\ny", "SIGPIPE has its default disposition"
 
 
-@needs_v2
-async def test_v2_clone3_child_takes_the_task_identity(
-    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+async def test_clone3_child_takes_the_task_identity(
+    tmp_path: Path, spawner: Spawner, clone_group: tuple[cgroups.TaskCgroup, str]
 ) -> None:
+    v2_group, via = clone_group
+    via = "clone3+join" if via == "vfork+migrate" else via  # a setuid rules vfork out
     tmp_path.chmod(0o755)
     out = bytearray()
     result = await run_command(
@@ -358,19 +460,19 @@ async def test_v2_clone3_child_takes_the_task_identity(
         group=65534,
         extra_groups=[65534],
     )
-    assert result.exit_code == 0 and spawner.started_via["clone3"] == 1, out.decode()
+    assert result.exit_code == 0 and spawner.started_via[via] == 1, out.decode()
     assert out.decode().split() == ["65534", "65534", "65534"]
 
 
-@needs_v2
-async def test_v2_abort_kills_a_command_started_by_clone3(
-    tmp_path: Path, spawner: Spawner, v2_group: cgroups.TaskCgroup
+async def test_abort_kills_a_command_started_by_clone3(
+    tmp_path: Path, spawner: Spawner, clone_group: tuple[cgroups.TaskCgroup, str]
 ) -> None:
+    v2_group, via = clone_group
     abort = asyncio.Event()
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids, cgroup=v2_group))
     await wait_for(lambda: pids)  # the command started
-    assert spawner.started_via["clone3"] == 1
+    assert spawner.started_via[via] == 1
     abort.set()
     result, _ = await asyncio.wait_for(call, 60)
     assert result.aborted and result.signalled == signal.SIGKILL

@@ -72,6 +72,10 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 TASK_NAME = re.compile(r"task-[0-9a-f]{32}")
 #: Owner markers of task cgroups, one file per cgroup (tmpfs: gone at reboot, like the cgroups).
 OWNERS_DIR = Path("/run/megalodon/cgroups")
+#: Pids of this worker's own helper processes that may sit in a task cgroup for a moment: the spawner moves
+#: itself into a v1 freezer cgroup around a vfork (:mod:`.spawner_process`).  Never signalled by
+#: :meth:`TaskCgroup.kill` and not the task's processes: a task's end must not take its neighbours' spawner.
+SPARED: set[int] = set()
 
 
 class CgroupError(Exception):
@@ -251,6 +255,24 @@ class TaskCgroup:
             raise CgroupError(f"could not open {directory}/cgroup.procs: {exc.strerror or exc}") from exc
         return fds
 
+    def open_home_procs(self) -> list[int]:
+        """Where a helper that moved itself into this cgroup goes back to: a write-only descriptor of this
+        process's own ``cgroup.procs`` for each of :attr:`dirs` — only for a v1 cgroup in the freezer alone.
+
+        Empty otherwise: in a memory cgroup the kernel's OOM killer may pick any member, and v2 kills a whole
+        cgroup in one write (``cgroup.kill``) that could spare no helper.
+        """
+        if self.host.version != 1 or self.dirs != [self._kill_dir] or "freezer" not in self.host.mounts:
+            return []
+        home = _own_cgroup("freezer")
+        if home is None:
+            return []
+        try:
+            procs = self.host.mounts["freezer"] / home.lstrip("/") / "cgroup.procs"
+            return [os.open(procs, os.O_WRONLY | os.O_CLOEXEC)]
+        except OSError:
+            return []
+
     def open_dir(self) -> int | None:
         """v2: a descriptor of the cgroup's directory, for ``clone3(CLONE_INTO_CGROUP)``; None on v1."""
         if self.host.version != 2:
@@ -266,8 +288,9 @@ class TaskCgroup:
         return cgroup_joiner(fds)
 
     def pids(self) -> list[int]:
+        """The task's processes in the cgroup (a helper of this worker passing through is not one)."""
         text = _read(self._kill_dir / "cgroup.procs")
-        return [int(p) for p in text.split() if p.isdigit()]
+        return [pid for pid in (int(p) for p in text.split() if p.isdigit()) if pid not in SPARED]
 
     # -- memory -------------------------------------------------------------------------------------------
     def set_memory_limit(self, limit: int) -> None:
@@ -352,10 +375,11 @@ class TaskCgroup:
         """Delete the directories of an empty cgroup at once; False (nothing lost) when one is still busy.
 
         Cheap enough for the event loop: the common end of a task, whose cgroup emptied with its commands.
+        The kernel refuses (EBUSY) to remove a cgroup that holds a process, so the kill directory goes first
+        and its removal is the emptiness test: no read of ``cgroup.procs`` before.
         """
-        if self.pids():
-            return False
-        for directory in self.dirs:
+        kill_dir = self._kill_dir
+        for directory in sorted(self.dirs, key=lambda d: d != kill_dir):
             try:
                 directory.rmdir()
             except FileNotFoundError:
@@ -382,6 +406,24 @@ class TaskCgroup:
                         raise CgroupError(f"could not remove cgroup {directory}: {exc.strerror or exc}") from exc
                     time.sleep(KILL_PAUSE)  # the last killed process is still being torn down
         self.host.drop_marker(self.name)
+
+
+#: This process's own cgroup in each v1 hierarchy, by pid (a forked child reads its own).
+_own_cgroups: dict[int, dict[str, str]] = {}
+
+
+def _own_cgroup(controller: str) -> str | None:
+    """This process's cgroup path in the v1 hierarchy of ``controller`` (``/proc/self/cgroup``), or None."""
+    me = os.getpid()
+    if me not in _own_cgroups:
+        paths: dict[str, str] = {}
+        for line in _read(Path("/proc/self/cgroup")).splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3:
+                for name in parts[1].split(","):
+                    paths[name] = parts[2]
+        _own_cgroups[me] = paths
+    return _own_cgroups[me].get(controller)
 
 
 def _field(text: str, key: str) -> int:

@@ -147,6 +147,10 @@ async def kill_tree(pgid: int, cgroup: TaskCgroup | None) -> None:
             await asyncio.to_thread(cgroup.kill)
 
 
+#: What subprocess (and the spawner, alike) raises when the pre-exec step failed: here, the cgroup join.
+PREEXEC_FAILED = "Exception occurred in preexec_fn."
+
+
 async def run_command(
     argv: list[str],
     *,
@@ -177,11 +181,14 @@ async def run_command(
     begin = time.monotonic()
     cgroup_dir: int | None = None
     cgroup_fds: list[int] = []
+    home_fds: list[int] = []
     try:
         # Opening cgroupfs files is kernel memory, no disk: on the loop, not worth a thread hop per command.
         cgroup_fds = cgroup.open_procs() if cgroup is not None else []
         if cgroup is not None and spawner is not None:
             cgroup_dir = cgroup.open_dir()
+            if user is None and group is None and extra_groups is None:
+                home_fds = cgroup.open_home_procs()
     except CgroupError as exc:
         for fd in cgroup_fds:
             os.close(fd)
@@ -207,6 +214,7 @@ async def run_command(
                     output_fd=write_fd,
                     cgroup_fds=cgroup_fds,
                     cgroup_dir_fd=cgroup_dir,
+                    home_fds=home_fds,
                     user=user,
                     group=group,
                     extra_groups=extra_groups,
@@ -232,6 +240,8 @@ async def run_command(
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if cgroup_fds and isinstance(exc, subprocess.SubprocessError) and detail == PREEXEC_FAILED:
+            detail = "could not join the task's cgroup before exec"  # the only pre-exec step, either path
         result.system_error = f"{argv[0]}: {detail}"
         result.exit_code = -2
         result.duration = time.monotonic() - begin
@@ -241,7 +251,7 @@ async def run_command(
         raise
     finally:
         os.close(write_fd)
-        for fd in [*cgroup_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
+        for fd in [*cgroup_fds, *home_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
             os.close(fd)
     started(pid)
     pipe = os.fdopen(read_fd, "rb", buffering=0)

@@ -8,8 +8,11 @@ spawner also keeps the cgroup migration (which may sleep for an RCU grace period
 
 On cgroup v2 the command does not migrate at all: ``clone3(CLONE_INTO_CGROUP)`` starts it in its task cgroup,
 and the child does what ``subprocess.Popen``'s child does (session, directory, descriptors, identity, signals,
-the same ``PATH`` search and errors) before it execs.  Kernels without it (< 5.7) and cgroup v1 get
-``subprocess.Popen`` with a pre-exec step that joins the cgroup.
+the same ``PATH`` search and errors) before it execs.  On cgroup v1 the same ``clone3`` child first writes
+itself into each ``cgroup.procs`` it was given: ``Popen`` with a ``preexec_fn`` costs 2.7 ms of CPU per
+command here against 1.7 ms for this child, as it re-initialises the interpreter after the fork (threads,
+locks, import state) and runs the pre-exec step through the full Python call machinery.  Kernels without
+``clone3`` (< 5.3, or < 5.7 for v2's flag) get ``subprocess.Popen`` with a pre-exec step that joins.
 
 Protocol on the inherited ``SOCK_SEQPACKET`` socket whose number is the first argument (one JSON object per
 message):
@@ -17,8 +20,9 @@ message):
 - worker -> spawner: ``{"id", "argv", "cwd", "env", "user", "group", "extra_groups", "cgroups": n,
   "cgroup_dir": 0|1}`` with the command's output descriptor, ``n`` open ``cgroup.procs`` descriptors and, on
   cgroup v2, the cgroup directory's descriptor attached (``SCM_RIGHTS``);
-- spawner -> worker: ``{"id", "pid", "via": "clone3"|"fork"}``, or ``{"id", "error": {"kind": ...}}`` when
-  the command could not start (the worker raises the same exception ``subprocess.Popen`` raised here);
+- spawner -> worker: ``{"id", "pid", "via"}`` (``clone3``, ``clone3+join`` or ``fork``), or
+  ``{"id", "error": {"kind": ...}}`` when the command could not start (the worker raises the same exception
+  ``subprocess.Popen`` raised here);
 - spawner -> worker: ``{"exit": pid, "status", "utime", "stime"}`` when a command ends (it is reaped here).
 
 The spawner exits when the worker's end of the socket closes (the worker exited, however it died).  The
@@ -39,6 +43,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,6 +68,17 @@ _LIBC = ctypes.PyDLL(None, use_errno=True)
 _LIBC.syscall.restype = ctypes.c_long
 #: Whether clone3 into a cgroup works here; False after the kernel refused it once (then Popen + migration).
 _CLONE_INTO_CGROUP = [True]
+#: Whether plain clone3 works here (Linux 5.3+); False after the kernel refused it once (then Popen).
+_CLONE3 = [True]
+#: What the child reports when writing itself into a ``cgroup.procs`` failed (errno follows).
+_JOIN_FAILED = b"J"
+#: A cgroup migration (the two writes of :func:`_vfork_in`) slower than this is "slow": the host waits for an
+#: RCU grace period on each (v1 without ``favordynmods``), and a fork child that joins costs less wall.
+MIGRATION_SLOW = 0.001
+#: After this many slow migrations in a row, commands are started by clone3 with a join instead.
+SLOW_MIGRATIONS = 3
+#: [consecutive slow migrations, disabled]: the vfork path is given up for this process's lifetime.
+_MIGRATE = [0, False]
 
 _MAXFD = max(os.sysconf("SC_OPEN_MAX"), 1 << 16)
 
@@ -95,10 +111,18 @@ def _exec_candidates(argv: list[str], env: dict[str, str]) -> list[bytes]:
     return [os.path.join(os.fsencode(d), program) for d in os.get_exec_path(env)]
 
 
-def _child(request: dict[str, Any], output: int, err_w: int) -> None:
-    """In the child of clone3 (already in its cgroup): what Popen's child does, then exec.  Never returns."""
+def _child(request: dict[str, Any], output: int, err_w: int, join: list[int]) -> None:
+    """In the child of clone3: join the cgroup (v1: write to each ``cgroup.procs`` in ``join``; v2: already in
+    it), then what Popen's child does, then exec.  Never returns."""
     code = 0
     try:
+        for fd in join:
+            try:
+                os.write(fd, b"0")
+            except OSError as exc:
+                with contextlib.suppress(BaseException):
+                    os.write(err_w, _JOIN_FAILED + str(exc.errno or errno.EINVAL).encode())
+                os._exit(255)
         os.setsid()
         os.chdir(request["cwd"])
         null = os.open(os.devnull, os.O_RDONLY)
@@ -135,10 +159,11 @@ def _child(request: dict[str, Any], output: int, err_w: int) -> None:
         os._exit(255)
 
 
-def _clone_into(cgroup_fd: int, request: dict[str, Any], output: int) -> int | None:
-    """Start the command directly in the cgroup v2 directory ``cgroup_fd``: no migration afterwards, so no
-    wait for an RCU grace period (a write to ``cgroup.procs`` sleeps ~10 ms on hosts without
-    ``favordynmods``).  None when the kernel has no clone3 into cgroups (the caller migrates instead)."""
+def _clone(cgroup_fd: int | None, join: list[int], request: dict[str, Any], output: int) -> int | None:
+    """Start the command by clone3: directly in the cgroup v2 directory ``cgroup_fd`` (no migration, so no
+    wait for an RCU grace period: a write to ``cgroup.procs`` sleeps ~10 ms on hosts without
+    ``favordynmods``), or, on v1, in a child that writes itself into each of ``join`` before it execs.  None
+    when the kernel has no such clone3 (the caller uses Popen with a pre-exec step instead)."""
     for key, value in request["env"].items():  # what Popen refuses before it forks, with its messages
         if "=" in key or not key:
             raise ValueError("illegal environment variable name")
@@ -148,14 +173,17 @@ def _clone_into(cgroup_fd: int, request: dict[str, Any], output: int) -> int | N
         raise ValueError("embedded null byte")
     err_r, err_w = os.pipe()  # close-on-exec: an exec closes it, an error is written to it
     try:
-        args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+        if cgroup_fd is not None:
+            args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_fd)
+        else:
+            args = _CloneArgs(flags=0, exit_signal=signal.SIGCHLD)
         pid = _LIBC.syscall(SYS_CLONE3, ctypes.byref(args), ctypes.sizeof(args))
         if pid == 0:
-            _child(request, output, err_w)
+            _child(request, output, err_w, join)
         if pid < 0:
             code = ctypes.get_errno()
             if code in (errno.ENOSYS, errno.E2BIG, errno.EINVAL, errno.EOPNOTSUPP):
-                _CLONE_INTO_CGROUP[0] = False
+                (_CLONE_INTO_CGROUP if cgroup_fd is not None else _CLONE3)[0] = False
                 return None
             raise OSError(code, os.strerror(code))
         os.close(err_w)
@@ -165,6 +193,9 @@ def _clone_into(cgroup_fd: int, request: dict[str, Any], output: int) -> int | N
             report += chunk
         if report:
             os.waitpid(pid, 0)  # the child exits at once: reap it here, it never ran the command
+            if report.startswith(_JOIN_FAILED):
+                # What Popen raises when its pre-exec step (the same join) fails, so both paths fail alike.
+                raise subprocess.SubprocessError("Exception occurred in preexec_fn.")
             code = int(report) if report.isdigit() else errno.EINVAL
             raise OSError(code, os.strerror(code), request["argv"][0])
         return int(pid)
@@ -172,6 +203,47 @@ def _clone_into(cgroup_fd: int, request: dict[str, Any], output: int) -> int | N
         os.close(err_r)
         if err_w >= 0:
             os.close(err_w)
+
+
+def _vfork_in(join: list[int], homes: list[int], request: dict[str, Any], output: int) -> subprocess.Popen[bytes]:
+    """Move this process into the task cgroup, start the command by vfork (it inherits the cgroup), move
+    back: no fork of this process at all, so 0.8 ms of CPU per command against 1.9 ms for a clone3 child that
+    joins (the fork's page-table copy and the exec's teardown of that copy dominate, issue 13).
+
+    Only for a v1 freezer cgroup (the worker sends ``homes`` for nothing else: see
+    :meth:`megalodon_core.cgroup.TaskCgroup.open_home_procs`) and no identity to take (a ``setuid`` rules out
+    vfork).  The worker never signals this process while it passes through a task cgroup
+    (:data:`megalodon_core.cgroup.SPARED`).  A host where migrating waits for an RCU grace period (~10 ms
+    per write without ``favordynmods``) gives this path up after :data:`SLOW_MIGRATIONS` slow commands."""
+    begin = time.monotonic()
+    for fd in join:
+        os.write(fd, b"0")
+    moved = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            request["argv"],
+            cwd=request["cwd"],
+            env=request["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=output,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        back = time.monotonic()
+        try:
+            for fd in homes:
+                os.write(fd, b"0")
+        except OSError:
+            # Stuck in a task cgroup whose end would freeze this process: better gone (the worker forks its
+            # commands itself, then starts a new spawner).
+            os._exit(3)
+        slow = (moved - begin) + (time.monotonic() - back) > MIGRATION_SLOW
+        _MIGRATE[0] = _MIGRATE[0] + 1 if slow else 0
+        if _MIGRATE[0] >= SLOW_MIGRATIONS:
+            _MIGRATE[1] = True
+    return proc
 
 
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
@@ -189,14 +261,22 @@ class _Started:
 def _spawn(sock: socket.socket, children: dict[int, Any], request: dict[str, Any], fds: list[int]) -> None:
     count = int(request.get("cgroups", 0))
     output, cgroup_fds = fds[0], fds[1 : 1 + count]
-    cgroup_dir = fds[1 + count] if request.get("cgroup_dir") and len(fds) > 1 + count else None
+    has_dir = bool(request.get("cgroup_dir")) and len(fds) > 1 + count
+    cgroup_dir = fds[1 + count] if has_dir else None
+    homes = fds[1 + count + has_dir :][: int(request.get("homes", 0))]
+    identity = any(request.get(key) is not None for key in ("user", "group", "extra_groups"))
     try:
         pid = None
-        if cgroup_dir is not None and _CLONE_INTO_CGROUP[0]:
-            pid = _clone_into(cgroup_dir, request, output)
+        if homes and len(homes) == len(cgroup_fds) and cgroup_dir is None and not identity and not _MIGRATE[1]:
+            proc = _vfork_in(cgroup_fds, homes, request, output)
+            pid, via = proc.pid, "vfork+migrate"
+            children[pid] = proc
+        elif cgroup_dir is not None and _CLONE_INTO_CGROUP[0]:
+            pid, via = _clone(cgroup_dir, [], request, output), "clone3"
+        if pid is None and cgroup_fds and _CLONE3[0]:
+            pid, via = _clone(None, cgroup_fds, request, output), "clone3+join"
         if pid is not None:
-            children[pid] = _Started(pid)
-            via = "clone3"
+            children.setdefault(pid, _Started(pid))
         else:
             proc = subprocess.Popen(
                 request["argv"],

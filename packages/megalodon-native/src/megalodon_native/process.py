@@ -17,7 +17,6 @@ the task is resolved failed with a log line saying why, instead of the whole wor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -104,11 +103,16 @@ class TaskProcesses:
         return hit
 
     async def remove(self) -> None:
-        await self.kill()
-        if self.cgroup is not None:
-            with contextlib.suppress(CgroupError):
-                if not self.cgroup.try_rmdir():  # busy: a killed process is still being torn down
-                    await asyncio.to_thread(self.cgroup.remove)
+        """Kill what is left and remove the cgroup: an empty one (the common case, its commands ended and
+        :meth:`kill` ran after them) is removed at once, a busy one is killed and removed in a thread."""
+        if self.cgroup is None:
+            await self.kill()
+            return
+        try:
+            if not self.cgroup.try_rmdir():  # busy: something is left, or a killed process is being torn down
+                await asyncio.to_thread(self.cgroup.remove)
+        except CgroupError:
+            await self.kill()  # logs why, and falls back to the commands' process groups
 
 
 __all__ = [
