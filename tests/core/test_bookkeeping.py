@@ -103,3 +103,57 @@ async def test_the_journal_holding_credentials_is_private(tmp_path: Path) -> Non
     assert stat.S_IMODE(journal_dir.stat().st_mode) == 0o700
     assert books.journal.entries()[0].credentials["accessToken"] == "secret"
     await books.close(0, [])
+
+
+def test_a_removed_record_is_emptied_and_its_file_serves_the_next_claim(tmp_path: Path) -> None:
+    """The journal frees no inode per claim: a removed record is renamed aside and emptied (the credentials
+    it held are gone), and the next record is written into that file, 0600, then renamed into place."""
+    journal = ClaimJournal(tmp_path / "claims")
+    first = ClaimRecord("task-a", 0, {"clientId": "c", "accessToken": "secret-a"}, "2030-01-01T00:00:00.000Z", "")
+    journal.record(first)
+    inode = (tmp_path / "claims" / "task-a-0.json").stat().st_ino
+    journal.remove("task-a", 0)
+    assert journal.entries() == []
+    (freed,) = [p for p in (tmp_path / "claims").iterdir()]
+    assert freed.name.startswith(".") and freed.stat().st_size == 0, "the credentials were left in the file"
+    second = ClaimRecord("task-b", 2, {"clientId": "c", "accessToken": "secret-b"}, "2030-01-01T00:00:00.000Z", "")
+    journal.record(second)
+    path = tmp_path / "claims" / "task-b-2.json"
+    assert path.stat().st_ino == inode and path.stat().st_mode & 0o777 == 0o600
+    assert journal.entries() == [second] and sorted(p.name for p in (tmp_path / "claims").iterdir()) == [path.name]
+    # A shorter record into a longer one's file leaves none of the longer one's bytes behind.
+    journal.remove("task-b", 2)
+    short = ClaimRecord("t", 0, {}, "", "")
+    journal.record(short)
+    assert journal.entries() == [short]
+
+
+def test_a_new_journal_removes_the_emptied_files_of_a_previous_process(tmp_path: Path) -> None:
+    journal = ClaimJournal(tmp_path / "claims")
+    journal.record(ClaimRecord("task-a", 0, {"accessToken": "t"}, "", ""))
+    journal.remove("task-a", 0)
+    (tmp_path / "claims" / ".claim-torn").write_text("{")  # a temporary file a kill left behind
+    ClaimJournal(tmp_path / "claims")
+    assert list((tmp_path / "claims").iterdir()) == []
+
+
+async def test_the_status_file_is_gone_while_idle_and_its_inode_serves_the_next_claim(tmp_path: Path) -> None:
+    """generic-worker removes worker-status.json when no task runs; megalodon renames it aside instead, and
+    writes the next claim's ids there before renaming it back: the same file, never a fresh inode."""
+    from megalodon_core.worker.state_files import STATUS_FILE, running_task_ids
+
+    state = tmp_path / "state"
+    books = ClaimBooks(state)
+    await books.open()
+    inodes = []
+    for n in range(3):
+        record = ClaimRecord(f"task-{n}", 0, {"accessToken": "t"}, "2030-01-01T00:00:00.000Z", "")
+        task_dir = tmp_path / "tasks" / f"task-{n}"
+        await books.claim_started(record, task_dir, n, [f"task-{n}/0"])
+        assert running_task_ids(state) == [f"task-{n}/0"]
+        assert (state / STATUS_FILE).stat().st_mode & 0o777 == 0o600
+        inodes.append((state / STATUS_FILE).stat().st_ino)
+        books.claim_ended(f"task-{n}", 0, task_dir, resolved=n + 1, current=[], metadata=None, clean=True)
+        assert not (state / STATUS_FILE).exists() and running_task_ids(state) == []
+    assert len(set(inodes)) == 1
+    await books.close(3, [])

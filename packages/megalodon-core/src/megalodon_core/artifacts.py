@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import mimetypes
 import posixpath
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from .errors import MalformedPayload
 from .timefmt import iso
@@ -63,9 +63,9 @@ def check_artifact_name(name: str, field: str) -> None:
         raise MalformedPayload(f"{field}: artifact name must not be empty")
     if name.startswith("/"):
         raise MalformedPayload(f"{field}: artifact name {name!r} must not be absolute")
-    if ".." in PurePosixPath(name).parts or name.startswith("../") or "/../" in name or name.endswith("/.."):
+    if ".." in name.split("/"):  # a ".." component anywhere, as PurePosixPath(name).parts would show it
         raise MalformedPayload(f"{field}: artifact name {name!r} must not contain '..'")
-    if not all(32 <= ord(c) < 127 for c in name):
+    if not (name.isascii() and name.isprintable()):  # printable ASCII: 32 <= ord(c) < 127
         raise MalformedPayload(f"{field}: artifact name {name!r} must be printable ASCII")
 
 

@@ -8,6 +8,11 @@ process could not finish: its processes are killed, it is reported exception/wor
 queue retries it at once), and its directory is removed.
 
 Records hold task credentials: the directory is 0700 and each file 0600, written atomically.
+
+A removed record is not unlinked: it is emptied and kept under a hidden name for the next record to be
+written into (then renamed into place).  A worker running a task every few milliseconds would otherwise
+allocate and free an inode per claim, and ext4's inode allocator skips every inode freed in the last
+seconds (issue 13).
 """
 
 from __future__ import annotations
@@ -33,23 +38,48 @@ class ClaimRecord:
     task_dir: str
 
 
+#: Hidden names of emptied record files kept for reuse, and how many are kept (one per concurrent claim
+#: is enough; the rest are unlinked).
+FREE_PREFIX = ".free-"
+FREE_KEEP = 16
+
+
 class ClaimJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
+        self._free: list[Path] = []
+        self._freed = 0
+        for leftover in directory.iterdir():  # a previous process's temporary and emptied files
+            if leftover.name.startswith((".claim-", FREE_PREFIX)):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     def _path(self, task_id: str, run_id: int) -> Path:
         return self.directory / f"{task_id}-{run_id}.json"
 
+    def _reused(self) -> tuple[int, str] | None:
+        """An emptied record file, opened for writing (None when there is none to reuse)."""
+        while self._free:
+            path = self._free.pop()
+            try:
+                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), str(path)
+            except OSError:
+                continue
+        return None
+
     def record(self, entry: ClaimRecord) -> None:
         data = json.dumps(asdict(entry)).encode()
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".claim-")  # 0600 from the start: credentials
+        reused = self._reused()
+        # 0600 from the start either way (credentials): mkstemp's mode, or an emptied record's.
+        fd, tmp = reused if reused is not None else tempfile.mkstemp(dir=self.directory, prefix=".claim-")
         try:
             try:
                 written = 0
                 while written < len(data):
-                    written += os.write(fd, data[written:])
+                    written += os.pwrite(fd, data[written:], written)
+                os.ftruncate(fd, len(data))
             finally:
                 os.close(fd)
             os.replace(tmp, self._path(entry.task_id, entry.run_id))
@@ -59,8 +89,34 @@ class ClaimJournal:
             raise
 
     def remove(self, task_id: str, run_id: int) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self._path(task_id, run_id).unlink()
+        """Forget a record: renamed aside (recovery never sees it again) and emptied of its credentials."""
+        free = self.directory / f"{FREE_PREFIX}{self._freed}"
+        try:
+            os.rename(self._path(task_id, run_id), free)
+        except FileNotFoundError:
+            return
+        self._freed += 1
+        try:
+            fd = os.open(free, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.ftruncate(fd, 0)
+            finally:
+                os.close(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                free.unlink()
+            return
+        if len(self._free) < FREE_KEEP:
+            self._free.append(free)
+        else:
+            with contextlib.suppress(OSError):
+                free.unlink()
+
+    def discard_free(self) -> None:
+        """Unlink the emptied files kept for reuse (the worker exits: its state directory holds records only)."""
+        while self._free:
+            with contextlib.suppress(OSError):
+                self._free.pop().unlink()
 
     def entries(self) -> list[ClaimRecord]:
         out = []

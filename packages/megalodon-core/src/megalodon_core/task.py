@@ -58,6 +58,8 @@ class TaskRun:
     result_rows: list[Callable[[], list[tuple[str, str]]]] = field(default_factory=list)
 
     _credential_listeners: list[Callable[[dict[str, str]], None]] = field(default_factory=list)
+    #: The queue client of :attr:`credentials` (built again when a reclaim changes them).
+    _queue: tuple[dict[str, str], Any] | None = None
 
     # -- cancellation ------------------------------------------------------------------------------------
     def abort(self, error: ExecutionError) -> None:
@@ -104,8 +106,11 @@ class TaskRun:
         return Publisher(self.queue, self.worker.object_service, self.worker.session)
 
     def queue(self) -> Any:
-        """A queue client with the run's current task credentials."""
-        return self.worker.queue(self.credentials)
+        """A queue client with the run's current task credentials: one per credentials, not per call (a
+        client is a few dozen objects to build, and a task makes four queue calls at the least)."""
+        if self._queue is None or self._queue[0] is not self.credentials:
+            self._queue = (self.credentials, self.worker.queue(self.credentials))
+        return self._queue[1]
 
     @property
     def scopes(self) -> list[str]:

@@ -21,6 +21,7 @@ Writes go to a buffered local file: they land in the page cache and never wait o
 from __future__ import annotations
 
 import concurrent.futures
+import datetime as dt
 import shutil
 import weakref
 from collections.abc import Callable
@@ -61,6 +62,8 @@ class TaskLog:
         self._shadow: GzipShadow | None = None
         self._gzip_body: concurrent.futures.Future[GzipBody] | None = None
         self._untaken: list[concurrent.futures.Future[GzipBody] | None] = [None]
+        #: The second of the last stamp and its formatted text.
+        self._second: tuple[dt.datetime, str] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def add_sink(self, sink: Sink) -> None:
@@ -189,7 +192,10 @@ class TaskLog:
     # -- formatted lines ----------------------------------------------------------------------------------
     def _stamp(self) -> str:
         now = utcnow().astimezone(UTC)
-        return now.strftime(self.style.timestamp) + f".{now.microsecond // 1000:03d}Z"
+        second = now.replace(microsecond=0)
+        if self._second is None or self._second[0] != second:
+            self._second = (second, now.strftime(self.style.timestamp))  # strftime once per second, not per line
+        return f"{self._second[1]}.{now.microsecond // 1000:03d}Z"
 
     def _lines(self, prefix: str, message: str) -> None:
         if "{ts}" in prefix:

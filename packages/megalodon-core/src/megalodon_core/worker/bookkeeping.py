@@ -71,7 +71,7 @@ class ClaimBooks:
             if resolved != self._written[0]:
                 write_resolved_count(self.state_dir, resolved)
             if current != self._written[1]:
-                write_status(self.state_dir, current)
+                write_status(self.state_dir, current, was_idle=not self._written[1])
             self._written = (resolved, list(current))
 
     def credentials_changed(self, record: ClaimRecord) -> None:
@@ -121,3 +121,5 @@ class ClaimBooks:
         self._thread.shutdown(wait=True)
         self._latest = (resolved, list(current))
         await asyncio.to_thread(self._write_latest_state)
+        if self._journal is not None:
+            self._journal.discard_free()

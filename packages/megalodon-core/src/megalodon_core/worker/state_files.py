@@ -19,6 +19,10 @@ RESOLVED_COUNT_FILE = "tasks-resolved-count.txt"
 #: Config values the running worker received from worker-runner, for ``megalodon config explain``.
 RUNTIME_CONFIG_FILE = "worker-runner-config.json"
 STATUS_FILE = "worker-status.json"
+#: Where the status file goes while no task runs (generic-worker removes it then): renamed back and
+#: overwritten at the next claim, so no file is created and freed per task (an ext4 inode allocation skips
+#: every recently freed inode, and a busy worker frees thousands a minute).
+IDLE_STATUS_FILE = ".worker-status.idle"
 METADATA_FILE = "generic-worker-metadata.json"
 JOURNAL_DIR = "megalodon-claims"
 
@@ -57,14 +61,22 @@ def write_resolved_count(state_dir: Path, resolved: int) -> None:
     write_private(state_dir / RESOLVED_COUNT_FILE, f"{resolved}\n")
 
 
-def write_status(state_dir: Path, current: list[str]) -> None:
-    """The running task ids (the status file is removed when none run)."""
+def write_status(state_dir: Path, current: list[str], *, was_idle: bool = False) -> None:
+    """The running task ids; the status file is gone when none run (renamed aside, see
+    :data:`IDLE_STATUS_FILE`).  ``was_idle``: it was put aside since, so it is written there and renamed back
+    (readers see the whole new file or none)."""
     status = state_dir / STATUS_FILE
+    idle = state_dir / IDLE_STATUS_FILE
     if current:
-        write_private(status, json.dumps({"currentTaskIds": current}) + "\n")
+        text = json.dumps({"currentTaskIds": current}) + "\n"
+        if was_idle:
+            write_private(idle, text)
+            os.replace(idle, status)
+        else:
+            write_private(status, text)
     else:
         with contextlib.suppress(FileNotFoundError):
-            status.unlink()
+            os.replace(status, idle)
 
 
 def running_task_ids(state_dir: Path) -> list[str]:
