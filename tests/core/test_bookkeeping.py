@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -63,6 +64,7 @@ async def test_a_big_task_directory_is_removed_by_the_thread_while_the_next_clai
 
     monkeypatch.setattr(bookkeeping.shutil, "rmtree", rmtree_after_the_next_start)
     books.claim_ended("task-a", 0, big, resolved=1, current=[], metadata=None, clean=True)
+    await asyncio.sleep(0)  # the loop's next turn hands the removal to the thread
     second = ClaimRecord("task-b", 0, {"clientId": "c", "accessToken": "t"}, "2030-01-01T00:00:00.000Z", "")
     await books.claim_started(second, tmp_path / "tasks" / "task-b", 1, ["task-b/0"])
     assert running_task_ids(state) == ["task-b/0"]
@@ -75,7 +77,14 @@ async def test_a_big_task_directory_is_removed_by_the_thread_while_the_next_clai
     assert removed_on and removed_on[0].startswith("megalodon-books")
 
 
-async def test_a_small_task_directory_is_removed_before_claim_ended_returns(tmp_path: Path) -> None:
+async def test_a_small_task_directory_is_removed_on_the_loop_at_its_next_turn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not before claim_ended returns (the next claimWork goes out first, the removal fills its wait), and
+    not in a thread."""
+    from megalodon_core.worker import bookkeeping
+
+    monkeypatch.setattr(bookkeeping.shutil, "rmtree", None)  # the thread's remover is never needed
     books = ClaimBooks(tmp_path / "state")
     await books.open()
     record = ClaimRecord("task-a", 0, {"clientId": "c", "accessToken": "t"}, "2030-01-01T00:00:00.000Z", "")
@@ -84,6 +93,8 @@ async def test_a_small_task_directory_is_removed_before_claim_ended_returns(tmp_
     (task_dir / "generic-worker").mkdir()
     (task_dir / "generic-worker" / "live_backing.log").write_text("log")
     books.claim_ended("task-a", 0, task_dir, resolved=1, current=[], metadata="{}", clean=True)
+    assert task_dir.exists()
+    await asyncio.sleep(0)
     assert not task_dir.exists()
     assert books.journal.entries() == []
     await books.close(1, [])

@@ -92,19 +92,32 @@ class ClaimBooks:
         """Forget the claim, persist the count (survives a kill), tidy up — without waiting for it.
 
         The journal removal and the two small state files are written here, on the loop, like the claim's
-        start; a small task directory is removed here too (:mod:`.small_tree`).  A bigger one is handed to
-        the bookkeeping thread, and the loop moves on to the next claim.
+        start; a small task directory is removed on the loop's next turn (:mod:`.small_tree`), while the
+        next claimWork waits for its answer.  A bigger one is handed to the bookkeeping thread then.
         """
         self._latest = (resolved, list(current))
         self.journal.remove(task_id, run_id)
         self._write_latest_state()
         if metadata is not None:
             write_private(self.state_dir / METADATA_FILE, metadata)
-        if not clean or remove_small_tree(task_dir):
+        if not clean:
+            return
+        # The directory goes once the loop next waits (for the next claimWork's answer, at capacity 1): its
+        # removal is the costliest part here (an ext4 rmdir is a tenth of a millisecond) and nothing waits
+        # for it.
+        loop = asyncio.get_running_loop()
+        removed: asyncio.Future[None] = loop.create_future()
+        self._pending.add(removed)
+        removed.add_done_callback(self._pending.discard)
+        loop.call_soon(self._remove_task_dir, task_dir, removed)
+
+    def _remove_task_dir(self, task_dir: Path, removed: asyncio.Future[None]) -> None:
+        """A small tree here, on the loop (:mod:`.small_tree`); a bigger one in the bookkeeping thread."""
+        if remove_small_tree(task_dir):
+            removed.set_result(None)
             return
         pending = asyncio.get_running_loop().run_in_executor(self._thread, shutil.rmtree, task_dir, True)
-        self._pending.add(pending)
-        pending.add_done_callback(self._pending.discard)
+        pending.add_done_callback(lambda _: None if removed.done() else removed.set_result(None))
 
     async def unreported(self) -> list[ClaimRecord]:
         """The journal's claims once the end-of-task bookkeeping already handed over has run.
