@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import logging
 import os
@@ -129,8 +130,7 @@ class CgroupHost:
             self._enable_v2_controllers()
         # The marker first: a sweep by another worker starting now never sees this cgroup without an owner.
         try:
-            self.owners.mkdir(parents=True, exist_ok=True, mode=0o700)
-            (self.owners / name).write_text(owner_marker())
+            _write_marker(self.owners, name, owner_marker())
         except OSError as exc:
             raise CgroupError(f"could not write the owner marker {self.owners / name}: {exc.strerror or exc}") from exc
         dirs: list[Path] = []
@@ -213,11 +213,35 @@ class CgroupHost:
                 log.warning("could not enable %s in %s/cgroup.subtree_control: %s", wanted, directory, exc)
 
 
-def _read(path: Path) -> str:
+def _write_marker(owners: Path, name: str, text: str) -> None:
+    """``owners/name`` holding ``text`` (the directory made when missing): three syscalls per task."""
     try:
-        return path.read_text()
+        fd = os.open(owners / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except FileNotFoundError:
+        owners.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(owners / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> str:
+    """A small pseudo-file's text ("" when unreadable): one open, reads, one close (``Path.read_text``
+    adds a stat, an ioctl and seeks, per read of ``cgroup.procs`` on every task)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return ""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode(errors="replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -228,9 +252,10 @@ class TaskCgroup:
     name: str
     dirs: list[Path]
 
-    @property
+    @functools.cached_property
     def _kill_dir(self) -> Path:
-        """The directory whose ``cgroup.procs`` lists the tree: the freezer's in v1 when mounted."""
+        """The directory whose ``cgroup.procs`` lists the tree: the freezer's in v1 when mounted (computed
+        once: several reads per task use it)."""
         if self.host.version == 1 and "freezer" in self.host.mounts:
             return self.host.mounts["freezer"] / BASE / self.name
         return self.dirs[0]
