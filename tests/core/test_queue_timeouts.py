@@ -122,6 +122,44 @@ async def test_a_reclaim_the_queue_never_answers_is_retried(
             await reclaimer
 
 
+async def test_a_run_ending_before_its_first_reclaim_never_starts_a_reclaim_task(
+    ctx: WorkerContext, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A Reclaimer is a timer until the first reclaim is due: a short run costs no task; a due one reclaims
+    at once (here against a queue that never answers: the loop retries, the run is not aborted)."""
+    from megalodon_core.reclaim import Reclaimer
+
+    def new_run(task_id: str, taken_until: dt.datetime) -> TaskRun:
+        return TaskRun(
+            task_id=task_id,
+            run_id=0,
+            task=make_task({}, "unit"),
+            worker=ctx,
+            credentials=CREDS,
+            taken_until=taken_until,
+            task_dir=tmp_path,
+            log=TaskLog(tmp_path / f"{task_id}.log"),
+        )
+
+    short = Reclaimer(new_run("EEEEEEEEEEEEEEEEEEEEEE", utcnow() + dt.timedelta(minutes=20)))
+    await asyncio.sleep(0)
+    assert short._task is None
+    await short.stop()
+    assert short._task is None and short._timer is None
+
+    due_run = new_run("FFFFFFFFFFFFFFFFFFFFFF", utcnow())
+    due = Reclaimer(due_run)
+    try:
+        async with asyncio.timeout(60):
+            while "reclaim of FFFFFFFFFFFFFFFFFFFFFF/0 failed" not in caplog.text:
+                await asyncio.sleep(0.05)
+        assert due._task is not None and not due._task.done()
+        assert not due_run.aborted.is_set()
+    finally:
+        await due.stop()
+    assert due._task.cancelled()
+
+
 async def test_an_artifact_the_queue_never_creates_is_resource_unavailable(ctx: WorkerContext) -> None:
     """The pipeline turns ExecutionErrors into the run's resolution; a bare timeout escaped it instead."""
     from megalodon_core.errors import ResourceUnavailable

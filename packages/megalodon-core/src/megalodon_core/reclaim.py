@@ -8,6 +8,7 @@ reported for it afterwards.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -30,11 +31,46 @@ def next_reclaim_delay(seconds_left: float) -> float:
     return max(seconds_left - MARGIN, seconds_left / 2)
 
 
-async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = None) -> None:
-    """Runs until cancelled by the pipeline (after resolution) or until a reclaim fails for good."""
-    while True:
+class Reclaimer:
+    """The reclaims of one run: a timer until the first is due, then :func:`reclaim_loop` in a task.
+
+    Most runs end long before their first reclaim (minutes away on the real queue): they cost a timer, not a
+    task, a sleep and a cancellation each (issue 13).
+    """
+
+    def __init__(self, run: TaskRun, on_failure: Callable[[], None] | None = None) -> None:
+        self._run = run
+        self._on_failure = on_failure
+        self._task: asyncio.Task[None] | None = None
         left = (run.taken_until - utcnow()).total_seconds()
-        await asyncio.sleep(next_reclaim_delay(left))
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            next_reclaim_delay(left), self._due
+        )
+
+    def _due(self) -> None:
+        self._timer = None
+        self._task = asyncio.get_running_loop().create_task(reclaim_loop(self._run, self._on_failure, due=True))
+
+    async def stop(self) -> None:
+        """No reclaim after this (the run is over); one under way is cancelled."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+async def reclaim_loop(run: TaskRun, on_failure: Callable[[], None] | None = None, *, due: bool = False) -> None:
+    """Runs until cancelled by the pipeline (after resolution) or until a reclaim fails for good; ``due``: the
+    first reclaim is due now (the :class:`Reclaimer`'s timer waited for it)."""
+    while True:
+        if due:
+            due = False
+        else:
+            left = (run.taken_until - utcnow()).total_seconds()
+            await asyncio.sleep(next_reclaim_delay(left))
         try:
             resp = await run.queue().reclaimTask(run.task_id, str(run.run_id))
         except TaskclusterFailure as exc:

@@ -30,7 +30,7 @@ from ..errors import WorkerShutdown
 from ..journal import ClaimRecord
 from ..pipeline import execute
 from ..plugins import PluginHost
-from ..reclaim import reclaim_loop
+from ..reclaim import Reclaimer
 from ..task import TaskRun
 from ..tasklog import TaskLog
 from ..timefmt import parse_iso
@@ -418,7 +418,9 @@ class Worker:
             )
         )
         # Other wake-ups (a task finishing, with capacity > 1) keep the poll going: its answer may hold tasks
-        # we must then run.  Only a stop request abandons it, at once, however long the poll would last.
+        # we must then run.  Only a stop request abandons it, at once, however long the poll would last.  The
+        # answer wakes this loop like any other event (no waiting task per claim).
+        claim.add_done_callback(lambda _: self._wake.set())
         while not claim.done():
             self._wake.clear()
             if self._stop_claiming:
@@ -427,9 +429,7 @@ class Worker:
                     await claim
                 log.info("claimWork long poll abandoned: the worker is stopping")
                 return []
-            waker = asyncio.create_task(self._wake.wait())
-            await asyncio.wait({claim, waker}, return_when=asyncio.FIRST_COMPLETED)
-            waker.cancel()
+            await self._wake.wait()
         try:
             result: dict[str, Any] = claim.result()
         except (TaskclusterFailure, aiohttp.ClientError, TimeoutError) as exc:
@@ -454,10 +454,14 @@ class Worker:
             log.error("task runner crashed", exc_info=task.exception())
 
     async def _wait_for_completion(self, patience: float | None) -> None:
+        """Until a run ends or something else wakes the loop (every run's end sets :attr:`_wake`, see
+        :meth:`_task_done`), at most ``patience`` seconds."""
         self._wake.clear()
-        waker = asyncio.create_task(self._wake.wait())
-        await asyncio.wait({waker, *self.running}, timeout=patience, return_when=asyncio.FIRST_COMPLETED)
-        waker.cancel()
+        if patience is None:
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), patience)
 
     async def _drain(self) -> None:
         while self.running:
@@ -634,15 +638,13 @@ class Worker:
 
         run.on_credentials(remember)
         log.info("task %s/%s claimed (executor %s)", task_id, run_id, executor.name)
-        reclaimer = asyncio.create_task(
-            reclaim_loop(run, on_failure=functools.partial(self.plugins.reclaim_failed, task_id=task_id, run_id=run_id))
+        reclaiming = Reclaimer(
+            run, on_failure=functools.partial(self.plugins.reclaim_failed, task_id=task_id, run_id=run_id)
         )
         try:
             state, reason = await execute(run, executor, self.features)
         finally:
-            reclaimer.cancel()
-            with contextlib.suppress(BaseException):
-                await reclaimer
+            await reclaiming.stop()
         reported = await report_resolution(
             run, state, reason, plugins=self.plugins, duration=time.monotonic() - started
         )
