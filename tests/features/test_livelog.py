@@ -237,3 +237,62 @@ def test_listen_address_and_url_host(harness: Harness, overrides: dict[str, Any]
     config = parse_config(harness.config("x", **overrides), PluginHost().config_fields())
     assert bind_address(config) == bound
     assert public_host(config, bound) == host
+
+
+async def test_finished_streams_are_served_for_the_retention_then_dropped_by_one_timer(
+    harness: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task's stream, once its log is closed (notified by the log, not polled), serves the whole log then
+    EOF for FINISHED_RETENTION, then its URL is a 404; however many finish, one timer retires them all."""
+    from types import SimpleNamespace
+
+    from megalodon_core.plugins import PluginHost
+
+    monkeypatch.setattr(livelog, "FINISHED_RETENTION", 1.0)
+    config = parse_config(harness.config("x", livelogBindAddress="127.0.0.1"), PluginHost().config_fields())
+    feature = livelog.LiveLogFeature(SimpleNamespace(config=config))  # type: ignore[arg-type]
+    assert await feature.server.ensure_started()
+    loop = asyncio.get_running_loop()
+    try:
+        urls = []
+        for n in range(3):
+            log = TaskLog(tmp_path / f"log-{n}")
+            log.write(f"task {n}\n".encode())
+            log.flush()
+            stream = LiveStream(f"secret-{n}", os.open(log.path, os.O_RDONLY), 0, loop, path=log.path)
+            feature.server.register(stream)
+
+            def finished(stream: LiveStream = stream, log: TaskLog = log) -> None:  # as LiveLogTask does
+                stream.finish(log.bytes_written)
+                feature.retire(stream, loop)
+
+            log.when_closed(finished)
+            log.close()
+            urls.append((f"{feature.base_url()}/log/{stream.secret}", f"task {n}\n".encode()))
+        assert len(feature._retiring) == 3 and feature._retire_timer is not None
+        async with aiohttp.ClientSession() as session:
+            for url, content in urls:
+                assert await read_all(session, url) == content
+            async with asyncio.timeout(60):
+                while feature._retiring:
+                    await asyncio.sleep(0.05)
+            for url, _ in urls:
+                async with session.get(url) as resp:
+                    assert resp.status == 404
+        assert feature._retire_timer is None
+    finally:
+        await feature.shutdown()
+
+
+def test_a_task_log_tells_who_asked_when_it_is_closed(tmp_path: Path) -> None:
+    log = TaskLog(tmp_path / "log")
+    calls: list[str] = []
+    log.when_closed(lambda: calls.append("first"))
+    log.when_closed(lambda: calls.append("second"))
+    assert calls == []
+    log.close()
+    assert calls == ["first", "second"]
+    log.close()
+    assert calls == ["first", "second"], "told once"
+    log.when_closed(lambda: calls.append("late"))
+    assert calls == ["first", "second", "late"], "already closed: told at once"

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime as dt
+import logging
 import shutil
 import weakref
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from typing import BinaryIO
 from .logstyle import GENERIC_WORKER, LogStyle
 from .logzip import GzipBody, GzipShadow, discard_untaken
 from .timefmt import UTC, utcnow
+
+log = logging.getLogger(__name__)
 
 #: Content type of task log artifacts (the backing log, the live log's reference and link).
 LOG_CONTENT_TYPE = "text/plain; charset=utf-8"
@@ -64,6 +67,7 @@ class TaskLog:
         self._untaken: list[concurrent.futures.Future[GzipBody] | None] = [None]
         #: The second of the last stamp and its formatted text.
         self._second: tuple[dt.datetime, str] | None = None
+        self._on_close: list[Callable[[], None]] = []
 
     # -- plumbing ---------------------------------------------------------------------------------------
     def add_sink(self, sink: Sink) -> None:
@@ -162,6 +166,14 @@ class TaskLog:
         self._file.close()
         self._file = new
 
+    def when_closed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the log is closed (at once when it already is): a feature streaming the
+        log learns that every byte is in the file without polling :attr:`closed`."""
+        if self._file is None:
+            callback()
+        else:
+            self._on_close.append(callback)
+
     def close(self) -> None:
         if self._file is not None:
             self._release_held()
@@ -175,6 +187,12 @@ class TaskLog:
                 self._untaken = [self._gzip_body]
                 weakref.finalize(self, discard_untaken, self._untaken)
             self._unzipped = None
+            callbacks, self._on_close = self._on_close, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("a task log close callback failed")
 
     def take_gzip_body(self) -> concurrent.futures.Future[GzipBody] | None:
         """After :meth:`close`: the log's gzip body made while it was written (None for a small log).

@@ -30,8 +30,10 @@ only costs a warning in the task log; the task runs on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
+import functools
 import ipaddress
 import logging
 import os
@@ -63,8 +65,6 @@ TAIL_KEEP = 2 << 20
 CHUNK = 64 << 10
 #: How long a finished task's stream is still served (full log, then EOF) to readers that hold its URL.
 FINISHED_RETENTION = 60.0
-#: How often a stopped task's log is checked for being closed (the task log has no close notification).
-CLOSE_POLL = 0.05
 #: generic-worker: the reference artifact outlives the task's maxRunTime by this much.
 REFERENCE_GRACE = dt.timedelta(seconds=900)
 #: The reference artifact is created once the task has run this long: a task that ends sooner gets only
@@ -189,6 +189,11 @@ class LiveStream:
             fd, self._fd = self._fd, None
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The worker's loop, where readers wait."""
+        return self._loop
 
     @property
     def holds_fd(self) -> bool:
@@ -346,6 +351,11 @@ class LiveLogFeature(Feature):
         config = worker.config
         self.server = LiveLogServer(bind_address(config), listen_port(config))
         self._background: set[asyncio.Task[None]] = set()
+        #: Finished streams still served, oldest first, with when each is dropped; one timer for them all
+        #: (a busy worker finishes a stream every few milliseconds: a timer or task each would fill the loop's
+        #: heap with thousands).
+        self._retiring: collections.deque[tuple[float, LiveStream]] = collections.deque()
+        self._retire_timer: asyncio.TimerHandle | None = None
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableLiveLog)
@@ -383,7 +393,27 @@ class LiveLogFeature(Feature):
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    def retire(self, stream: LiveStream, loop: asyncio.AbstractEventLoop) -> None:
+        """``stream`` is finished: serve it (full log, then EOF) for :data:`FINISHED_RETENTION` more seconds
+        (on ``loop``, the worker's)."""
+        self._retiring.append((loop.time() + FINISHED_RETENTION, stream))
+        if self._retire_timer is None:
+            self._retire_timer = loop.call_at(self._retiring[0][0], self._drop_retired)
+
+    def _drop_retired(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._retire_timer = None
+        while self._retiring and self._retiring[0][0] <= loop.time():
+            self.server.unregister(self._retiring.popleft()[1])
+        if self._retiring:
+            self._retire_timer = loop.call_at(self._retiring[0][0], self._drop_retired)
+
     async def shutdown(self) -> None:
+        if self._retire_timer is not None:
+            self._retire_timer.cancel()
+            self._retire_timer = None
+        while self._retiring:
+            self.server.unregister(self._retiring.popleft()[1])
         for task in list(self._background):
             task.cancel()
         for task in list(self._background):
@@ -476,15 +506,13 @@ class LiveLogTask(TaskFeature):
         if self.stream is not None:
             # The core writes its last lines (first error) after the features stop: keep streaming until the
             # task log is closed, then serve the finished log for a while.
-            self.feature.spawn(self._finish_when_closed(self.stream))
+            self.run.log.when_closed(functools.partial(self._finished, self.stream))
 
-    async def _finish_when_closed(self, stream: LiveStream) -> None:
-        try:
-            while not self.run.log.closed:  # noqa: ASYNC110 - TaskLog.close() notifies nobody
-                await asyncio.sleep(CLOSE_POLL)
-            self.run.log.remove_sink(stream.append)
-            stream.finish(self.run.log.bytes_written)
-            await asyncio.sleep(FINISHED_RETENTION)
-        finally:
-            self.run.log.remove_sink(stream.append)
-            self.feature.server.unregister(stream)
+    def _finished(self, stream: LiveStream) -> None:
+        """The task log is closed: every byte is in the file."""
+        self.run.log.remove_sink(stream.append)
+        stream.finish(self.run.log.bytes_written)
+        if _on_loop(stream.loop):
+            self.feature.retire(stream, stream.loop)
+        else:  # a log closed from a thread (a crashed runner's cleanup)
+            stream.loop.call_soon_threadsafe(self.feature.retire, stream, stream.loop)
