@@ -205,6 +205,21 @@ def _clone(cgroup_fd: int | None, join: list[int], request: dict[str, Any], outp
             os.close(err_w)
 
 
+def _popen(request: dict[str, Any], output: int, **identity: Any) -> subprocess.Popen[bytes]:
+    """The worker's own ``subprocess.Popen`` call for a command, with ``identity`` (user, groups, pre-exec)."""
+    return subprocess.Popen(
+        request["argv"],
+        cwd=request["cwd"],
+        env=request["env"],
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+        close_fds=True,
+        **identity,
+    )
+
+
 def _vfork_in(join: list[int], homes: list[int], request: dict[str, Any], output: int) -> subprocess.Popen[bytes]:
     """Move this process into the task cgroup, start the command by vfork (it inherits the cgroup), move
     back: no fork of this process at all, so 0.8 ms of CPU per command against 1.9 ms for a clone3 child that
@@ -220,16 +235,7 @@ def _vfork_in(join: list[int], homes: list[int], request: dict[str, Any], output
         os.write(fd, b"0")
     moved = time.monotonic()
     try:
-        proc = subprocess.Popen(
-            request["argv"],
-            cwd=request["cwd"],
-            env=request["env"],
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=output,
-            start_new_session=True,
-            close_fds=True,
-        )
+        proc = _popen(request, output)  # nothing between fork and exec: subprocess uses vfork
     finally:
         back = time.monotonic()
         try:
@@ -278,19 +284,13 @@ def _spawn(sock: socket.socket, children: dict[int, Any], request: dict[str, Any
         if pid is not None:
             children.setdefault(pid, _Started(pid))
         else:
-            proc = subprocess.Popen(
-                request["argv"],
-                cwd=request["cwd"],
-                env=request["env"],
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=output,
-                start_new_session=True,
-                close_fds=True,
+            proc = _popen(
+                request,
+                output,
                 user=request.get("user"),
                 group=request.get("group"),
                 extra_groups=request.get("extra_groups"),
-                preexec_fn=cgroup_joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509 - os.write only
+                preexec_fn=cgroup_joiner(cgroup_fds) if cgroup_fds else None,  # os.write only
             )
             pid = proc.pid
             children[pid] = proc  # kept referenced: a dropped Popen would be waited for by subprocess itself
