@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..journal import overwrite
+
 RESOLVED_COUNT_FILE = "tasks-resolved-count.txt"
 #: Config values the running worker received from worker-runner, for ``megalodon config explain``.
 RUNTIME_CONFIG_FILE = "worker-runner-config.json"
@@ -33,18 +35,13 @@ def write_private(path: Path, text: str) -> None:
     A multiuser task must not read them: the status file names the tasks running next to it, the metadata
     file the last task (with a task id, a neighbour's live log can be read through the queue).
 
-    Overwritten in place, then cut to length, never truncated to zero first: on ext4 a file truncated to
-    zero and rewritten is flushed to disk at close (``auto_da_alloc``), 20x the cost of the write, and the
-    count and status files are rewritten twice per task (issue 13).
+    Overwritten in place (:func:`megalodon_core.journal.overwrite`): the count and status files are rewritten
+    on every task.
     """
-    data = text.encode()
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        written = 0
-        while written < len(data):
-            written += os.pwrite(fd, data[written:], written)
-        os.ftruncate(fd, len(data))
+        overwrite(fd, text.encode())
     finally:
         os.close(fd)
 
