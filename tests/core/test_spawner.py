@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -24,6 +25,7 @@ import psutil
 import pytest
 
 from megalodon_core import cgroup as cgroups
+from megalodon_core import process as process_module
 from megalodon_core import spawner as spawner_module
 from megalodon_core import spawner_process
 from megalodon_core.process import CommandResult, run_command
@@ -40,6 +42,31 @@ async def spawner() -> AsyncIterator[Spawner]:
     spawner = Spawner()
     yield spawner
     await spawner.close()
+
+
+@pytest.fixture(autouse=True)
+def started_here(monkeypatch: pytest.MonkeyPatch) -> Iterator[collections.Counter[str]]:
+    """This test's own count of the commands run_command started in this process, by path."""
+    counter: collections.Counter[str] = collections.Counter()
+    monkeypatch.setattr(process_module, "STARTED_HERE", counter)
+    monkeypatch.setattr(cgroups, "_MIGRATE", [0, False])
+    yield counter
+
+
+@contextlib.contextmanager
+def no_passage() -> Iterator[None]:
+    """Commands forked here the classic way (a child that joins, then execs), as the reference to match."""
+    saved = cgroups._MIGRATE[:]
+    cgroups._MIGRATE[1] = True
+    try:
+        yield
+    finally:
+        cgroups._MIGRATE[:] = saved
+
+
+def _freezer_of(pid: int | str) -> str:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line.split(":", 2)[2] for line in lines if ":freezer:" in line)
 
 
 async def _run(
@@ -239,79 +266,135 @@ async def test_close_ends_the_spawner_process(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(HOST is None, reason="needs root and a cgroup hierarchy at /sys/fs/cgroup")
-async def test_a_command_started_there_runs_in_its_task_cgroup(tmp_path: Path, spawner: Spawner) -> None:
+async def test_a_command_runs_in_its_task_cgroup_and_the_worker_stays_out(
+    tmp_path: Path, spawner: Spawner, started_here: collections.Counter[str]
+) -> None:
+    """On v1 (freezer alone) the worker passes through the task cgroup and vforks, and is back in its own
+    cgroup when run_command returns; the spawner process is not even started."""
     assert HOST is not None
     group = HOST.create(f"task-spawner-test-{os.getpid()}-0", memory_limit=0)
+    own = Path("/proc/self/cgroup").read_text()
     try:
         result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=group)
         assert result.exit_code == 0
         assert f"task-spawner-test-{os.getpid()}-0" in out.decode()
         if HOST.version == 1:
-            assert spawner.started_via == {"vfork+migrate": 1}
-            # ... and the spawner went back to the worker's own cgroup.
-            own = Path("/proc/self/cgroup").read_text()
-            assert Path(f"/proc/{_spawner_pid(spawner)}/cgroup").read_text() == own
+            assert started_here == {"vfork+migrate": 1} and not spawner.started_via
+            assert spawner._proc is None, "the spawner process was started for nothing"
+        assert Path("/proc/self/cgroup").read_text() == own
+        assert group.pids() == [], "the worker is not in the task's cgroup"
     finally:
         group.remove()
 
 
 @pytest.mark.skipif(HOST is None or HOST.version != 1, reason="needs root and cgroup v1 hierarchies")
-async def test_a_task_cgroup_killed_while_the_spawner_is_in_it_spares_the_spawner(
-    tmp_path: Path, spawner: Spawner
+async def test_a_kill_waits_for_a_passage_and_a_passage_never_waits_for_a_kill(
+    tmp_path: Path, spawner: Spawner, started_here: collections.Counter[str]
 ) -> None:
-    """The spawner passes through v1 freezer cgroups (vfork+migrate); a task's end killing its cgroup at that
-    moment kills the task's processes and never the spawner, which its neighbours' commands need."""
+    """A freeze with the worker inside the cgroup would stop the worker with its task: a kill waits for the
+    worker's way out, and a command started while a kill freezes some cgroup goes to the spawner instead."""
     assert HOST is not None
     group = HOST.create(f"task-{os.urandom(16).hex()}", memory_limit=0)
     try:
         pids: list[int] = []
         running = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, started=pids, cgroup=group))
         await wait_for(lambda: pids)
-        spawner_pid = _spawner_pid(spawner)
-        cgroup_lines = Path(f"/proc/{spawner_pid}/cgroup").read_text().splitlines()
-        home = next(line.split(":", 2)[2] for line in cgroup_lines if ":freezer:" in line)
-        (group.dirs[0] / "cgroup.procs").write_text(str(spawner_pid))  # caught in the middle of a spawn
-        assert spawner_pid in [int(p) for p in (group.dirs[0] / "cgroup.procs").read_text().split()]
-        assert group.pids() == pids, "the spawner is not one of the task's processes"
-        await asyncio.to_thread(group.kill)
+        assert started_here == {"vfork+migrate": 1}
+        assert cgroups._PASSAGE.acquire(blocking=False)  # as a passage (or a kill) holds it
+        try:
+            killing = asyncio.create_task(asyncio.to_thread(group.kill))
+            # While it is held, a second command is not started by a passage but by the spawner process.
+            result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=group)
+            assert result.exit_code == 0 and group.name in out.decode()
+            assert spawner.started_via == {"clone3+join": 1} and started_here == {"vfork+migrate": 1}
+            await asyncio.sleep(0.2)
+            assert not killing.done() and alive(pids[0]), "the kill did not wait"
+            assert (group.dirs[0] / "freezer.state").read_text().strip() == "THAWED"
+        finally:
+            cgroups._PASSAGE.release()
+        assert await asyncio.wait_for(killing, 60) >= 1
         result, _ = await asyncio.wait_for(running, 60)
         assert result.signalled == signal.SIGKILL
-        assert alive(spawner_pid)
-        (HOST.mounts["freezer"] / home.lstrip("/") / "cgroup.procs").write_text(str(spawner_pid))
-        after, _ = await _run(["true"], tmp_path, spawner, cgroup=group)
-        assert after.exit_code == 0 and _spawner_pid(spawner) == spawner_pid
     finally:
         group.remove()
 
 
-def test_slow_migrations_give_the_vfork_path_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a host where a cgroup migration waits for an RCU grace period, the spawner stops moving itself after
-    a few slow ones and starts commands by clone3 with a join (here in this process, with pipes standing in
-    for the ``cgroup.procs`` descriptors)."""
-    monkeypatch.setattr(spawner_process, "MIGRATION_SLOW", -1.0)  # every migration counts as slow
-    monkeypatch.setattr(spawner_process, "_MIGRATE", [0, False])
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    children: dict[int, object] = {}
-    request = {"argv": ["true"], "cwd": str(tmp_path), "env": ENV, "cgroups": 1, "homes": 1}
-    vias = []
+@pytest.mark.skipif(HOST is None or HOST.version != 1, reason="needs root and cgroup v1 hierarchies")
+async def test_slow_passages_are_given_up_for_the_spawner(
+    tmp_path: Path, spawner: Spawner, started_here: collections.Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a host where a cgroup migration waits for an RCU grace period the worker stops passing through
+    task cgroups after a few slow passages, and the spawner starts commands by clone3 with a join."""
+    assert HOST is not None
+    monkeypatch.setattr(cgroups, "MIGRATION_SLOW", -1.0)  # every passage counts as slow
+    group = HOST.create(f"task-{os.urandom(16).hex()}", memory_limit=0)
     try:
-        for n in range(spawner_process.SLOW_MIGRATIONS + 1):
-            join_r, join_w = os.pipe()
-            home_r, home_w = os.pipe()
-            out_r, out_w = os.pipe()
-            spawner_process._spawn(theirs, children, {**request, "id": n}, [out_w, join_w, home_w])
-            reply = json.loads(ours.recv(65536))
-            vias.append(reply["via"])
-            os.waitpid(reply["pid"], 0)
-            assert os.read(join_r, 8) == b"0"  # the child (clone3+join) or the spawner itself moved in...
-            if reply["via"] == "vfork+migrate":
-                assert os.read(home_r, 8) == b"0"  # ... and the spawner moved back
-            for fd in (join_r, home_r, out_r):
-                os.close(fd)
+        for _ in range(cgroups.SLOW_MIGRATIONS + 1):
+            result, out = await _run(["cat", "/proc/self/cgroup"], tmp_path, spawner, cgroup=group)
+            assert result.exit_code == 0 and group.name in out.decode()
     finally:
-        ours.close()
-        theirs.close()
-    assert vias == ["vfork+migrate"] * spawner_process.SLOW_MIGRATIONS + ["clone3+join"]
+        group.remove()
+    assert started_here == {"vfork+migrate": cgroups.SLOW_MIGRATIONS}
+    assert spawner.started_via == {"clone3+join": 1}
+
+
+def _fake_freezer(tmp_path: Path, home: str, root: str) -> cgroups.TaskCgroup:
+    """A task cgroup in a fake v1 freezer tree: joining writes a regular file (nothing moves), this
+    process's own cgroup (``/worker``, set in the cache of :func:`cgroups._own_cgroup`) and the root
+    accept writes or refuse them as ``home`` and ``root`` say.  Clear ``cgroups._own_cgroups`` after."""
+    mount = tmp_path / "freezer"
+    task = mount / cgroups.BASE / "task-fake"
+    task.mkdir(parents=True)
+    (task / "cgroup.procs").write_text("")
+    home_dir = mount / "worker"
+    home_dir.mkdir()
+    cgroups._own_cgroups[os.getpid()] = {"freezer": "/worker"}
+    for directory, target in ((home_dir, home), (mount, root)):
+        procs = directory / "cgroup.procs"
+        procs.unlink(missing_ok=True)
+        if target == "refuse":
+            procs.symlink_to("/dev/full")  # every write: ENOSPC
+        else:
+            procs.write_text("")
+    host = cgroups.CgroupHost(1, tmp_path, {"freezer": mount}, tmp_path / "owners")
+    return cgroups.TaskCgroup(host, "task-fake", [task])
+
+
+def test_a_worker_that_cannot_go_home_goes_to_the_freezer_root(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    group = _fake_freezer(tmp_path, home="refuse", root="accept")
+    fds = group.open_procs()
+    try:
+        with group.passage(fds) as inside:
+            assert inside
+    finally:
+        for fd in fds:
+            os.close(fd)
+        cgroups._own_cgroups.clear()
+    assert (group.dirs[0] / "cgroup.procs").read_text() == "0", "it went in"
+    assert (group.host.mounts["freezer"] / "cgroup.procs").read_text() == "0", "it went to the root"
+    assert "could not go back to its own freezer cgroup" in caplog.text
+
+
+def test_a_worker_that_cannot_leave_a_task_cgroup_exits(tmp_path: Path) -> None:
+    """Stuck inside, the worker's end would come with the task's (a freeze, then a kill): it exits at once,
+    with a line saying why, and its journal lets the next worker process recover its runs."""
+    script = f"""
+import sys
+sys.path.insert(0, {str(Path(__file__).parents[2])!r})
+from pathlib import Path
+from tests.core.test_spawner import _fake_freezer
+group = _fake_freezer(Path({str(tmp_path)!r}), home="refuse", root="refuse")
+fds = group.open_procs()
+with group.passage(fds) as inside:
+    assert inside
+print("still here")
+"""
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == cgroups.EXIT_STUCK_IN_TASK_CGROUP, done.stderr
+    assert "still here" not in done.stdout
+    assert "the worker cannot leave task cgroup task-fake" in done.stderr
 
 
 async def test_a_cgroup_join_that_fails_fails_the_command_as_a_fork_here_does(tmp_path: Path, spawner: Spawner) -> None:
@@ -361,9 +444,10 @@ def v2_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[cgroup
 
 @pytest.fixture(params=["v1-freezer", "v1-memory", "v2"])
 def clone_group(request: pytest.FixtureRequest) -> Iterator[tuple[cgroups.TaskCgroup, str]]:
-    """A task cgroup and how the spawner starts a command without a task identity in it: v1 freezer alone,
-    the spawner moves itself in and vforks; v1 with a memory limit, a clone3 child joins; v2, clone3 straight
-    into it (``CLONE_INTO_CGROUP``).  With an identity to take, v1 is always a clone3 child that joins."""
+    """A task cgroup and how a command without a task identity starts in it: v1 freezer alone, the worker
+    passes through and vforks; v1 with a memory limit, the spawner's clone3 child joins; v2, the spawner's
+    clone3 straight into it (``CLONE_INTO_CGROUP``).  With an identity to take, v1 is always a clone3 child
+    that joins."""
     if request.param.startswith("v1"):
         if HOST is None or HOST.version != 1:
             pytest.skip("needs root and cgroup v1 hierarchies at /sys/fs/cgroup")
@@ -379,6 +463,11 @@ def clone_group(request: pytest.FixtureRequest) -> Iterator[tuple[cgroups.TaskCg
     if V2_ROOT is None:
         pytest.skip("needs root and a cgroup v2 hierarchy (unified or hybrid)")
     yield request.getfixturevalue("v2_group"), "clone3"
+
+
+def _vias(spawner: Spawner) -> collections.Counter[str]:
+    """How commands were started, here (:data:`process_module.STARTED_HERE`) and by the spawner."""
+    return process_module.STARTED_HERE + spawner.started_via
 
 
 def _cgroup_of(output: bytes) -> str:
@@ -408,9 +497,10 @@ async def test_clone3_child_matches_a_fork_here(
         'echo "sid=$(ps -o sid= -p $$ | tr -d " ")" "pid=$$"; pwd; env | sort; '
         'ls /proc/self/fd | sort -n | tr "\\n" " "; cat; exit 9'
     )
-    local, local_out = await _run(["sh", "-c", script], tmp_path, None, cgroup=v2_group)
+    with no_passage():
+        local, local_out = await _run(["sh", "-c", script], tmp_path, None, cgroup=v2_group)
     remote, remote_out = await _run(["sh", "-c", script], tmp_path, spawner, cgroup=v2_group)
-    assert spawner.started_via[via] == 1
+    assert _vias(spawner)[via] == 1
     assert (remote.exit_code, remote.system_error) == (local.exit_code, local.system_error) == (9, None)
 
     def normalised(out: bytes) -> list[str]:
@@ -428,11 +518,13 @@ async def test_clone3_child_matches_a_fork_here(
         (["./not-executable"], "./not-executable: Permission denied"),
         (["./no-interpreter"], "./no-interpreter: Exec format error"),
     ):
-        local, _ = await _run(argv, tmp_path, None, cgroup=v2_group)
+        with no_passage():
+            local, _ = await _run(argv, tmp_path, None, cgroup=v2_group)
         remote, _ = await _run(argv, tmp_path, spawner, cgroup=v2_group)
         assert remote.system_error == local.system_error == expected
         assert remote.exit_code == local.exit_code == -2
-    local, _ = await _run(["true"], tmp_path / "gone", None, cgroup=v2_group)
+    with no_passage():
+        local, _ = await _run(["true"], tmp_path / "gone", None, cgroup=v2_group)
     remote, _ = await _run(["true"], tmp_path / "gone", spawner, cgroup=v2_group)
     assert remote.system_error == local.system_error == "true: No such file or directory"
     result, _ = await _run(["sh", "-c", "kill -TERM $$; sleep 5"], tmp_path, spawner, cgroup=v2_group)
@@ -460,7 +552,7 @@ async def test_clone3_child_takes_the_task_identity(
         group=65534,
         extra_groups=[65534],
     )
-    assert result.exit_code == 0 and spawner.started_via[via] == 1, out.decode()
+    assert result.exit_code == 0 and _vias(spawner)[via] == 1, out.decode()
     assert out.decode().split() == ["65534", "65534", "65534"]
 
 
@@ -472,7 +564,7 @@ async def test_abort_kills_a_command_started_by_clone3(
     pids: list[int] = []
     call = asyncio.create_task(_run(["sleep", "300"], tmp_path, spawner, abort=abort, started=pids, cgroup=v2_group))
     await wait_for(lambda: pids)  # the command started
-    assert spawner.started_via[via] == 1
+    assert _vias(spawner)[via] == 1
     abort.set()
     result, _ = await asyncio.wait_for(call, 60)
     assert result.aborted and result.signalled == signal.SIGKILL

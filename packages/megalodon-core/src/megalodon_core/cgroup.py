@@ -46,8 +46,9 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,10 +74,19 @@ _NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 TASK_NAME = re.compile(r"task-[0-9a-f]{32}")
 #: Owner markers of task cgroups, one file per cgroup (tmpfs: gone at reboot, like the cgroups).
 OWNERS_DIR = Path("/run/megalodon/cgroups")
-#: Pids of this worker's own helper processes that may sit in a task cgroup for a moment: the spawner moves
-#: itself into a v1 freezer cgroup around a vfork (:mod:`.spawner_process`).  Never signalled by
-#: :meth:`TaskCgroup.kill` and not the task's processes: a task's end must not take its neighbours' spawner.
-SPARED: set[int] = set()
+#: Held while this process passes through a task cgroup (:meth:`TaskCgroup.passage`) and while
+#: :meth:`TaskCgroup.kill` freezes one: a freeze with the worker inside would stop the worker with its task.
+#: One lock for every cgroup (kills are rare, a passage lasts microseconds); a passage never waits for it.
+_PASSAGE = threading.Lock()
+#: A passage whose two migrations took longer than this is slow: the host waits for an RCU grace period on
+#: each ``cgroup.procs`` write (v1 without ``favordynmods``: ~10 ms), and a passage runs on the event loop.
+MIGRATION_SLOW = 0.001
+#: After this many slow passages in a row, passages are given up for this process's lifetime.
+SLOW_MIGRATIONS = 3
+#: [consecutive slow passages, given up].
+_MIGRATE = [0, False]
+#: What the worker exits with when it cannot leave a task cgroup (see :func:`_leave`).
+EXIT_STUCK_IN_TASK_CGROUP = 69
 
 
 class CgroupError(Exception):
@@ -281,11 +291,11 @@ class TaskCgroup:
         return fds
 
     def open_home_procs(self) -> list[int]:
-        """Where a helper that moved itself into this cgroup goes back to: a write-only descriptor of this
-        process's own ``cgroup.procs`` for each of :attr:`dirs` — only for a v1 cgroup in the freezer alone.
+        """Where this process goes back to after a :meth:`passage`: a write-only descriptor of its own
+        ``cgroup.procs`` for each of :attr:`dirs` — only for a v1 cgroup in the freezer alone.
 
         Empty otherwise: in a memory cgroup the kernel's OOM killer may pick any member, and v2 kills a whole
-        cgroup in one write (``cgroup.kill``) that could spare no helper.
+        cgroup in one write (``cgroup.kill``) that could spare no passer-by.
         """
         if self.host.version != 1 or self.dirs != [self._kill_dir] or "freezer" not in self.host.mounts:
             return []
@@ -297,6 +307,55 @@ class TaskCgroup:
             return [os.open(procs, os.O_WRONLY | os.O_CLOEXEC)]
         except OSError:
             return []
+
+    @contextlib.contextmanager
+    def passage(self, join: list[int]) -> Iterator[bool]:
+        """This process inside the cgroup while the block runs (yields True), so that a command it starts by
+        ``vfork`` inherits the cgroup: no fork of the worker and no round trip to the spawner process, the
+        cheapest way to start a command in its cgroup (issue 13).  ``join`` is :meth:`open_procs`.
+
+        Yields False, having moved nothing, where a passage is not safe or not cheap: anything but a v1
+        freezer cgroup alone (:meth:`open_home_procs`), while a :meth:`kill` freezes a cgroup, when the write
+        is refused, and for good after :data:`SLOW_MIGRATIONS` slow passages in a row.  The block must not
+        await: nothing else of the worker runs while it is inside, and :meth:`kill` waits for the way out.
+        """
+        homes: list[int] = []
+        if _MIGRATE[1] or len(join) != 1 or not _PASSAGE.acquire(blocking=False):
+            yield False
+            return
+        try:
+            homes = self.open_home_procs()
+            begin = time.monotonic()
+            try:
+                if homes:
+                    os.write(join[0], b"0")
+            except OSError:
+                homes, refused = [], homes
+                for fd in refused:
+                    os.close(fd)
+            if not homes:
+                yield False
+                return
+            moved = time.monotonic() - begin
+            try:
+                yield True
+            finally:
+                back = time.monotonic()
+                _leave(homes[0], self)
+                slow = moved + (time.monotonic() - back) > MIGRATION_SLOW
+                _MIGRATE[0] = _MIGRATE[0] + 1 if slow else 0
+                if _MIGRATE[0] >= SLOW_MIGRATIONS and not _MIGRATE[1]:
+                    _MIGRATE[1] = True
+                    log.warning(
+                        "moving the worker through task cgroups is slow on this host (%d in a row over %.0f ms): "
+                        "commands are started by the spawner process from now on",
+                        SLOW_MIGRATIONS,
+                        MIGRATION_SLOW * 1000,
+                    )
+        finally:
+            for fd in homes:
+                os.close(fd)
+            _PASSAGE.release()
 
     def open_dir(self) -> int | None:
         """v2: a descriptor of the cgroup's directory, for ``clone3(CLONE_INTO_CGROUP)``; None on v1."""
@@ -313,9 +372,8 @@ class TaskCgroup:
         return cgroup_joiner(fds)
 
     def pids(self) -> list[int]:
-        """The task's processes in the cgroup (a helper of this worker passing through is not one)."""
-        text = _read(self._kill_dir / "cgroup.procs")
-        return [pid for pid in (int(p) for p in text.split() if p.isdigit()) if pid not in SPARED]
+        """The task's processes in the cgroup."""
+        return [int(p) for p in _read(self._kill_dir / "cgroup.procs").split() if p.isdigit()]
 
     # -- memory -------------------------------------------------------------------------------------------
     def set_memory_limit(self, limit: int) -> None:
@@ -351,6 +409,10 @@ class TaskCgroup:
     # -- killing ------------------------------------------------------------------------------------------
     def kill(self) -> int:
         """SIGKILL every process in the cgroup until it is empty; returns how many were signalled."""
+        with _PASSAGE:  # the worker is never inside a cgroup it freezes (a passage lasts microseconds)
+            return self._kill()
+
+    def _kill(self) -> int:
         if self.host.version == 2:
             with contextlib.suppress(OSError):
                 (self.dirs[0] / "cgroup.kill").write_text("1")
@@ -434,6 +496,37 @@ class TaskCgroup:
 
 
 #: This process's own cgroup in each v1 hierarchy, by pid (a forked child reads its own).
+def _leave(home: int, group: TaskCgroup) -> None:
+    """Back out of ``group`` after a passage: to this process's own cgroup, else to the freezer root.
+
+    A worker that can do neither exits (:data:`EXIT_STUCK_IN_TASK_CGROUP`) rather than stay: the task's end
+    would freeze it with the task, for good.  Its journal lets the next worker process recover its runs.
+    """
+    try:
+        os.write(home, b"0")
+        return
+    except OSError as exc:
+        first = exc
+    try:
+        (group.host.mounts["freezer"] / "cgroup.procs").write_text("0")
+    except OSError as exc:
+        log.critical(
+            "the worker cannot leave task cgroup %s (its own cgroup: %s; the freezer root: %s): exiting",
+            group.name,
+            first.strerror or first,
+            exc.strerror or exc,
+        )
+        logging.shutdown()
+        os._exit(EXIT_STUCK_IN_TASK_CGROUP)
+    _own_cgroups.clear()  # now in the root: the next passage comes back there
+    log.error(
+        "the worker could not go back to its own freezer cgroup (%s) after starting a command of %s: it is now "
+        "in the freezer hierarchy's root",
+        first.strerror or first,
+        group.name,
+    )
+
+
 _own_cgroups: dict[int, dict[str, str]] = {}
 
 

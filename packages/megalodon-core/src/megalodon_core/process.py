@@ -10,14 +10,17 @@ need not rewrite it (the native executor is its first user):
   instruction with the worker's identity;
 - with a :class:`~megalodon_core.cgroup.TaskCgroup` the child joins that cgroup before it execs, and an
   abort kills the whole cgroup (detached daemons included); without one, the command's process group;
-- with a :class:`~megalodon_core.spawner.Spawner` a command that needs those steps is forked by the
-  spawner process (small, so its fork is cheap; on cgroup v2 straight into the cgroup), which reaps it and
-  sends back the same exit status and resource usage.
+- in a v1 freezer cgroup (no memory limit) with no identity to take, the worker moves itself into the
+  cgroup for the instant of a vfork, so the command inherits it without a fork of the worker;
+- otherwise, with a :class:`~megalodon_core.spawner.Spawner`, a command that needs those steps is forked by
+  the spawner process (small, so its fork is cheap; on cgroup v2 straight into the cgroup), which reaps it
+  and sends back the same exit status and resource usage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import os
@@ -147,6 +150,11 @@ async def kill_tree(pgid: int, cgroup: TaskCgroup | None) -> None:
             await asyncio.to_thread(cgroup.kill)
 
 
+#: How :func:`run_command` started commands in this process, by path: ``vfork+migrate`` (through the task's
+#: v1 freezer cgroup), ``vfork`` (nothing to do before exec), ``fork`` (a pre-exec step or an identity, and
+#: no spawner to take it).  The spawner process's own count is :attr:`Spawner.started_via`.
+STARTED_HERE: collections.Counter[str] = collections.Counter()
+
 #: What subprocess (and the spawner, alike) raises when the pre-exec step failed: here, the cgroup join.
 PREEXEC_FAILED = "Exception occurred in preexec_fn."
 
@@ -172,23 +180,23 @@ async def run_command(
     Processes the command leaves behind are not killed here when it exits normally: the caller decides when
     the task's processes end (usually when all of its commands have run).
 
-    With a ``spawner`` (:mod:`megalodon_core.spawner`) the fork happens in that small process instead of this
-    one, identically; when it cannot take the command, or when nothing is to be done between fork and exec
-    (no cgroup to join, no identity to take: subprocess then uses vfork), the command is forked here.
+    Where it starts, cheapest first (:data:`STARTED_HERE` counts them): in a v1 freezer cgroup and with no
+    identity to take, this process passes through the cgroup and vforks (:meth:`TaskCgroup.passage`); else,
+    with a ``spawner`` (:mod:`megalodon_core.spawner`), that small process forks it, identically; when it
+    cannot take the command, or when nothing is to be done between fork and exec (no cgroup to join, no
+    identity to take: subprocess then uses vfork), the command is forked here.
     """
     loop = asyncio.get_running_loop()
     result = CommandResult()
     begin = time.monotonic()
     cgroup_dir: int | None = None
     cgroup_fds: list[int] = []
-    home_fds: list[int] = []
+    identity = user is not None or group is not None or extra_groups is not None
     try:
         # Opening cgroupfs files is kernel memory, no disk: on the loop, not worth a thread hop per command.
         cgroup_fds = cgroup.open_procs() if cgroup is not None else []
         if cgroup is not None and spawner is not None:
             cgroup_dir = cgroup.open_dir()
-            if user is None and group is None and extra_groups is None:
-                home_fds = cgroup.open_home_procs()
     except CgroupError as exc:
         for fd in cgroup_fds:
             os.close(fd)
@@ -201,11 +209,29 @@ async def run_command(
         fcntl.fcntl(read_fd, F_SETPIPE_SZ, PIPE_SIZE)
     proc: subprocess.Popen[bytes] | None = None
     spawned: asyncio.Future[ChildExit] | None = None
+
+    def popen(**steps: Any) -> subprocess.Popen[bytes]:
+        # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded;
+        # with nothing to do between fork and exec (no identity, no pre-exec step) subprocess uses vfork.
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write_fd,
+            stderr=write_fd,
+            start_new_session=True,
+            close_fds=True,
+            **steps,
+        )
+
     try:
-        # Nothing to do between fork and exec (no cgroup to join, no identity to take): subprocess uses vfork
-        # here, which costs less than a round trip to the spawner.
-        needs_child_steps = bool(cgroup_fds) or user is not None or group is not None or extra_groups is not None
-        if spawner is not None and needs_child_steps:
+        if cgroup is not None and not identity:
+            # The cheapest start in a cgroup: the worker passes through it (v1 freezer alone) and vforks.
+            with cgroup.passage(cgroup_fds) as inside:
+                if inside:
+                    proc = popen()
+        if proc is None and spawner is not None and (cgroup_fds or identity):
             with contextlib.suppress(SpawnUnavailable):
                 pid, spawned = await spawner.spawn(
                     argv,
@@ -214,29 +240,24 @@ async def run_command(
                     output_fd=write_fd,
                     cgroup_fds=cgroup_fds,
                     cgroup_dir_fd=cgroup_dir,
-                    home_fds=home_fds,
                     user=user,
                     group=group,
                     extra_groups=extra_groups,
                 )
-        if spawned is None:
-            # fork/exec on the loop thread, as asyncio's own subprocess support does: it is brief and bounded.
-            proc = subprocess.Popen(  # noqa: ASYNC220
-                argv,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=write_fd,
-                stderr=write_fd,
-                start_new_session=True,
-                close_fds=True,
+        if proc is None and spawned is None:
+            proc = popen(
                 user=user,
                 group=group,
                 extra_groups=extra_groups,
                 # Only os.write on descriptors opened above: safe in the forked child of a threaded process.
-                preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,  # noqa: PLW1509
+                preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,
             )
+            via = "fork" if cgroup_fds or identity else "vfork"
+        elif proc is not None:
+            via = "vfork+migrate"
+        if proc is not None:
             pid = proc.pid
+            STARTED_HERE[via] += 1
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -251,7 +272,7 @@ async def run_command(
         raise
     finally:
         os.close(write_fd)
-        for fd in [*cgroup_fds, *home_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
+        for fd in [*cgroup_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
             os.close(fd)
     started(pid)
     pipe = os.fdopen(read_fd, "rb", buffering=0)
@@ -304,6 +325,7 @@ __all__ = [
     "DRAIN_SECONDS",
     "MEMORY_LIMIT_FIELD",
     "MEMORY_LIMIT_KEY",
+    "STARTED_HERE",
     "CommandResult",
     "kill_group",
     "kill_tree",

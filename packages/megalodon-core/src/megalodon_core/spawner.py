@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import cgroup as cgroups
 from . import spawner_process
 
 log = logging.getLogger(__name__)
@@ -76,8 +75,8 @@ class Spawner:
         self._dead = False
         self._died_at = 0.0
         self._closed = False
-        #: How its commands were started: "vfork+migrate" (v1 freezer: the spawner moved itself in),
-        #: "clone3" (straight into a cgroup v2), "clone3+join" or "fork" (a child that joins, then execs).
+        #: How its commands were started: "clone3" (straight into a cgroup v2), "clone3+join" or "fork" (a
+        #: child that joins, then execs).
         self.started_via: collections.Counter[str] = collections.Counter()
 
     async def _start(self) -> None:
@@ -97,8 +96,6 @@ class Spawner:
             raise
         finally:
             theirs.close()
-        # It may pass through task cgroups (vfork+migrate): a task's end must never kill it.
-        cgroups.SPARED.add(self._proc.pid)
         ours.setblocking(False)
         self._sock = ours
         loop = asyncio.get_running_loop()
@@ -153,8 +150,6 @@ class Spawner:
             self._died()
 
     def _died(self) -> None:
-        if self._proc is not None:
-            cgroups.SPARED.discard(self._proc.pid)  # its pid may be reused by anything once it is reaped
         if not self._dead:
             self._dead, self._died_at = True, time.monotonic()
             if not self._closed:
@@ -187,16 +182,11 @@ class Spawner:
         output_fd: int,
         cgroup_fds: list[int],
         cgroup_dir_fd: int | None = None,
-        home_fds: list[int] | None = None,
         user: int | None,
         group: int | None,
         extra_groups: list[int] | None,
     ) -> tuple[int, asyncio.Future[ChildExit]]:
-        """Start ``argv`` there; its pid and a future of its exit.  Raises what ``subprocess.Popen`` raised.
-
-        ``home_fds`` (the worker's own ``cgroup.procs`` for each of ``cgroup_fds``) lets the spawner move
-        itself into the task cgroup and vfork instead of forking (v1 freezer cgroups only, see
-        :meth:`megalodon_core.cgroup.TaskCgroup.open_home_procs`)."""
+        """Start ``argv`` there; its pid and a future of its exit.  Raises what ``subprocess.Popen`` raised."""
         request: dict[str, Any] = {
             "argv": [os.fsdecode(a) for a in argv],
             "cwd": os.fsdecode(cwd),
@@ -206,7 +196,6 @@ class Spawner:
             "extra_groups": extra_groups,
             "cgroups": len(cgroup_fds),
             "cgroup_dir": int(cgroup_dir_fd is not None),
-            "homes": len(home_fds or []),
         }
         if 2 * len(cgroup_fds) + 2 > spawner_process.MAX_FDS:
             raise SpawnUnavailable("too many cgroup hierarchies for one request")
@@ -219,9 +208,7 @@ class Spawner:
         loop = asyncio.get_running_loop()
         reply: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._replies[request["id"]] = reply
-        fds = array.array(
-            "i", [output_fd, *cgroup_fds, *([] if cgroup_dir_fd is None else [cgroup_dir_fd]), *(home_fds or [])]
-        )
+        fds = array.array("i", [output_fd, *cgroup_fds, *([] if cgroup_dir_fd is None else [cgroup_dir_fd])])
         try:
             # One datagram of at most MAX_MESSAGE bytes: sent whole or not at all (SOCK_SEQPACKET).
             sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -264,7 +251,6 @@ class Spawner:
             if self._proc.returncode is None:
                 self._proc.kill()
                 await self._proc.wait()
-            cgroups.SPARED.discard(self._proc.pid)
 
 
 __all__ = ["ChildExit", "SpawnUnavailable", "Spawner"]

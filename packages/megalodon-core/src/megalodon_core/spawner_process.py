@@ -43,7 +43,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,13 +71,6 @@ _CLONE_INTO_CGROUP = [True]
 _CLONE3 = [True]
 #: What the child reports when writing itself into a ``cgroup.procs`` failed (errno follows).
 _JOIN_FAILED = b"J"
-#: A cgroup migration (the two writes of :func:`_vfork_in`) slower than this is "slow": the host waits for an
-#: RCU grace period on each (v1 without ``favordynmods``), and a fork child that joins costs less wall.
-MIGRATION_SLOW = 0.001
-#: After this many slow migrations in a row, commands are started by clone3 with a join instead.
-SLOW_MIGRATIONS = 3
-#: [consecutive slow migrations, disabled]: the vfork path is given up for this process's lifetime.
-_MIGRATE = [0, False]
 
 _MAXFD = max(os.sysconf("SC_OPEN_MAX"), 1 << 16)
 
@@ -220,38 +212,6 @@ def _popen(request: dict[str, Any], output: int, **identity: Any) -> subprocess.
     )
 
 
-def _vfork_in(join: list[int], homes: list[int], request: dict[str, Any], output: int) -> subprocess.Popen[bytes]:
-    """Move this process into the task cgroup, start the command by vfork (it inherits the cgroup), move
-    back: no fork of this process at all, so 0.8 ms of CPU per command against 1.9 ms for a clone3 child that
-    joins (the fork's page-table copy and the exec's teardown of that copy dominate, issue 13).
-
-    Only for a v1 freezer cgroup (the worker sends ``homes`` for nothing else: see
-    :meth:`megalodon_core.cgroup.TaskCgroup.open_home_procs`) and no identity to take (a ``setuid`` rules out
-    vfork).  The worker never signals this process while it passes through a task cgroup
-    (:data:`megalodon_core.cgroup.SPARED`).  A host where migrating waits for an RCU grace period (~10 ms
-    per write without ``favordynmods``) gives this path up after :data:`SLOW_MIGRATIONS` slow commands."""
-    begin = time.monotonic()
-    for fd in join:
-        os.write(fd, b"0")
-    moved = time.monotonic()
-    try:
-        proc = _popen(request, output)  # nothing between fork and exec: subprocess uses vfork
-    finally:
-        back = time.monotonic()
-        try:
-            for fd in homes:
-                os.write(fd, b"0")
-        except OSError:
-            # Stuck in a task cgroup whose end would freeze this process: better gone (the worker forks its
-            # commands itself, then starts a new spawner).
-            os._exit(3)
-        slow = (moved - begin) + (time.monotonic() - back) > MIGRATION_SLOW
-        _MIGRATE[0] = _MIGRATE[0] + 1 if slow else 0
-        if _MIGRATE[0] >= SLOW_MIGRATIONS:
-            _MIGRATE[1] = True
-    return proc
-
-
 def _send(sock: socket.socket, message: dict[str, Any]) -> None:
     sock.sendall(json.dumps(message).encode())
 
@@ -269,15 +229,9 @@ def _spawn(sock: socket.socket, children: dict[int, Any], request: dict[str, Any
     output, cgroup_fds = fds[0], fds[1 : 1 + count]
     has_dir = bool(request.get("cgroup_dir")) and len(fds) > 1 + count
     cgroup_dir = fds[1 + count] if has_dir else None
-    homes = fds[1 + count + has_dir :][: int(request.get("homes", 0))]
-    identity = any(request.get(key) is not None for key in ("user", "group", "extra_groups"))
     try:
         pid = None
-        if homes and len(homes) == len(cgroup_fds) and cgroup_dir is None and not identity and not _MIGRATE[1]:
-            proc = _vfork_in(cgroup_fds, homes, request, output)
-            pid, via = proc.pid, "vfork+migrate"
-            children[pid] = proc
-        elif cgroup_dir is not None and _CLONE_INTO_CGROUP[0]:
+        if cgroup_dir is not None and _CLONE_INTO_CGROUP[0]:
             pid, via = _clone(cgroup_dir, [], request, output), "clone3"
         if pid is None and cgroup_fds and _CLONE3[0]:
             pid, via = _clone(None, cgroup_fds, request, output), "clone3+join"
