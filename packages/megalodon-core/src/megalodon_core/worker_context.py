@@ -9,9 +9,14 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import taskcluster.aio
 
+from . import hawk_debug
+
 if TYPE_CHECKING:
     from .config import WorkerConfig
     from .plugins import PluginHost
+
+
+hawk_debug.quiet()  # every client of the worker is made here
 
 
 @dataclass
