@@ -38,7 +38,7 @@ def quiet() -> None:
     for module in (mohawk.base, mohawk.util):
         logger = getattr(module, "log", None)
         if getattr(module, "pprint", None) is pprint and isinstance(logger, logging.Logger):
-            module.pprint = _FormatWhenEmitted(logger)  # type: ignore[attr-defined]
+            module.pprint = _FormatWhenEmitted(logger)
 
 
 __all__ = ["quiet"]
