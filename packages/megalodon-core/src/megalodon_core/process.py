@@ -4,8 +4,9 @@ merged into a callback (the task log), killed as a whole when the run is aborted
 Any executor that runs host processes needs exactly this, so it lives in the core and third-party executors
 need not rewrite it (the native executor is its first user):
 
-- the child is reaped through a pidfd watched by the event loop, so no thread is parked per running
-  command, and the exit status comes with its resource usage (user and kernel time for the result block);
+- the child is reaped through a pidfd watched by the event loop (:func:`exit_of`), so no thread is parked
+  per running command, and the exit status comes with its resource usage (user and kernel time for the
+  result block);
 - ``user``/``group``/``extra_groups`` are applied between fork and exec, so the command never runs one
   instruction with the worker's identity;
 - with a :class:`~megalodon_core.cgroup.TaskCgroup` the child joins that cgroup before it execs, and an
@@ -97,43 +98,44 @@ class _Output(asyncio.Protocol):
             self.closed.set_result(None)
 
 
-async def reap(pid: int) -> tuple[int, Any]:
-    """Wait for child ``pid`` without blocking the loop; returns (wait status, rusage)."""
+def exit_of(pid: int) -> asyncio.Future[ChildExit]:
+    """Child ``pid``'s end (wait status and user/kernel time), reaped without blocking the loop: a callback on
+    its pidfd, no task and no thread (a thread of its own on kernels without pidfd, < 5.3).  A caller that
+    stops waiting (cancels the future) leaves the child to be reaped all the same when it ends."""
     loop = asyncio.get_running_loop()
+    ended: asyncio.Future[ChildExit] = loop.create_future()
+
+    def settle(status: int, usage: Any) -> None:
+        if not ended.done():
+            ended.set_result(ChildExit(status, usage.ru_utime, usage.ru_stime))
+
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
         pidfd = -1
     if pidfd >= 0:
-        ready: asyncio.Future[None] = loop.create_future()
 
         def on_exit() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        try:
-            await ready
-        finally:
             loop.remove_reader(pidfd)
             os.close(pidfd)
-        # The pidfd is readable: the child has exited, so this wait returns at once.
-        _, status, usage = os.wait4(pid, os.WNOHANG)  # noqa: ASYNC222
-        return status, usage
-    # Kernels without pidfd (< 5.3): a dedicated thread, never the shared pool, so waits cannot starve it.
-    fut: asyncio.Future[tuple[int, Any]] = loop.create_future()
+            try:
+                # The pidfd is readable: the child has exited, so this wait returns at once.
+                _, status, usage = os.wait4(pid, os.WNOHANG)
+            except OSError as exc:  # reaped elsewhere: nothing to report, and nothing may wait forever
+                if not ended.done():
+                    ended.set_exception(exc)
+                return
+            settle(status, usage)
 
-    def wait() -> None:
+        loop.add_reader(pidfd, on_exit)
+        return ended
+
+    def wait() -> None:  # a dedicated thread, never the shared pool, so waits cannot starve it
         _, status, usage = os.wait4(pid, 0)
-        loop.call_soon_threadsafe(fut.set_result, (status, usage))
+        loop.call_soon_threadsafe(settle, status, usage)
 
     threading.Thread(target=wait, daemon=True).start()
-    return await fut
-
-
-async def _reap_usage(pid: int) -> ChildExit:
-    status, usage = await reap(pid)
-    return ChildExit(status, usage.ru_utime, usage.ru_stime)
+    return ended
 
 
 def kill_group(pgid: int) -> None:
@@ -279,10 +281,11 @@ async def run_command(
     transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
     if hasattr(transport, "max_size"):  # asyncio's own loop reads 256 KiB per wake-up: as much as the pipe holds
         transport.max_size = PIPE_SIZE
-    reaper = asyncio.ensure_future(spawned if spawned is not None else _reap_usage(pid))
+    reaper = spawned if spawned is not None else exit_of(pid)
     aborter = asyncio.create_task(abort.wait())
     try:
-        await asyncio.wait({reaper, aborter}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {reaper, aborter}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not reaper.done():
             result.aborted = True
             await kill_tree(pid, cgroup)
@@ -297,10 +300,12 @@ async def run_command(
     except BaseException:
         # Cancelled rather than aborted (the caller is going away): close the pipe and kill the command's
         # group now, so neither the descriptor nor the process outlives the call; the cgroup is the caller's.
-        # The reaper is left to collect the killed child (it returns as soon as the child is gone).
+        # Nobody waits for its end any more (cancelled: nothing is reported of it); the pidfd callback still
+        # reaps the killed child, unless subprocess's own clean-up of the dropped Popen gets there first.
         transport.close()
         if not reaper.done():
             kill_group(pid)
+            reaper.cancel()
         raise
     finally:
         aborter.cancel()
@@ -315,8 +320,9 @@ async def run_command(
         result.exit_code = -1
     else:
         result.exit_code = os.WEXITSTATUS(status)
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(protocol.closed), DRAIN_SECONDS)
+    if not protocol.closed.done():  # usually at EOF already: the command's end closed its output
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(protocol.closed), DRAIN_SECONDS)
     transport.close()
     return result
 
@@ -327,10 +333,10 @@ __all__ = [
     "MEMORY_LIMIT_KEY",
     "STARTED_HERE",
     "CommandResult",
+    "exit_of",
     "kill_group",
     "kill_tree",
     "memory_limit_bytes",
     "memory_limit_message",
-    "reap",
     "run_command",
 ]
