@@ -28,9 +28,9 @@ def _open_files() -> list[str]:
     return names
 
 
-async def test_cancelled_command_is_killed_and_its_pipe_closed(tmp_path: Path) -> None:
+async def _start_then_cancel(tmp_path: Path) -> int:
+    """A long command started by run_command, then the call cancelled; the command's pid."""
     pids: list[int] = []
-    fds_before = set(os.listdir("/proc/self/fd"))
     call = asyncio.create_task(
         run_command(
             ["sleep", "300"],
@@ -49,11 +49,17 @@ async def test_cancelled_command_is_killed_and_its_pipe_closed(tmp_path: Path) -
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await call
+    return pids[0]
+
+
+async def test_cancelled_command_is_killed_and_its_pipe_closed(tmp_path: Path) -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    pid = await _start_then_cancel(tmp_path)
     for _ in range(200):
-        if not _alive(pids[0]):
+        if not _alive(pid):
             break
         await asyncio.sleep(0.05)
-    assert not _alive(pids[0]), "a cancelled command kept running"
+    assert not _alive(pid), "a cancelled command kept running"
     with contextlib.suppress(Exception):
         await asyncio.sleep(0)  # let the closed transport release its descriptor
     leaked = set(os.listdir("/proc/self/fd")) - fds_before
@@ -63,30 +69,12 @@ async def test_cancelled_command_is_killed_and_its_pipe_closed(tmp_path: Path) -
 async def test_a_cancelled_command_is_reaped_and_its_pidfd_closed(tmp_path: Path) -> None:
     """Nobody awaits the child's end once the call is cancelled: the pidfd callback still reaps it (no
     zombie) and closes its descriptor."""
-    pids: list[int] = []
-    call = asyncio.create_task(
-        run_command(
-            ["sleep", "300"],
-            cwd=tmp_path,
-            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            output=lambda data: None,
-            abort=asyncio.Event(),
-            started=pids.append,
-        )
-    )
-    for _ in range(200):
-        if pids:
-            break
-        await asyncio.sleep(0.05)
-    assert pids, "the command never started"
-    call.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await call
+    pid = await _start_then_cancel(tmp_path)
     for _ in range(400):
-        if not Path(f"/proc/{pids[0]}").exists():
+        if not Path(f"/proc/{pid}").exists():
             break
         await asyncio.sleep(0.05)
-    assert not Path(f"/proc/{pids[0]}").exists(), "the killed command was left a zombie"
+    assert not Path(f"/proc/{pid}").exists(), "the killed command was left a zombie"
     assert "anon_inode:[pidfd]" not in _open_files(), "its pidfd was left open"
 
 
