@@ -495,7 +495,6 @@ class TaskCgroup:
         self.host.drop_marker(self.name)
 
 
-#: This process's own cgroup in each v1 hierarchy, by pid (a forked child reads its own).
 def _leave(home: int, group: TaskCgroup) -> None:
     """Back out of ``group`` after a passage: to this process's own cgroup, else to the freezer root.
 
@@ -527,6 +526,7 @@ def _leave(home: int, group: TaskCgroup) -> None:
     )
 
 
+#: This process's own cgroup in each v1 hierarchy, by pid (a forked child reads its own).
 _own_cgroups: dict[int, dict[str, str]] = {}
 
 
