@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import logging
 import os
 import signal
 import subprocess
@@ -38,6 +39,8 @@ from pydantic import NonNegativeInt
 
 from .cgroup import CgroupError, TaskCgroup
 from .spawner import ChildExit, Spawner, SpawnUnavailable
+
+log = logging.getLogger(__name__)
 
 #: The output pipe's size (the default 1 MiB ``/proc/sys/fs/pipe-max-size``), and Linux's fcntl to set it.
 PIPE_SIZE = 1 << 20
@@ -82,18 +85,42 @@ class CommandResult:
         return not self.aborted and self.system_error is None and self.exit_code == 0
 
 
-class _Output(asyncio.Protocol):
-    def __init__(self, write: Callable[[bytes], None]) -> None:
+class _Output:
+    """The command's output pipe, read on the loop: each chunk to ``write`` as it comes, :attr:`closed` at
+    EOF.  A reader callback on the descriptor, as asyncio's pipe transport has, without the transport's own
+    scheduled steps (connection made, reader added, EOF, connection lost: four loop callbacks per command).
+    """
+
+    def __init__(self, fd: int, write: Callable[[bytes], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._fd = fd
         self.write = write
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        os.set_blocking(fd, False)
+        self._loop.add_reader(fd, self._readable)
 
-    def data_received(self, data: bytes) -> None:
-        self.write(data)
+    def _readable(self) -> None:
+        try:
+            data = os.read(self._fd, PIPE_SIZE)  # as much as the pipe holds, per wake-up
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
+            return
+        try:
+            self.write(data)
+        except Exception:
+            # What asyncio's transport does with a protocol that fails: stop reading, close the pipe.
+            log.exception("the task output's consumer failed; the output pipe is closed")
+            self.close()
 
-    def eof_received(self) -> bool:
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -188,7 +215,6 @@ async def run_command(
     cannot take the command, or when nothing is to be done between fork and exec (no cgroup to join, no
     identity to take: subprocess then uses vfork), the command is forked here.
     """
-    loop = asyncio.get_running_loop()
     result = CommandResult()
     begin = time.monotonic()
     cgroup_dir: int | None = None
@@ -277,10 +303,7 @@ async def run_command(
         for fd in [*cgroup_fds, *([] if cgroup_dir is None else [cgroup_dir])]:
             os.close(fd)
     started(pid)
-    pipe = os.fdopen(read_fd, "rb", buffering=0)
-    transport, protocol = await loop.connect_read_pipe(lambda: _Output(output), pipe)
-    if hasattr(transport, "max_size"):  # asyncio's own loop reads 256 KiB per wake-up: as much as the pipe holds
-        transport.max_size = PIPE_SIZE
+    reading = _Output(read_fd, output)
     reaper = spawned if spawned is not None else exit_of(pid)
     aborter = asyncio.create_task(abort.wait())
     try:
@@ -292,7 +315,7 @@ async def run_command(
         ended = await reaper
     except SpawnUnavailable:
         # The spawner process died with the command running: it can no longer be waited for, so kill it.
-        transport.close()
+        reading.close()
         await kill_tree(pid, cgroup)
         result.system_error = f"{argv[0]}: the worker's spawner process exited while the command ran"
         result.duration = time.monotonic() - begin
@@ -302,7 +325,7 @@ async def run_command(
         # group now, so neither the descriptor nor the process outlives the call; the cgroup is the caller's.
         # Nobody waits for its end any more (cancelled: nothing is reported of it); the pidfd callback still
         # reaps the killed child, unless subprocess's own clean-up of the dropped Popen gets there first.
-        transport.close()
+        reading.close()
         if not reaper.done():
             kill_group(pid)
             reaper.cancel()
@@ -320,10 +343,10 @@ async def run_command(
         result.exit_code = -1
     else:
         result.exit_code = os.WEXITSTATUS(status)
-    if not protocol.closed.done():  # usually at EOF already: the command's end closed its output
+    if not reading.closed.done():  # usually at EOF already: the command's end closed its output
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(protocol.closed), DRAIN_SECONDS)
-    transport.close()
+            await asyncio.wait_for(asyncio.shield(reading.closed), DRAIN_SECONDS)
+    reading.close()
     return result
 
 
