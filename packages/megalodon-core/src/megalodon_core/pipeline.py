@@ -274,6 +274,9 @@ async def execute(run: TaskRun, executor: TaskExecutor, features: list[Feature])
         except Exception as exc:
             log.exception("task %s/%s: cleanup failed", run.task_id, run.run_id)
             run.errors.add(InternalError(f"cleanup failed: {exc}"))
+    # No shell starts after the run's end; the launcher refers back to the executor run, which refers to the
+    # run: without this the whole run would be a reference cycle left to the garbage collector (issue 13).
+    run.data.interactive = None
     first = run.errors.first
     if first is not None and not run.log.closed:
         run.log.error(first.message)

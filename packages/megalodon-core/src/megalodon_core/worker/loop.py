@@ -17,6 +17,7 @@ import platform
 import signal
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -631,10 +632,16 @@ class Worker:
         if self._exit_code == EXIT_WORKER_SHUTDOWN:
             run.abort(WorkerShutdown("Task aborted: worker is shutting down (worker-shutdown)"))
 
+        # A weak reference: the run holds this listener, and a closure over the run would make the whole
+        # run (log, executor run, payload...) a reference cycle left to the garbage collector (issue 13).
+        run_ref = weakref.ref(run)
+
         def remember(credentials: dict[str, str]) -> None:
-            self.books.credentials_changed(
-                ClaimRecord(task_id, run_id, credentials, run.taken_until.isoformat(), str(task_dir))
-            )
+            current = run_ref()
+            if current is not None:
+                self.books.credentials_changed(
+                    ClaimRecord(task_id, run_id, credentials, current.taken_until.isoformat(), str(task_dir))
+                )
 
         run.on_credentials(remember)
         log.info("task %s/%s claimed (executor %s)", task_id, run_id, executor.name)
