@@ -327,13 +327,10 @@ class TaskCgroup:
             homes = self.open_home_procs()
             begin = time.monotonic()
             try:
-                if homes:
-                    os.write(join[0], b"0")
+                entered = bool(homes) and os.write(join[0], b"0") == 1
             except OSError:
-                homes, refused = [], homes
-                for fd in refused:
-                    os.close(fd)
-            if not homes:
+                entered = False
+            if not entered:
                 yield False
                 return
             moved = time.monotonic() - begin

@@ -259,6 +259,7 @@ async def run_command(
             with cgroup.passage(cgroup_fds) as inside:
                 if inside:
                     proc = popen()
+                    STARTED_HERE["vfork+migrate"] += 1
         if proc is None and spawner is not None and (cgroup_fds or identity):
             with contextlib.suppress(SpawnUnavailable):
                 pid, spawned = await spawner.spawn(
@@ -280,12 +281,9 @@ async def run_command(
                 # Only os.write on descriptors opened above: safe in the forked child of a threaded process.
                 preexec_fn=TaskCgroup.joiner(cgroup_fds) if cgroup_fds else None,
             )
-            via = "fork" if cgroup_fds or identity else "vfork"
-        elif proc is not None:
-            via = "vfork+migrate"
+            STARTED_HERE["fork" if cgroup_fds or identity else "vfork"] += 1
         if proc is not None:
             pid = proc.pid
-            STARTED_HERE[via] += 1
     except (OSError, subprocess.SubprocessError) as exc:
         os.close(read_fd)
         detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
