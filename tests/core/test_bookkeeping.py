@@ -81,7 +81,7 @@ async def test_a_small_task_directory_is_removed_on_the_loop_at_its_next_turn(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Not before claim_ended returns (the next claimWork goes out first, the removal fills its wait), and
-    not in a thread."""
+    not in a thread (the directory is recycled then: see test_task_dirs.py)."""
     from megalodon_core.worker import bookkeeping
 
     monkeypatch.setattr(bookkeeping.shutil, "rmtree", None)  # the thread's remover is never needed
@@ -90,7 +90,6 @@ async def test_a_small_task_directory_is_removed_on_the_loop_at_its_next_turn(
     record = ClaimRecord("task-a", 0, {"clientId": "c", "accessToken": "t"}, "2030-01-01T00:00:00.000Z", "")
     task_dir = tmp_path / "tasks" / "task-a"
     await books.claim_started(record, task_dir, 0, ["task-a/0"])
-    (task_dir / "generic-worker").mkdir()
     (task_dir / "generic-worker" / "live_backing.log").write_text("log")
     books.claim_ended("task-a", 0, task_dir, resolved=1, current=[], metadata="{}", clean=True)
     assert task_dir.exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 from ..journal import ClaimJournal, ClaimRecord
 from .small_tree import remove_small_tree
 from .state_files import JOURNAL_DIR, METADATA_FILE, write_private, write_resolved_count, write_status
+from .task_dirs import TaskDirs
 
 
 class ClaimBooks:
@@ -24,6 +25,7 @@ class ClaimBooks:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self.task_dirs = TaskDirs()
         self._journal: ClaimJournal | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
         self._pending: set[asyncio.Future[None]] = set()
@@ -58,7 +60,7 @@ class ClaimBooks:
         self._start_files(record, task_dir, resolved, current)
 
     def _start_files(self, record: ClaimRecord, task_dir: Path, resolved: int, current: list[str]) -> None:
-        task_dir.mkdir(parents=True)
+        self.task_dirs.make(task_dir)
         self.journal.record(record)
         self._latest = (resolved, list(current))
         self._write_latest_state()
@@ -112,8 +114,9 @@ class ClaimBooks:
         loop.call_soon(self._remove_task_dir, task_dir, removed)
 
     def _remove_task_dir(self, task_dir: Path, removed: asyncio.Future[None]) -> None:
-        """A small tree here, on the loop (:mod:`.small_tree`); a bigger one in the bookkeeping thread."""
-        if remove_small_tree(task_dir):
+        """Recycled for the next run (:mod:`.task_dirs`), or removed: a small tree here, on the loop
+        (:mod:`.small_tree`), a bigger one in the bookkeeping thread."""
+        if self.task_dirs.recycle(task_dir) or remove_small_tree(task_dir):
             removed.set_result(None)
             return
         pending = asyncio.get_running_loop().run_in_executor(self._thread, shutil.rmtree, task_dir, True)
@@ -132,6 +135,7 @@ class ClaimBooks:
         if self._pending:
             await asyncio.wait(set(self._pending))
         self._thread.shutdown(wait=True)
+        await asyncio.to_thread(self.task_dirs.discard)
         self._latest = (resolved, list(current))
         await asyncio.to_thread(self._write_latest_state)
         if self._journal is not None:

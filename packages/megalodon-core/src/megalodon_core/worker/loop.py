@@ -56,6 +56,7 @@ from .report import report_resolution
 from .runner_link import NullRunnerLink, RunnerLink
 from .self_checks import SelfChecks
 from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
+from .task_dirs import LOG_DIR, remove_leftover_spares
 from .termination import TerminationCheck
 from .watchdog import BACKSTOP_GRACE, Watchdog
 
@@ -303,6 +304,7 @@ class Worker:
             )
             self._instantiate(self.ctx)
             await asyncio.to_thread(Path(self.config.tasksDir).mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(remove_leftover_spares, Path(self.config.tasksDir))
             await self.books.open()
             self.resolved = await asyncio.to_thread(read_resolved_count, self.state_dir)
             if handle_signals:
@@ -623,7 +625,7 @@ class Worker:
             credentials=claim["credentials"],
             taken_until=parse_iso(claim["takenUntil"]),
             task_dir=task_dir,
-            log=TaskLog(task_dir / "generic-worker" / "live_backing.log", style=executor.log_style),
+            log=TaskLog(task_dir / LOG_DIR / "live_backing.log", style=executor.log_style),
         )
         run.data.worker_metadata = self.metadata()
         run.data.phases.claimed(claim, at=started)

@@ -18,21 +18,22 @@ from pathlib import Path
 #: Entries (files, links and directories, at any depth) removed on the loop at most.
 BUDGET = 64
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _clear(dir_fd: int, budget: int) -> int | None:
-    """Empty the directory open as ``dir_fd``; the budget left, or None once it ran out (partly emptied)."""
+def clear_dir(dir_fd: int, budget: int, keep: str | None = None) -> int | None:
+    """Empty the directory open as ``dir_fd`` but for the entry named ``keep``; the budget left, or None once
+    it ran out (partly emptied)."""
     with os.scandir(dir_fd) as it:
-        entries = list(itertools.islice(it, budget + 1))
+        entries = [entry for entry in itertools.islice(it, budget + 2) if entry.name != keep]
     if len(entries) > budget:
         return None
     budget -= len(entries)
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
-            fd = os.open(entry.name, _DIR_FLAGS, dir_fd=dir_fd)
+            fd = os.open(entry.name, DIR_FLAGS, dir_fd=dir_fd)
             try:
-                left = _clear(fd, budget)
+                left = clear_dir(fd, budget)
             finally:
                 os.close(fd)
             if left is None:
@@ -51,13 +52,13 @@ def remove_small_tree(path: Path, budget: int = BUDGET) -> bool:
     could not be removed — then it may be partly emptied, and ``shutil.rmtree`` finishes it elsewhere.
     """
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        fd = os.open(path, DIR_FLAGS)
     except FileNotFoundError:
         return True
     except OSError:
         return False
     try:
-        left = _clear(fd, budget)
+        left = clear_dir(fd, budget)
     except OSError:
         return False
     finally:
@@ -73,4 +74,4 @@ def remove_small_tree(path: Path, budget: int = BUDGET) -> bool:
     return True
 
 
-__all__ = ["BUDGET", "remove_small_tree"]
+__all__ = ["BUDGET", "DIR_FLAGS", "clear_dir", "remove_small_tree"]
