@@ -21,7 +21,7 @@ import io
 import os
 import stat
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -216,16 +216,21 @@ class Publisher:
         expires: Any,
         object_storage: bool,
         gzip_body: concurrent.futures.Future[GzipBody] | None = None,
+        created: Callable[[], None] | None = None,
     ) -> Published:
         """Upload ``path``; ``gzip_body``: its gzip body made beforehand (a big task log), used for s3 uploads
-        when it holds exactly the file's bytes, else removed and the file compressed here as usual."""
+        when it holds exactly the file's bytes, else removed and the file compressed here as usual.
+
+        ``created`` is called once the queue has the artifact, before its bytes are sent: the task log's
+        link is created then, beside the upload (:func:`megalodon_core.pipeline._upload_logs`).
+        """
         if object_storage or content_encoding != "gzip":
             if gzip_body is not None:
                 discard_when_done(gzip_body)
             if object_storage:
-                return await self._object(task_id, run_id, name, path, content_type, expires)
+                return await self._object(task_id, run_id, name, path, content_type, expires, created)
             gzip_body = None
-        return await self._s3(task_id, run_id, name, path, content_type, content_encoding, expires, gzip_body)
+        return await self._s3(task_id, run_id, name, path, content_type, content_encoding, expires, gzip_body, created)
 
     async def _s3(
         self,
@@ -237,6 +242,7 @@ class Publisher:
         encoding: str,
         expires: Any,
         gzip_body: concurrent.futures.Future[GzipBody] | None = None,
+        created: Callable[[], None] | None = None,
     ) -> Published:
         prepared = await _take_body(gzip_body, path) if gzip_body is not None else None
         if prepared is None:
@@ -256,6 +262,8 @@ class Publisher:
                     "contentLength": size,
                 },
             )
+            if created is not None:
+                created()
             headers = {
                 "Content-Type": resp.get("contentType", content_type),
                 "Content-Encoding": encoding,
@@ -285,7 +293,14 @@ class Publisher:
         return Published(sha, size)
 
     async def _object(
-        self, task_id: str, run_id: int, name: str, path: Path, content_type: str, expires: Any
+        self,
+        task_id: str,
+        run_id: int,
+        name: str,
+        path: Path,
+        content_type: str,
+        expires: Any,
+        created: Callable[[], None] | None,
     ) -> Published:
         size = (await asyncio.to_thread(path.stat)).st_size
         resp = await self._create(
@@ -294,6 +309,8 @@ class Publisher:
             name,
             {"storageType": "object", "contentType": content_type, "expires": iso(expires)},
         )
+        if created is not None:
+            created()
         fh = await asyncio.to_thread(path.open, "rb")
         readers: list[_HashingFileReader] = []
 

@@ -130,6 +130,8 @@ class Api:
             return None
         if fault.delay:
             await asyncio.sleep(fault.delay)
+        if fault.hold is not None:
+            await fault.hold.wait()
         if fault.reset:
             # Abort (RST) rather than close: the client sees a reset, not a clean EOF. The
             # response returned below can no longer be written and is dropped by aiohttp.

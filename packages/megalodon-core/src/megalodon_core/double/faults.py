@@ -6,6 +6,7 @@ drive the retry, reclaim and upload-resume paths through the real client.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 from collections import Counter
@@ -20,6 +21,8 @@ class Fault:
     storage pseudo-method (``putUrl-storage``, ``getUrl-storage``); ``path_regex``
     is searched in the raw request path. With neither, every request matches.
     ``times`` is how many matching requests are affected (-1 = forever).
+    ``hold``: the request waits until the event is set (after ``delay``), so a test decides when it goes
+    on, e.g. to see what a worker does while one of its uploads is in flight.
     """
 
     method: str | None = None
@@ -27,6 +30,7 @@ class Fault:
     status: int | None = None
     reset: bool = False
     delay: float = 0.0
+    hold: asyncio.Event | None = None
     times: int = 1
     hits: int = field(default=0, init=False)
 
