@@ -25,6 +25,7 @@ from prometheus_client.exposition import choose_encoder
 
 from . import hookimpl
 from .errors import ResourceUnavailable
+from .metric_children import Children
 
 if TYPE_CHECKING:
     from .task import TaskRun
@@ -90,6 +91,7 @@ class Metrics:
             namespace=ns,
             registry=r,
         )
+        self._resolved = Children(self.tasks_resolved)
         self.task_duration = Histogram(
             "task_duration_seconds",
             "Wall time from claim to resolution.",
@@ -110,6 +112,7 @@ class Metrics:
             registry=r,
             buckets=QUEUE_CALL_BUCKETS,
         )
+        self._queue_calls = Children(self.queue_call_seconds)
         self.tasks_running = Gauge("tasks_running", "Tasks currently running.", namespace=ns, registry=r)
         self.worker_info = Info("worker", "Worker build and identity.", namespace=ns, registry=r)
         self.set_info(version=version, **info)
@@ -129,7 +132,7 @@ class Metrics:
         ``duration`` (seconds since the claim) is skipped when unknown, e.g. a task resolved by the
         worker at start-up from its claim journal.
         """
-        self.tasks_resolved.labels(state=state, reason=reason or "").inc()
+        self._resolved(state, reason or "").inc()
         if duration is not None:
             self.task_duration.observe(max(duration, 0.0))
 
@@ -144,7 +147,7 @@ class Metrics:
         self.reclaim_failures.inc()
 
     def observe_queue_call(self, method: str, seconds: float) -> None:
-        self.queue_call_seconds.labels(method=method).observe(max(seconds, 0.0))
+        self._queue_calls(method).observe(max(seconds, 0.0))
 
     @asynccontextmanager
     async def timed(self, method: str) -> AsyncIterator[None]:

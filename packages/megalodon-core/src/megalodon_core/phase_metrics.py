@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Final
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import hookimpl
+from .metric_children import Children
 from .phases import PHASES
 
 if TYPE_CHECKING:
@@ -105,26 +106,34 @@ class PhaseMetrics:
             namespace=ns,
             registry=r,
         )
-        self.free_capacity.labels(taskQueueId=task_queue_id).set(capacity)
+        # This worker's own children (one task queue), looked up once (:mod:`.metric_children`).
+        # Made when first used, as ``labels()`` would: a series appears once it has a sample.
+        self._pending = Children(self.pending)
+        self._phase = Children(self.phase)
+        self._phase_bytes = Children(self.phase_bytes)
+        self._first_command = Children(self.claim_to_first_command)
+        self._cache_lookups = Children(self.cache_lookups)
+        self._free = self.free_capacity.labels(task_queue_id)
+        self._free.set(capacity)
 
     def observe_run(self, run: TaskRun) -> None:
         """Record one finished run's phases (phases it never entered get no sample)."""
         q = self.task_queue_id
         phases = run.data.phases
         if phases.pending is not None:
-            self.pending.labels(taskQueueId=q).observe(phases.pending)
+            self._pending(q).observe(phases.pending)
         for name in PHASES:
             if name in phases.durations:
-                self.phase.labels(taskQueueId=q, phase=name).observe(phases.durations[name])
+                self._phase(q, name).observe(phases.durations[name])
             if phases.byte_counts.get(name):
-                self.phase_bytes.labels(taskQueueId=q, phase=name).inc(phases.byte_counts[name])
+                self._phase_bytes(q, name).inc(phases.byte_counts[name])
         latency = phases.claim_to_first_command
         if latency is not None:
-            self.claim_to_first_command.labels(taskQueueId=q).observe(latency)
+            self._first_command(q).observe(latency)
         if phases.cache_hits:
-            self.cache_lookups.labels(taskQueueId=q, result="hit").inc(phases.cache_hits)
+            self._cache_lookups(q, "hit").inc(phases.cache_hits)
         if phases.cache_misses:
-            self.cache_lookups.labels(taskQueueId=q, result="miss").inc(phases.cache_misses)
+            self._cache_lookups(q, "miss").inc(phases.cache_misses)
 
     # -- lifecycle hooks ---------------------------------------------------------------------------------
     @hookimpl(tryfirst=True)
@@ -135,8 +144,8 @@ class PhaseMetrics:
     @hookimpl(tryfirst=True)
     def megalodon_queue_call(self, method: str, seconds: float) -> None:
         if method in _REPORT_METHODS:
-            self.phase.labels(taskQueueId=self.task_queue_id, phase="resolution").observe(max(seconds, 0.0))
+            self._phase(self.task_queue_id, "resolution").observe(max(seconds, 0.0))
 
     @hookimpl(tryfirst=True)
     def megalodon_running_changed(self, running: int) -> None:
-        self.free_capacity.labels(taskQueueId=self.task_queue_id).set(max(self.capacity - running, 0))
+        self._free.set(max(self.capacity - running, 0))
