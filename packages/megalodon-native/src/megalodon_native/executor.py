@@ -231,7 +231,7 @@ class NativeRun(ExecutorRun[Any]):
     # -- running -----------------------------------------------------------------------------------------
     def base_environment(self) -> dict[str, str]:
         """The insecure engine's starting point: the worker's environment minus its access token."""
-        return {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
+        return self.executor.worker_environment()
 
     def environment(self) -> dict[str, str]:
         """Base environment, then payload env, then feature env, then the variables the worker forces."""
@@ -343,6 +343,17 @@ class NativeExecutor(TaskExecutor):
     def __init__(self, worker: Any) -> None:
         super().__init__(worker)
         self.spawner = Spawner()
+        self._worker_env: dict[str, str] | None = None
+
+    def worker_environment(self) -> dict[str, str]:
+        """The worker's environment minus its access token (a copy), as at the first task.
+
+        Read once: nothing in the worker changes its own environment while it runs, and reading
+        ``os.environ`` decodes every variable again, a few hundred calls on every task (issue 13).
+        """
+        if self._worker_env is None:
+            self._worker_env = {k: v for k, v in os.environ.items() if k != "TASKCLUSTER_ACCESS_TOKEN"}
+        return dict(self._worker_env)
 
     async def close(self) -> None:
         """Worker stop: end the spawner process (every task's processes were killed before)."""
