@@ -167,3 +167,15 @@ async def test_the_status_file_is_gone_while_idle_and_its_inode_serves_the_next_
         assert not (state / STATUS_FILE).exists() and running_task_ids(state) == []
     assert len(set(inodes)) == 1
     await books.close(3, [])
+
+
+def test_a_record_file_holds_the_records_fields_as_json(tmp_path: Path) -> None:
+    """Written from the record's own fields (no deep copy): the same document ``asdict`` gives."""
+    import json
+    from dataclasses import asdict
+
+    journal = ClaimJournal(tmp_path / "claims")
+    record = ClaimRecord("task-a", 3, {"clientId": "c", "accessToken": "t"}, "2030-01-01T00:00:00.000Z", "/tasks/a")
+    journal.record(record)
+    assert json.loads((tmp_path / "claims" / "task-a-3.json").read_text()) == asdict(record)
+    assert journal.entries() == [record]

@@ -22,7 +22,7 @@ import json
 import os
 import signal
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,9 @@ class ClaimJournal:
         return None
 
     def record(self, entry: ClaimRecord) -> None:
-        data = json.dumps(asdict(entry)).encode()
+        # The record's own fields as they are: asdict's deep copy of the credentials is a dozen calls more
+        # on every claim, for the same bytes.
+        data = json.dumps(vars(entry)).encode()
         reused = self._reused()
         # 0600 from the start either way (credentials): mkstemp's mode, or an emptied record's.
         fd, tmp = reused if reused is not None else tempfile.mkstemp(dir=self.directory, prefix=".claim-")
