@@ -76,3 +76,29 @@ def test_a_log_moved_to_a_new_file_is_followed_there(tmp_path: Path) -> None:
         assert gzip.decompress(body.path.read_bytes()) == log.path.read_bytes() == b"a" * (3 << 20) + b"b" * (2 << 20)
     finally:
         body.discard()
+
+
+def test_the_follower_thread_runs_at_a_low_priority(tmp_path: Path) -> None:
+    """The task and the loop reading its output come first on a busy host (issue 13)."""
+    import threading
+    import time
+
+    from megalodon_core.logzip import NICE
+
+    before = set(threading.enumerate())
+    log = TaskLog(tmp_path / "generic-worker" / "live_backing.log")
+    try:
+        log.write(b"x" * (3 << 20))  # past a MiB: the follower starts
+        (follower,) = [t for t in set(threading.enumerate()) - before if t.name == "megalodon-log-gzip"]
+        deadline = time.monotonic() + 60
+        while True:
+            fields = Path(f"/proc/self/task/{follower.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[16]) == NICE or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert int(fields[16]) == NICE
+    finally:
+        log.close()
+        body = log.take_gzip_body()
+        if body is not None:
+            body.result(timeout=60).discard()
