@@ -178,7 +178,7 @@ async def test_bytes_still_in_the_write_buffer_are_served_and_memory_stays_bound
             peak = 0
             for i in range(3000):
                 tasklog.write(f"{i:06d} ".encode() * (1 + i % 700) + b"\n")
-                peak = max(peak, len(stream._tail))
+                peak = max(peak, stream._tail_len)
                 if i % 100 == 0:
                     await asyncio.sleep(0)
             second = asyncio.create_task(read_all(session, url))
@@ -193,8 +193,8 @@ async def test_bytes_still_in_the_write_buffer_are_served_and_memory_stays_bound
             assert await asyncio.wait_for(read_all(session, url), 30) == expected
     finally:
         await server.stop()
-    assert peak <= 2 * livelog.TAIL_KEEP + 8000
-    assert stream._tail == bytearray()
+    assert peak <= livelog.TAIL_KEEP + livelog.TAIL_GATHER + 8000  # whole chunks go as soon as they can
+    assert stream._tail_len == 0 and not stream._tail
 
 
 async def test_finished_stream_is_dropped_and_shutdown_ends_readers(tmp_path: Path) -> None:
@@ -296,3 +296,22 @@ def test_a_task_log_tells_who_asked_when_it_is_closed(tmp_path: Path) -> None:
     assert calls == ["first", "second"], "told once"
     log.when_closed(lambda: calls.append("late"))
     assert calls == ["first", "second", "late"], "already closed: told at once"
+
+
+async def test_the_tail_keeps_big_writes_uncopied_and_gathers_small_ones(tmp_path: Path) -> None:
+    """A write of a pipe's worth is kept as it came (no copy of the tail per write); a task printing a byte
+    at a time gets a few gathered chunks, not one per byte; every position reads back what was written."""
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)  # never read: everything asked for is in the tail
+    stream = LiveStream("s3cr3t-for-test", fd, 0, asyncio.get_running_loop())
+    try:
+        big = bytes(range(256)) * 4096  # 1 MiB
+        stream.append(big)
+        assert stream._tail[0] is big
+        for i in range(200_000):
+            stream.append(b"%c" % (i % 256))
+        assert len(stream._tail) <= 1 + 200_000 // livelog.TAIL_GATHER + 1
+        assert await stream.read(5, 10) == big[5:15]
+        assert await stream.read(len(big) + 1000, 3) == bytes([1000 % 256, 1001 % 256, 1002 % 256])
+        assert stream.end == len(big) + 200_000
+    finally:
+        stream.close()

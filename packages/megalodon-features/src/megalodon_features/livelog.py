@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 #: Bytes of the most recent log output always kept in memory: twice the task log's 1 MiB write buffer.
 TAIL_KEEP = 2 << 20
+#: Writes smaller than this are gathered into one chunk of the tail (a task printing a byte at a time must
+#: not make a million-entry tail); bigger ones are kept as they came, never copied.
+TAIL_GATHER = 64 << 10
 #: Bytes sent to a reader per write.
 CHUNK = 64 << 10
 #: How long a finished task's stream is still served (full log, then EOF) to readers that hold its URL.
@@ -136,7 +139,10 @@ class LiveStream:
         self._identity = (st.st_dev, st.st_ino)
         self._loop = loop
         self._lock = threading.Lock()
-        self._tail = bytearray()
+        #: The tail, as the writes came (gathered when small): chunks ``[_tail_start, end)``.  Chunks, not
+        #: one buffer: keeping a contiguous tail moved two MiB of it for every two MiB the task printed.
+        self._tail: collections.deque[bytes | bytearray] = collections.deque()
+        self._tail_len = 0
         self._tail_start = start
         self.end = start
         self.finished = False
@@ -149,13 +155,20 @@ class LiveStream:
         with self._lock:
             if self.finished:
                 return
-            self._tail += data
+            tail = self._tail
+            if len(data) < TAIL_GATHER and tail and isinstance(tail[-1], bytearray) and len(tail[-1]) < TAIL_GATHER:
+                tail[-1] += data
+            elif len(data) < TAIL_GATHER:
+                tail.append(bytearray(data))
+            else:
+                tail.append(data if type(data) is bytes else bytes(data))
+            self._tail_len += len(data)
             self.end += len(data)
-            # Trim in bulk, so small writes never pay for moving the whole tail.
-            if len(self._tail) > 2 * TAIL_KEEP:
-                drop = len(self._tail) - TAIL_KEEP
-                del self._tail[:drop]
-                self._tail_start += drop
+            # Whole chunks go, oldest first, as long as TAIL_KEEP bytes stay.
+            while self._tail_len - len(tail[0]) >= TAIL_KEEP:
+                dropped = len(tail.popleft())
+                self._tail_len -= dropped
+                self._tail_start += dropped
         if _on_loop(self._loop):
             self._notify()
         else:
@@ -173,7 +186,8 @@ class LiveStream:
             self.finished = True
             if end is not None:
                 self.end = max(self.end, end)
-            self._tail = bytearray()
+            self._tail.clear()
+            self._tail_len = 0
             self._tail_start = self.end
         if self.path is not None:
             self._release()
@@ -229,6 +243,16 @@ class LiveStream:
         return fd
 
     # -- reader side -------------------------------------------------------------------------------------
+    def _from_tail(self, pos: int, size: int) -> bytes:
+        """Up to ``size`` bytes at ``pos`` (in the tail), from the one chunk holding ``pos`` (lock held)."""
+        start = self._tail_start
+        for chunk in self._tail:
+            if pos < start + len(chunk):
+                offset = pos - start
+                return bytes(chunk[offset : offset + size])
+            start += len(chunk)
+        return b""
+
     async def read(self, pos: int, size: int = CHUNK, *, fd: int | None = None) -> bytes:
         """Up to ``size`` bytes at ``pos``, waiting for them while the log is open; ``b""`` means EOF.
 
@@ -238,8 +262,7 @@ class LiveStream:
             with self._lock:
                 end, finished = self.end, self.finished
                 if self._tail_start <= pos < end:
-                    offset = pos - self._tail_start
-                    return bytes(self._tail[offset : offset + size])
+                    return self._from_tail(pos, size)
                 tail_start = self._tail_start
             if fd is None:
                 fd = self._fd
