@@ -1,14 +1,15 @@
 """The backing log's gzip body, compressed while the task writes it rather than after it exits.
 
 A task printing hundreds of MiB would otherwise wait, between its command's exit and its resolution, for the
-whole log to be read back, hashed and compressed (about a second per 200 MiB).  A :class:`GzipShadow`
-follows the log file as :class:`~megalodon_core.tasklog.TaskLog` writes it: a thread of its own, at a low
-priority (:data:`NICE`), reads what has reached the file (the page cache, through a descriptor of the very file the log writes) and compresses
-and hashes it (ISA-L and hashlib release the GIL), so at close only what the thread has not caught up with is
-left.  Memory stays bounded (one chunk at a time) however fast the task writes.  The body holds exactly the
-file's bytes (the uploader checks the size and falls back to its own gzip otherwise), compressed at
-:data:`GZIP_LEVEL`, in a private temporary file as the uploader's own (never in the task directory, whose
-names a task may change).  Small logs never start one: below a MiB the uploader's in-memory path is cheaper.
+whole log to be read back, hashed and compressed (about a second per 200 MiB). A :class:`GzipShadow` follows
+the log file as :class:`~megalodon_core.tasklog.TaskLog` writes it: a thread of its own, at a low priority
+(:data:`NICE`), reads what has reached the file (the page cache, through a descriptor of the very file the log
+writes) and compresses and hashes it (ISA-L and hashlib release the GIL), so at close only what the thread has
+not caught up with is left. Memory stays bounded (one chunk at a time) however fast the task writes. The body
+holds exactly the file's bytes (the uploader checks the size and falls back to its own gzip otherwise),
+compressed at :data:`GZIP_LEVEL`, in a private temporary file as the uploader's own (never in the task
+directory, whose names a task may change). Small logs never start one: below a MiB the uploader's in-memory
+path is cheaper.
 """
 
 from __future__ import annotations
