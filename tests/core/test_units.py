@@ -100,6 +100,38 @@ def test_secret_split_across_writes_is_masked(tmp_path: Path, split: int) -> Non
     assert text.startswith(b"xx [REDACTED] yy abcdef[taskcluster ")
 
 
+@pytest.mark.parametrize("where", ["middle", "split at the chunk end", "absent", "repetitive output"])
+def test_secrets_in_big_chunks_are_masked_as_in_small_ones(tmp_path: Path, where: str) -> None:
+    """Chunks past PROBE_MIN are first checked for a few bytes of each secret (a chunk lacking one cannot
+    hold it): the stored bytes are what masking every chunk gives, whatever the chunk holds."""
+    import random
+
+    from megalodon_core import tasklog
+
+    secrets = ["Zq9-XW_7pKcV3mTn8sLr2BdF4hYg", "token-with-plain-letters-only", "0123456789012345"]
+    rng = random.Random(where)
+    if where == "repetitive output":
+        chunk = (b"a" * 99 + b"\n") * (tasklog.PROBE_MIN // 100 + 5)
+    else:
+        chunk = bytes(rng.choice(b"abcdefghijklmnopqrstuvwxyz \n") for _ in range(tasklog.PROBE_MIN + 5000))
+    writes = [chunk]
+    if where == "middle":
+        writes = [chunk[:4000] + secrets[0].encode() + chunk[4000:] + secrets[1].encode() + chunk[:10]]
+    elif where == "split at the chunk end":
+        writes = [chunk + secrets[2].encode()[:7], secrets[2].encode()[7:] + b" and " + secrets[0].encode()]
+    log = TaskLog(tmp_path / "log")
+    for secret in secrets:
+        log.add_secret(secret)
+    for data in writes:
+        log.write(data)
+    log.close()
+    expected = b"".join(writes)
+    for secret in sorted(secrets, key=len, reverse=True):
+        expected = expected.replace(secret.encode(), b"[REDACTED]")
+    assert (tmp_path / "log").read_bytes() == expected
+    assert where in {"absent", "repetitive output"} or b"[REDACTED]" in expected
+
+
 def test_short_values_are_not_treated_as_secrets(tmp_path: Path) -> None:
     log = TaskLog(tmp_path / "log")
     log.add_secret("abc")
