@@ -315,3 +315,17 @@ async def test_the_tail_keeps_big_writes_uncopied_and_gathers_small_ones(tmp_pat
         assert stream.end == len(big) + 200_000
     finally:
         stream.close()
+
+
+async def test_a_task_shorter_than_the_delay_gets_only_the_link_and_leaves_no_timer(harness: Harness) -> None:
+    """The reference waits out REFERENCE_DELAY on a timer: a task that ends first cancels it, so no
+    reference is created (two createArtifact calls: the backing log and the link) and nothing is left
+    scheduled on the loop for the finished run."""
+    before = harness.double.calls["createArtifact"]
+    out = await harness.run({"command": [["true"]], "maxRunTime": 30})
+    assert out.state == "completed", out.log
+    assert harness.double.calls["createArtifact"] - before == 2
+    assert out.artifacts[LIVE]["storageType"] == "link"
+    loop = asyncio.get_running_loop()
+    scheduled = getattr(loop, "_scheduled", [])
+    assert not [h for h in scheduled if not h.cancelled() and "_begin_reference" in repr(h)]

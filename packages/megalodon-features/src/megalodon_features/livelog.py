@@ -379,6 +379,8 @@ class LiveLogFeature(Feature):
         #: heap with thousands).
         self._retiring: collections.deque[tuple[float, LiveStream]] = collections.deque()
         self._retire_timer: asyncio.TimerHandle | None = None
+        #: (server host and port, the base URL made from them): see :meth:`base_url`.
+        self._base_url: tuple[tuple[str, int], str] | None = None
 
     def is_enabled(self) -> bool:
         return bool(self.worker.config.enableLiveLog)
@@ -401,8 +403,12 @@ class LiveLogFeature(Feature):
         return self.server.start_error
 
     def base_url(self) -> str:
-        config = self.worker.config
-        return f"http://{public_host(config, self.server.host)}:{self.server.port}"
+        """``http://<public host>:<port>``, made again only when the server's address changed (every task's
+        stream URL starts with it, and :func:`public_host` parses an address)."""
+        bound = (self.server.host, self.server.port)
+        if self._base_url is None or self._base_url[0] != bound:
+            self._base_url = (bound, f"http://{public_host(self.worker.config, bound[0])}:{bound[1]}")
+        return self._base_url[1]
 
     def listening(self) -> str | None:
         """The server's address for the start-up summary (bound address and port, and the URL host)."""
@@ -458,8 +464,10 @@ class LiveLogTask(TaskFeature):
         self.run = run
         self.stream: LiveStream | None = None
         self.url: str | None = None
+        #: Waiting out :data:`REFERENCE_DELAY` (a timer, not a sleeping task: most tasks end before it fires).
+        self._delay: asyncio.TimerHandle | None = None
+        #: Creating the reference artifact, once the delay is over.
         self._reference: asyncio.Task[None] | None = None
-        self._publishing = False
 
     def _reference_expiry(self) -> dt.datetime:
         run = self.run
@@ -505,12 +513,16 @@ class LiveLogTask(TaskFeature):
         self.feature.server.register(stream)
         run.log.add_sink(stream.append)
         self.url = f"{self.feature.base_url()}/log/{stream.secret}"
-        self._reference = asyncio.create_task(self._publish_reference(name, self.url))
+        self._delay = asyncio.get_running_loop().call_later(REFERENCE_DELAY, self._begin_reference, name, self.url)
+
+    def _begin_reference(self, name: str, url: str) -> None:
+        """:data:`REFERENCE_DELAY` of run time is over: from here on stop() waits for the reference (the
+        final link must come after it)."""
+        self._delay = None
+        self._reference = asyncio.create_task(self._publish_reference(name, url))
 
     async def _publish_reference(self, name: str, url: str) -> None:
-        """After :data:`REFERENCE_DELAY` of run time: the live log name becomes a reference to the stream."""
-        await asyncio.sleep(REFERENCE_DELAY)
-        self._publishing = True  # from here on stop() waits for it: the final link must come after it
+        """The live log name becomes a reference to the stream."""
         run = self.run
         try:
             await run.publisher().reference(
@@ -520,12 +532,12 @@ class LiveLogTask(TaskFeature):
             run.log.warn(f"Could not publish live log artifact {name}: {exc.message}")
 
     async def stop(self, errors: ExecutionErrors) -> None:
+        delay, self._delay = self._delay, None
+        if delay is not None:
+            delay.cancel()  # still waiting out the delay: no request was sent
         reference, self._reference = self._reference, None
         if reference is not None:
-            if not self._publishing:
-                reference.cancel()  # still waiting out the delay: no request was sent
-            with contextlib.suppress(asyncio.CancelledError):
-                await reference
+            await reference
         if self.stream is not None:
             # The core writes its last lines (first error) after the features stop: keep streaming until the
             # task log is closed, then serve the finished log for a while.
