@@ -57,6 +57,16 @@ PROBES = 4
 _COMMON = b" etaoinsrhldcumfpgwybvkxjqz\n"
 
 
+def _open_log(path: Path) -> BinaryIO:
+    """The log file, opened for appending (it lives as long as the task); its directory is made only when
+    missing (the worker's task directories come with it: no mkdir and stat per task for one that exists)."""
+    try:
+        return open(path, "ab", buffering=_BUFFER)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return open(path, "ab", buffering=_BUFFER)
+
+
 def _probes(secret: bytes) -> bytes:
     """Up to :data:`PROBES` distinct bytes of ``secret``, those least common in log text first."""
     return bytes(sorted(set(secret), key=_COMMON.find)[:PROBES])
@@ -68,8 +78,7 @@ class TaskLog:
     def __init__(self, path: Path, style: LogStyle = GENERIC_WORKER) -> None:
         self.path = path
         self.style: LogStyle = style
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: BinaryIO | None = open(path, "ab", buffering=_BUFFER)  # noqa: SIM115 - lives as long as the task
+        self._file: BinaryIO | None = _open_log(path)
         self._sinks: list[Sink] = []
         self._secrets: list[bytes] = []
         #: Each secret's probe bytes (:data:`PROBE_MIN`).
