@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,15 @@ import pytest
 from megalodon_core.config import parse_config
 from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness
-from megalodon_core.worker import Worker
+from megalodon_core.worker import Worker, task_dirs
 from megalodon_core.worker.small_tree import BUDGET
-from megalodon_core.worker.task_dirs import LOG_DIR, SPARE_PREFIX, SPARES, TaskDirs, remove_leftover_spares
+from megalodon_core.worker.task_dirs import LOG_DIR, LOG_NAME, SPARE_PREFIX, SPARES, TaskDirs, remove_leftover_spares
 
 
 def _used(dirs: TaskDirs, task_dir: Path) -> None:
     """``task_dir`` made, then filled the way a run leaves it."""
     dirs.make(task_dir)
-    (task_dir / LOG_DIR / "live_backing.log").write_text("log")
+    (task_dir / LOG_DIR / LOG_NAME).write_text("log")
     (task_dir / "public").mkdir()
     (task_dir / "public" / "out.txt").write_text("artifact")
     (task_dir / "link").symlink_to("/etc/passwd")
@@ -35,12 +36,16 @@ def test_an_emptied_directory_is_the_next_runs_directory(tmp_path: Path) -> None
     dirs = TaskDirs()
     first, second = tmp_path / "task_a_0", tmp_path / "task_b_0"
     _used(dirs, first)
-    inodes = (first.stat().st_ino, (first / LOG_DIR).stat().st_ino)
+    inodes = (first.stat().st_ino, (first / LOG_DIR).stat().st_ino, (first / LOG_DIR / LOG_NAME).stat().st_ino)
     assert dirs.recycle(first)
     assert not first.exists() and len(_spares(tmp_path)) == 1
     dirs.make(second)
-    assert (second.stat().st_ino, (second / LOG_DIR).stat().st_ino) == inodes
-    assert [p.name for p in second.iterdir()] == [LOG_DIR] and list((second / LOG_DIR).iterdir()) == []
+    log = second / LOG_DIR / LOG_NAME
+    assert (second.stat().st_ino, (second / LOG_DIR).stat().st_ino, log.stat().st_ino) == inodes
+    assert [p.name for p in second.iterdir()] == [LOG_DIR] and [p.name for p in (second / LOG_DIR).iterdir()] == [
+        LOG_NAME
+    ]
+    assert log.read_bytes() == b""  # the previous run's log, emptied: the next log opens it, no inode made
     assert _spares(tmp_path) == []
     assert Path("/etc/passwd").exists()  # the link went, not what it named
 
@@ -67,7 +72,7 @@ def test_a_directory_not_as_made_is_not_recycled(tmp_path: Path, change: str) ->
         outside = tmp_path / "outside"
         outside.mkdir()
         (outside / "keep").write_text("not the task's")
-        (task_dir / LOG_DIR / "live_backing.log").unlink()
+        (task_dir / LOG_DIR / LOG_NAME).unlink()
         (task_dir / LOG_DIR).rmdir()
         (task_dir / LOG_DIR).symlink_to(outside)
     else:
@@ -79,6 +84,78 @@ def test_a_directory_not_as_made_is_not_recycled(tmp_path: Path, change: str) ->
         assert (tmp_path / "outside" / "keep").read_text() == "not the task's"
     dirs.make(tmp_path / "task_b_0")
     assert (tmp_path / "task_b_0").stat().st_ino != task_dir.stat().st_ino
+
+
+@pytest.mark.parametrize("change", ["reader", "hard-link", "chmod", "xattr", "symlink", "fifo", "directory"])
+def test_a_log_not_only_the_workers_is_not_reused(tmp_path: Path, change: str) -> None:
+    """The directory is recycled, but the next run's log is a new file: the old one is left to whoever holds
+    it (a live log reader streaming the finished log keeps reading its own bytes), and what a link names is
+    never emptied."""
+    dirs = TaskDirs()
+    first, second = tmp_path / "task_a_0", tmp_path / "task_b_0"
+    _used(dirs, first)
+    log = first / LOG_DIR / LOG_NAME
+    outside = tmp_path / "outside"
+    outside.write_text("not the task's")
+    reader = None
+    if change == "reader":
+        reader = os.open(log, os.O_RDONLY)
+    elif change == "hard-link":
+        os.link(log, tmp_path / "copy")
+    elif change == "chmod":
+        log.chmod(stat.S_IMODE(log.stat().st_mode) ^ 0o020)
+    elif change == "xattr":
+        os.setxattr(log, "user.megalodon-test", b"left by the task")
+    elif change == "symlink":
+        log.unlink()
+        log.symlink_to(outside)
+    elif change == "fifo":
+        log.unlink()
+        os.mkfifo(log)
+    else:
+        log.unlink()
+        log.mkdir()
+    old_inode = log.lstat().st_ino
+    try:
+        recycled = dirs.recycle(first)
+        if change == "directory":  # not a file it can unlink: the caller removes the directory as before
+            assert not recycled and first.exists() and _spares(tmp_path) == []
+            return
+        assert recycled
+        dirs.make(second)
+        assert list((second / LOG_DIR).iterdir()) == []
+        if reader is not None:
+            assert os.pread(reader, 100, 0) == b"log"
+        if change == "hard-link":
+            assert (tmp_path / "copy").read_text() == "log" and (tmp_path / "copy").stat().st_ino == old_inode
+        assert outside.read_text() == "not the task's"
+    finally:
+        if reader is not None:
+            os.close(reader)
+
+
+def test_an_open_racing_the_emptying_is_refused_and_the_worker_lives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the log is emptied a write lease is held: an open coming then breaks it, and the kernel signals
+    the holder.  The signal is one ignored by default (SIGIO, the default, would kill the worker)."""
+    dirs = TaskDirs()
+    _used(dirs, tmp_path / "task_a_0")
+    raced: list[BaseException] = []
+    truncate = os.ftruncate
+
+    def racing_truncate(fd: int, length: int) -> None:
+        try:
+            os.close(os.open(_spares(tmp_path)[0] / LOG_DIR / LOG_NAME, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError as exc:
+            raced.append(exc)
+        truncate(fd, length)
+
+    monkeypatch.setattr(task_dirs.os, "ftruncate", racing_truncate)
+    assert dirs.recycle(tmp_path / "task_a_0")
+    assert [type(exc) for exc in raced] == [BlockingIOError]  # the lease was held; this process is alive
+    dirs.make(tmp_path / "task_b_0")
+    assert (tmp_path / "task_b_0" / LOG_DIR / LOG_NAME).read_bytes() == b""
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")

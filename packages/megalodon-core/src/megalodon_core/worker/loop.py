@@ -56,7 +56,7 @@ from .report import report_resolution
 from .runner_link import NullRunnerLink, RunnerLink
 from .self_checks import SelfChecks
 from .state_files import clear_runtime_config, metadata_document, read_resolved_count, write_runtime_config
-from .task_dirs import LOG_DIR, remove_leftover_spares
+from .task_dirs import LOG_DIR, LOG_NAME, remove_leftover_spares
 from .termination import TerminationCheck
 from .watchdog import BACKSTOP_GRACE, Watchdog
 
@@ -625,7 +625,7 @@ class Worker:
             credentials=claim["credentials"],
             taken_until=parse_iso(claim["takenUntil"]),
             task_dir=task_dir,
-            log=TaskLog(task_dir / LOG_DIR / "live_backing.log", style=executor.log_style),
+            log=TaskLog(task_dir / LOG_DIR / LOG_NAME, style=executor.log_style),
         )
         run.data.worker_metadata = self.metadata()
         run.data.phases.claimed(claim, at=started)

@@ -8,10 +8,16 @@ beside the task directories), and the next claim renames it into place.
 
 Only a directory exactly as this worker makes it is recycled: owned by the worker's user and group, with the
 mode a fresh one gets, without extended attributes (so without ACLs: a default ACL the task set must not
-reach the next run's files), holding nothing but an empty ``generic-worker/`` of the same kind.  Anything
+reach the next run's files), holding nothing but a ``generic-worker/`` of the same kind.  Anything
 else (the multiuser engine gives the directory to the task user; the task chmodded it) is removed as
 before, and a fresh one is made.  A spare is as empty as a fresh directory; what could still reach it is
 only what could reach a fresh one: the same user (tasks sharing a user share everything it can write).
+
+The previous run's log file stays too, emptied, when nothing but this worker ever held it (:meth:`_kept_log`):
+the next run's log then opens an existing file.  Creating a file is where an ext4 without a journal is slow:
+it skips every inode freed in the last minutes before it allocates one, 0.4-0.6 ms per task once a worker has
+run for a while (issue 13; ``recently_deleted`` in ``fs/ext4/ialloc.c``).  The emptying happens under the
+spare's name, so whatever still reaches the run's files by path finds nothing there.
 
 Spares live as long as the worker: :meth:`TaskDirs.discard` removes them at exit, and a worker's start
 removes what a killed one left (:func:`remove_leftover_spares`).
@@ -19,9 +25,11 @@ removes what a killed one left (:func:`remove_leftover_spares`).
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import os
 import shutil
+import signal
 import stat
 from pathlib import Path
 
@@ -29,6 +37,8 @@ from .small_tree import BUDGET, DIR_FLAGS, clear_dir, remove_small_tree
 
 #: The task log's directory inside each task directory (generic-worker's layout).
 LOG_DIR = "generic-worker"
+#: The task log's file in :data:`LOG_DIR`.
+LOG_NAME = "live_backing.log"
 #: Names of spare directories; never a name a run's directory gets (``task_…``).
 SPARE_PREFIX = ".megalodon-spare-"
 #: Spares kept at most: a run's start may come before the previous run's cleanup at capacity > 1, and more
@@ -74,19 +84,39 @@ class TaskDirs:
         except OSError:
             return False
         try:
-            if not self._as_made(fd) or not self._empty_log_dir(fd):
-                return False
-            if clear_dir(fd, BUDGET, keep=LOG_DIR) is None:
-                return False
+            return self._recycle(task_dir, fd)
         except OSError:
             return False
         finally:
             os.close(fd)
-        spare = task_dir.parent / f"{SPARE_PREFIX}{os.getpid()}-{next(self._names)}"
-        try:
-            os.rename(task_dir, spare)
-        except OSError:
+
+    def _recycle(self, task_dir: Path, fd: int) -> bool:
+        if not self._as_made(fd):
             return False
+        try:
+            log_fd = os.open(LOG_DIR, DIR_FLAGS, dir_fd=fd)
+        except FileNotFoundError:
+            log_fd = None
+        except OSError:  # a symlink or a file in its place: not as made
+            return False
+        try:
+            if log_fd is not None and (not self._as_made(log_fd) or clear_dir(log_fd, BUDGET, keep=LOG_NAME) is None):
+                return False
+            if clear_dir(fd, BUDGET, keep=LOG_DIR) is None:
+                return False
+            spare = task_dir.parent / f"{SPARE_PREFIX}{os.getpid()}-{next(self._names)}"
+            os.rename(task_dir, spare)
+            if log_fd is not None and not self._kept_log(log_fd):
+                try:
+                    os.unlink(LOG_NAME, dir_fd=log_fd)
+                except FileNotFoundError:
+                    pass
+                except OSError:  # a log the next run would append to: back, for the caller to remove
+                    os.rename(spare, task_dir)
+                    return False
+        finally:
+            if log_fd is not None:
+                os.close(log_fd)
         self._spares.append(spare)
         return True
 
@@ -94,23 +124,44 @@ class TaskDirs:
         found = os.fstat(fd)
         if (found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)) != self._made:
             return False
-        try:
-            return not os.listxattr(fd)
-        except OSError:  # a filesystem without extended attributes has no ACLs either
-            return True
+        return _no_xattrs(fd)
 
-    def _empty_log_dir(self, task_fd: int) -> bool:
-        """Empty the task directory's :data:`LOG_DIR` if it is as made (True), or True when there is none."""
+    def _kept_log(self, log_fd: int) -> bool:
+        """Empty the previous run's log in place (True) if it is the file this worker wrote and closed.
+
+        It must be a regular file with one name, the worker's owner and the mode a fresh log gets, without
+        extended attributes; and no open file description of it may exist but this one: a write lease is
+        granted only then.  A live log reader still streaming the finished log, or a descriptor a task process
+        got hold of, keeps the file from being reused (it is unlinked as before, and the reader keeps its
+        bytes).  While the lease is held a concurrent open waits for it; the signal that tells the holder
+        is SIGURG, ignored by default (SIGIO, the default, would kill the worker).
+        """
+        assert self._made is not None
         try:
-            fd = os.open(LOG_DIR, DIR_FLAGS, dir_fd=task_fd)
-        except FileNotFoundError:
-            return True
-        except OSError:  # a symlink or a file in its place: not as made
+            found = os.stat(LOG_NAME, dir_fd=log_fd, follow_symlinks=False)
+        except OSError:
+            return False
+        expected = (self._made[0], self._made[1], self._made[2] & 0o666)  # what open(..., "ab") makes
+        if not stat.S_ISREG(found.st_mode) or (found.st_uid, found.st_gid, stat.S_IMODE(found.st_mode)) != expected:
             return False
         try:
-            return self._as_made(fd) and clear_dir(fd, BUDGET) is not None
+            fd = os.open(LOG_NAME, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=log_fd)
+        except OSError:
+            return False
+        try:
+            opened = os.fstat(fd)
+            if (opened.st_dev, opened.st_ino, opened.st_nlink) != (found.st_dev, found.st_ino, 1):
+                return False
+            fcntl.fcntl(fd, fcntl.F_SETSIG, signal.SIGURG)
+            fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)  # EAGAIN while another description is open
+            if not _no_xattrs(fd):
+                return False
+            os.ftruncate(fd, 0)
+        except OSError:  # no leases here (NFS, leases-enable off): removed and made anew, as before
+            return False
         finally:
-            os.close(fd)
+            os.close(fd)  # releases the lease
+        return True
 
     def discard(self) -> None:
         """Remove the spares (the worker exits); blocking: run it in a thread."""
@@ -118,6 +169,13 @@ class TaskDirs:
             spare = self._spares.pop()
             if not remove_small_tree(spare):  # empty when kept: only a hand could have filled it since
                 shutil.rmtree(spare, ignore_errors=True)
+
+
+def _no_xattrs(fd: int) -> bool:
+    try:
+        return not os.listxattr(fd)
+    except OSError:  # a filesystem without extended attributes has no ACLs either
+        return True
 
 
 def remove_leftover_spares(tasks_dir: Path) -> None:
@@ -134,4 +192,4 @@ def remove_leftover_spares(tasks_dir: Path) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
-__all__ = ["LOG_DIR", "SPARES", "SPARE_PREFIX", "TaskDirs", "remove_leftover_spares"]
+__all__ = ["LOG_DIR", "LOG_NAME", "SPARES", "SPARE_PREFIX", "TaskDirs", "remove_leftover_spares"]
