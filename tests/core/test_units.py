@@ -100,6 +100,25 @@ def test_secret_split_across_writes_is_masked(tmp_path: Path, split: int) -> Non
     assert text.startswith(b"xx [REDACTED] yy abcdef[taskcluster ")
 
 
+def test_only_a_write_ending_in_a_secrets_byte_is_held_back(tmp_path: Path) -> None:
+    """A write whose last byte no secret holds reaches the sinks whole (most end in a newline); one ending in
+    a secret's start is held until the next write tells, even when that byte is a newline the secret holds."""
+    log = TaskLog(tmp_path / "log")
+    seen: list[bytes] = []
+    log.add_secret("abc\ndef-token")
+    log.add_secret("zzzzzz")
+    log.add_sink(seen.append)
+    log.write(b"plain line\n")
+    assert seen == [b"plain line\n"]  # "\n" is in the first secret, but no tail of this is its start
+    log.write(b"then qqq")
+    assert seen[-1] == b"then qqq"  # "q" is in no secret: nothing searched, nothing held
+    log.write(b"x abc\n")
+    assert seen[-1] == b"x "  # "abc\n" may begin the first secret
+    log.write(b"def-token y\n")
+    log.close()
+    assert (tmp_path / "log").read_bytes() == b"plain line\nthen qqqx [REDACTED] y\n"
+
+
 @pytest.mark.parametrize("where", ["middle", "split at the chunk end", "absent", "repetitive output"])
 def test_secrets_in_big_chunks_are_masked_as_in_small_ones(tmp_path: Path, where: str) -> None:
     """Chunks past PROBE_MIN are first checked for a few bytes of each secret (a chunk lacking one cannot
