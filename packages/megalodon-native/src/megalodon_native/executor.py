@@ -107,10 +107,11 @@ class NativeRun(ExecutorRun[Any]):
             **meta.get("megalodon", {}),
             "engine": self.worker.config.extra("nativeEngine", "insecure"),
         }
-        run.log.info(f"Worker Type ({self.worker.config.task_queue_id}) settings:")
-        run.log.info(_settings_text(meta))
-        run.log.info(f"Task ID: {run.task_id}")
-        run.log.info("=== Task Starting ===")
+        # One write of the four messages: the same lines, each with its prefix, masked once.
+        run.log.info(
+            f"Worker Type ({self.worker.config.task_queue_id}) settings:\n{_settings_text(meta)}\n"
+            f"Task ID: {run.task_id}\n=== Task Starting ==="
+        )
 
     def parse_payload(self, raw: Any) -> Any:
         run = self.task_run
@@ -301,8 +302,7 @@ class NativeRun(ExecutorRun[Any]):
                     raise Failure(f"exit status {result.exit_code}")
         finally:
             await processes.kill()  # daemons the commands left: nothing outlives the commands
-            run.log.info("=== Task Finished ===")
-            run.log.info(f"Task Duration: {go_duration(time.monotonic() - started)}")
+            run.log.info(f"=== Task Finished ===\nTask Duration: {go_duration(time.monotonic() - started)}")
 
     def artifacts(self) -> Artifacts:
         if not self.parsed:  # malformed payload: nothing ran
