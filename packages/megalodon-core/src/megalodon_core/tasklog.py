@@ -81,7 +81,7 @@ class TaskLog:
         self._file: BinaryIO | None = _open_log(path)
         self._sinks: list[Sink] = []
         self._secrets: list[bytes] = []
-        #: Each secret's probe bytes (:data:`PROBE_MIN`).
+        #: Each secret's probe bytes (:data:`PROBE_MIN`), worked out at the first big chunk: most logs have none.
         self._probes: dict[bytes, bytes] = {}
         #: Every byte value some secret holds: a write ending in another byte cannot end in a secret's start.
         self._secret_bytes: frozenset[int] = frozenset()
@@ -112,7 +112,6 @@ class TaskLog:
         if len(raw) >= MIN_SECRET_LENGTH and raw not in self._secrets:
             self._secrets.append(raw)
             self._secrets.sort(key=len, reverse=True)
-            self._probes[raw] = _probes(raw)
             self._secret_bytes = self._secret_bytes.union(raw)
 
     def _redact(self, data: bytes) -> bytes:
@@ -120,8 +119,12 @@ class TaskLog:
         self._held = b""
         big = len(data) >= PROBE_MIN
         for secret in self._secrets:
-            if big and not all(byte in data for byte in self._probes[secret]):
-                continue  # a byte of it is nowhere in the chunk
+            if big:
+                probes = self._probes.get(secret)
+                if probes is None:
+                    probes = self._probes[secret] = _probes(secret)
+                if not all(byte in data for byte in probes):
+                    continue  # a byte of it is nowhere in the chunk
             data = data.replace(secret, REDACTED)
         # Hold back the longest tail that is the beginning of a secret: the next write may complete it.
         # Only positions holding the secret's first byte can start one, so look at those alone; and only a
