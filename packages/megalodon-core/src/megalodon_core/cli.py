@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -94,16 +95,40 @@ def main_callback(
         bool, typer.Option("--verbose", "-v", help="Debug logging (`run` logs the worker's activity without it).")
     ] = False,
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(asctime)sZ %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_TextFormatter(LOG_FORMAT))
+    # The worker's log formats name no source line, thread or process: the logging documentation's
+    # "Optimization" settings skip looking them up for every record (finding the caller walks the stack
+    # and costs more than the rest of a line).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     if verbose:
         # Libraries' debug lines add nothing an operator needs, and the taskcluster client's would print
         # request headers (Hawk's ext carries temporary credentials' certificates).
         for name in QUIET_LIBRARIES:
             logging.getLogger(name).setLevel(logging.INFO)
+
+
+#: The worker log's line format (``--log-format json`` replaces it).
+LOG_FORMAT = "%(asctime)sZ %(levelname)s %(name)s: %(message)s"
+
+
+class _TextFormatter(logging.Formatter):
+    """The standard formatter with its time text made once per second: a busy worker logs two lines per
+    task, and ``strftime`` is most of a line's cost."""
+
+    _second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if self._second[0] != second:
+            self._second = (second, time.strftime(self.default_time_format, self.converter(record.created)))
+        return f"{self._second[1]},{int(record.msecs):03d}"  # default_msec_format, "%s,%03d"
 
 
 #: Loggers kept at INFO under ``-v``.
