@@ -56,6 +56,54 @@ def test_create_writes_the_owner_marker_and_removal_drops_it(tmp_path: Path, mon
     assert not (tmp_path / "owners" / name).exists()
 
 
+def test_a_finished_cgroups_marker_is_the_next_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The marker of a removed cgroup is renamed aside (a spare, this process's marker still) and renamed into
+    place for the next cgroup: the same file, no file made or unlinked per task."""
+    host = _fake_v2(tmp_path, monkeypatch)
+    owners = tmp_path / "owners"
+    first = host.create(task_cgroup_name("T", 0))
+    inode = (owners / first.name).stat().st_ino
+    assert first.try_rmdir()
+    spares = [p.name for p in owners.iterdir()]
+    assert len(spares) == 1 and spares[0].startswith(cgroups.SPARE_MARKER_PREFIX)
+    second = host.create(task_cgroup_name("T", 1))
+    assert [p.name for p in owners.iterdir()] == [second.name]
+    assert (owners / second.name).stat().st_ino == inode
+    assert (owners / second.name).read_text() == owner_marker()
+
+
+def test_a_marker_this_process_did_not_place_is_unlinked_not_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recovery removes a dead worker's cgroup: its marker names that worker, and must never become the
+    marker of a cgroup of this one (a sweep would take the live cgroup for an orphan)."""
+    host = _fake_v2(tmp_path, monkeypatch)
+    owners = tmp_path / "owners"
+    name = task_cgroup_name("T", 0)
+    (host.root / cgroups.BASE / name).mkdir(parents=True)
+    (owners / name).parent.mkdir(exist_ok=True)
+    (owners / name).write_text(_dead_marker())
+    group = host.existing(name)
+    assert group is not None and group.try_rmdir()
+    assert list(owners.iterdir()) == []
+    fresh = host.create(task_cgroup_name("T", 1))
+    assert (owners / fresh.name).read_text() == owner_marker()
+
+
+def test_the_sweep_removes_the_spare_markers_of_workers_that_are_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host = _fake_v2(tmp_path, monkeypatch)
+    owners = tmp_path / "owners"
+    owners.mkdir()
+    (owners / f"{cgroups.SPARE_MARKER_PREFIX}1-0").write_text(_dead_marker())
+    (owners / f"{cgroups.SPARE_MARKER_PREFIX}{os.getpid()}-0").write_text(owner_marker())
+    (owners / "notes.txt").write_text("not a marker of ours")
+    (host.root / cgroups.BASE).mkdir(exist_ok=True)
+    host.sweep_orphans()
+    assert sorted(p.name for p in owners.iterdir()) == [f"{cgroups.SPARE_MARKER_PREFIX}{os.getpid()}-0", "notes.txt"]
+
+
 def test_v2_sweep_removes_only_empty_unowned_task_cgroups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     host = _fake_v2(tmp_path, monkeypatch)
     base = tmp_path / "cg" / "megalodon"

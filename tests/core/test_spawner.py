@@ -341,7 +341,7 @@ async def test_slow_passages_are_given_up_for_the_spawner(
 def _fake_freezer(tmp_path: Path, home: str, root: str) -> cgroups.TaskCgroup:
     """A task cgroup in a fake v1 freezer tree: joining writes a regular file (nothing moves), this
     process's own cgroup (``/worker``, set in the cache of :func:`cgroups._own_cgroup`) and the root
-    accept writes or refuse them as ``home`` and ``root`` say.  Clear ``cgroups._own_cgroups`` after."""
+    accept writes or refuse them as ``home`` and ``root`` say.  Call ``cgroups._forget_home()`` after."""
     mount = tmp_path / "freezer"
     task = mount / cgroups.BASE / "task-fake"
     task.mkdir(parents=True)
@@ -360,6 +360,27 @@ def _fake_freezer(tmp_path: Path, home: str, root: str) -> cgroups.TaskCgroup:
     return cgroups.TaskCgroup(host, "task-fake", [task])
 
 
+def test_the_way_home_is_opened_once_per_process(tmp_path: Path) -> None:
+    """Every passage goes back through the same kept descriptor; one that failed is forgotten with the rest."""
+    group = _fake_freezer(tmp_path, home="accept", root="accept")
+    fds = group.open_procs()
+    try:
+        first = group.home_procs()
+        for _ in range(3):
+            with group.passage(fds) as inside:
+                assert inside
+        assert group.home_procs() == first and len(first) == 1
+        os.fstat(first[0])  # still open: not closed by a passage
+        # A regular file stands for cgroup.procs: the one descriptor wrote all three ways home.
+        assert (group.host.mounts["freezer"] / "worker" / "cgroup.procs").read_text() == "000"
+    finally:
+        for fd in fds:
+            os.close(fd)
+        cgroups._forget_home()
+    with pytest.raises(OSError):
+        os.fstat(first[0])
+
+
 def test_a_worker_that_cannot_go_home_goes_to_the_freezer_root(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -371,7 +392,7 @@ def test_a_worker_that_cannot_go_home_goes_to_the_freezer_root(
     finally:
         for fd in fds:
             os.close(fd)
-        cgroups._own_cgroups.clear()
+        cgroups._forget_home()
     assert (group.dirs[0] / "cgroup.procs").read_text() == "0", "it went in"
     assert (group.host.mounts["freezer"] / "cgroup.procs").read_text() == "0", "it went to the root"
     assert "could not go back to its own freezer cgroup" in caplog.text

@@ -32,6 +32,8 @@ time), a file named after the cgroup in :data:`OWNERS_DIR`, written before the c
 no regular files.  A worker killed without a later recovery run leaves its empty cgroups behind; at start,
 :meth:`CgroupHost.sweep_orphans` removes every empty ``megalodon/task-<digest>`` whose owner is no live
 process.  Nothing outside ``megalodon/``, and nothing not named as megalodon names its cgroups, is touched.
+A worker keeps the markers of its finished cgroups as spares (``.spare-<pid>-<n>``, the same text) and renames
+one into place for its next cgroup; the sweep removes the spares of workers that are gone.
 
 Everything here blocks on small pseudo-files: callers run it in a thread (``asyncio.to_thread``).
 """
@@ -42,6 +44,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import re
@@ -140,7 +143,7 @@ class CgroupHost:
             self._enable_v2_controllers()
         # The marker first: a sweep by another worker starting now never sees this cgroup without an owner.
         try:
-            _write_marker(self.owners, name, owner_marker())
+            _place_marker(self.owners, name)
         except OSError as exc:
             raise CgroupError(f"could not write the owner marker {self.owners / name}: {exc.strerror or exc}") from exc
         dirs: list[Path] = []
@@ -193,15 +196,33 @@ class CgroupHost:
                 removed.append(name)
             else:
                 log.warning("leftover task cgroup %s of no live worker still holds processes: kept", name)
-        # Markers of cgroups that no longer exist (removed by hand, or by a worker killed before the unlink).
+        # Markers of cgroups that no longer exist (removed by hand, or by a worker killed before the unlink),
+        # and the spare markers of workers that are gone.
         if self.owners.is_dir():
             for marker in self.owners.iterdir():
-                if TASK_NAME.fullmatch(marker.name) and marker.name not in names and not marker_alive(_read(marker)):
+                kind = TASK_NAME.fullmatch(marker.name) or marker.name.startswith(SPARE_MARKER_PREFIX)
+                if kind and marker.name not in names and not marker_alive(_read(marker)):
                     with contextlib.suppress(OSError):
                         marker.unlink()
         return removed
 
     def drop_marker(self, name: str) -> None:
+        """The marker goes: one this process placed is kept as a spare for its next cgroup (renamed aside,
+        :data:`SPARE_MARKER_PREFIX`), any other (a dead worker's, found by recovery) is unlinked."""
+        key = (os.getpid(), self.owners)
+        spares = _spare_markers.setdefault(key, [])
+        if name in _placed.get(key, ()) and len(spares) < SPARE_MARKERS:
+            _placed[key].discard(name)
+            spare = f"{SPARE_MARKER_PREFIX}{key[0]}-{next(_spare_names)}"
+            try:
+                os.rename(f"{self.owners}/{name}", f"{self.owners}/{spare}")
+                spares.append(spare)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                pass
+        _placed.get(key, set()).discard(name)
         with contextlib.suppress(OSError):
             (self.owners / name).unlink()
 
@@ -221,6 +242,34 @@ class CgroupHost:
                 (directory / "cgroup.subtree_control").write_text(wanted)
             except OSError as exc:
                 log.warning("could not enable %s in %s/cgroup.subtree_control: %s", wanted, directory, exc)
+
+
+#: Names of kept markers (never a task cgroup's name): ``.spare-<pid>-<n>``, holding their process's marker.
+SPARE_MARKER_PREFIX = ".spare-"
+#: Spare markers kept per process at most (one per run in flight is enough).
+SPARE_MARKERS = 4
+#: This process's spare markers and the markers it placed, by (pid, owners directory).
+_spare_markers: dict[tuple[int, Path], list[str]] = {}
+_placed: dict[tuple[int, Path], set[str]] = {}
+_spare_names = itertools.count()
+
+
+def _place_marker(owners: Path, name: str) -> None:
+    """``owners/name`` holding this process's marker: a spare of this process's renamed into place, else
+    written.  A marker is the same text for every cgroup of a process, and a rename costs a fraction of
+    creating a file and unlinking it (issue 13: on ext4 an inode allocation skips every recently freed one)."""
+    key = (os.getpid(), owners)
+    spares = _spare_markers.get(key)
+    while spares:
+        spare = spares.pop()
+        try:
+            os.rename(f"{owners}/{spare}", f"{owners}/{name}")
+            break
+        except OSError:  # removed by hand or by a sweep: write one
+            continue
+    else:
+        _write_marker(owners, name, owner_marker())
+    _placed.setdefault(key, set()).add(name)
 
 
 def _write_marker(owners: Path, name: str, text: str) -> None:
@@ -290,23 +339,30 @@ class TaskCgroup:
             raise CgroupError(f"could not open {directory}/cgroup.procs: {exc.strerror or exc}") from exc
         return fds
 
-    def open_home_procs(self) -> list[int]:
+    def home_procs(self) -> list[int]:
         """Where this process goes back to after a :meth:`passage`: a write-only descriptor of its own
         ``cgroup.procs`` for each of :attr:`dirs` — only for a v1 cgroup in the freezer alone.
 
         Empty otherwise: in a memory cgroup the kernel's OOM killer may pick any member, and v2 kills a whole
         cgroup in one write (``cgroup.kill``) that could spare no passer-by.
+
+        The descriptor is opened once per process and kept (:data:`_home_fds`; not the caller's to close): the
+        way home is the same for every passage, and an open and a close of it were a tenth of a passage.
         """
         if self.host.version != 1 or self.dirs != [self._kill_dir] or "freezer" not in self.host.mounts:
             return []
         home = _own_cgroup("freezer")
         if home is None:
             return []
-        try:
-            procs = self.host.mounts["freezer"] / home.lstrip("/") / "cgroup.procs"
-            return [os.open(procs, os.O_WRONLY | os.O_CLOEXEC)]
-        except OSError:
-            return []
+        mount = self.host.mounts["freezer"]
+        key = (os.getpid(), mount, home)
+        fd = _home_fds.get(key)
+        if fd is None:
+            try:
+                fd = _home_fds[key] = os.open(mount / home.lstrip("/") / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            except OSError:
+                return []
+        return [fd]
 
     @contextlib.contextmanager
     def passage(self, join: list[int]) -> Iterator[bool]:
@@ -315,16 +371,15 @@ class TaskCgroup:
         cheapest way to start a command in its cgroup (issue 13).  ``join`` is :meth:`open_procs`.
 
         Yields False, having moved nothing, where a passage is not safe or not cheap: anything but a v1
-        freezer cgroup alone (:meth:`open_home_procs`), while a :meth:`kill` freezes a cgroup, when the write
+        freezer cgroup alone (:meth:`home_procs`), while a :meth:`kill` freezes a cgroup, when the write
         is refused, and for good after :data:`SLOW_MIGRATIONS` slow passages in a row.  The block must not
         await: nothing else of the worker runs while it is inside, and :meth:`kill` waits for the way out.
         """
-        homes: list[int] = []
         if _MIGRATE[1] or len(join) != 1 or not _PASSAGE.acquire(blocking=False):
             yield False
             return
         try:
-            homes = self.open_home_procs()
+            homes = self.home_procs()
             begin = time.monotonic()
             try:
                 entered = bool(homes) and os.write(join[0], b"0") == 1
@@ -350,8 +405,6 @@ class TaskCgroup:
                         MIGRATION_SLOW * 1000,
                     )
         finally:
-            for fd in homes:
-                os.close(fd)
             _PASSAGE.release()
 
     def open_dir(self) -> int | None:
@@ -514,7 +567,7 @@ def _leave(home: int, group: TaskCgroup) -> None:
         )
         logging.shutdown()
         os._exit(EXIT_STUCK_IN_TASK_CGROUP)
-    _own_cgroups.clear()  # now in the root: the next passage comes back there
+    _forget_home()  # now in the root: the next passage comes back there
     log.error(
         "the worker could not go back to its own freezer cgroup (%s) after starting a command of %s: it is now "
         "in the freezer hierarchy's root",
@@ -525,6 +578,17 @@ def _leave(home: int, group: TaskCgroup) -> None:
 
 #: This process's own cgroup in each v1 hierarchy, by pid (a forked child reads its own).
 _own_cgroups: dict[int, dict[str, str]] = {}
+#: Kept descriptors of the way home after a passage (:meth:`TaskCgroup.home_procs`), by (pid, freezer mount,
+#: own cgroup): a forked child, or a process that moved, opens its own.
+_home_fds: dict[tuple[int, Path, str], int] = {}
+
+
+def _forget_home() -> None:
+    """This process's own cgroups are to be read again, and the way home opened again."""
+    _own_cgroups.clear()
+    while _home_fds:
+        with contextlib.suppress(OSError):
+            os.close(_home_fds.popitem()[1])
 
 
 def _own_cgroup(controller: str) -> str | None:
