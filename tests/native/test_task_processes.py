@@ -68,3 +68,59 @@ async def test_kill_still_kills_every_process_in_the_cgroup() -> None:
         assert member.returncode is not None
     finally:
         await _stop(member)
+
+
+async def test_an_empty_cgroup_is_removed_when_the_commands_end() -> None:
+    """The common end: nothing is left, so kill() removes the cgroup at once (the removal is the emptiness
+    test) and remove() has nothing more to do."""
+    processes = TaskProcesses(f"empty-{uuid.uuid4().hex[:10]}", 0, _Config())
+    await processes.create()
+    assert processes.cgroup is not None
+    dirs = list(processes.cgroup.dirs)
+    await processes.kill()
+    assert not any(d.exists() for d in dirs)
+    await processes.remove()
+
+
+async def test_with_shells_the_cgroup_stays_until_cleanup_and_kill_still_kills() -> None:
+    """An interactive shell may join the cgroup after the commands: kill() kills its members but keeps it."""
+    processes = TaskProcesses(f"shells-{uuid.uuid4().hex[:10]}", 0, _Config(), shells=True)
+    await processes.create()
+    assert processes.cgroup is not None
+    dirs = list(processes.cgroup.dirs)
+    await processes.kill()
+    assert all(d.is_dir() for d in dirs)
+    member = await _sleeper()
+    try:
+        for fd in processes.cgroup.open_procs():
+            try:
+                os.write(fd, str(member.pid).encode())
+            finally:
+                os.close(fd)
+        await processes.kill()
+        await asyncio.wait_for(member.wait(), 30)
+        assert all(d.is_dir() for d in dirs)
+        await processes.remove()
+        assert not any(d.exists() for d in dirs)
+    finally:
+        await _stop(member)
+
+
+async def test_a_busy_cgroup_is_killed_by_kill_and_removed_by_remove() -> None:
+    processes = TaskProcesses(f"busy-{uuid.uuid4().hex[:10]}", 0, _Config())
+    await processes.create()
+    assert processes.cgroup is not None
+    dirs = list(processes.cgroup.dirs)
+    member = await _sleeper()
+    try:
+        for fd in processes.cgroup.open_procs():
+            try:
+                os.write(fd, str(member.pid).encode())
+            finally:
+                os.close(fd)
+        await processes.kill()
+        await asyncio.wait_for(member.wait(), 30)
+        await processes.remove()
+        assert not any(d.exists() for d in dirs)
+    finally:
+        await _stop(member)

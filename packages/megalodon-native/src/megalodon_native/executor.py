@@ -263,7 +263,9 @@ class NativeRun(ExecutorRun[Any]):
         run = self.task_run
         payload = self.payload
         env = self.environment()
-        processes = self.processes = TaskProcesses(run.task_id, run.run_id, self.worker.config)
+        processes = self.processes = TaskProcesses(
+            run.task_id, run.run_id, self.worker.config, shells=payload.features.interactive
+        )
         await processes.create()
         started = time.monotonic()
         try:

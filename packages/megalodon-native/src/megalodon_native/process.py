@@ -40,12 +40,17 @@ _warned: list[bool] = []
 class TaskProcesses:
     """One run's process boundary; ``cgroup`` is None on hosts without cgroups (process groups then)."""
 
-    def __init__(self, task_id: str, run_id: int, config: Any) -> None:
+    def __init__(self, task_id: str, run_id: int, config: Any, *, shells: bool = False) -> None:
+        """``shells``: processes may still join the cgroup after :meth:`kill` (interactive shells do), so it
+        stays until :meth:`remove`."""
         self.name = cgroups.task_cgroup_name(task_id, run_id)
         self.memory_limit = memory_limit_bytes(config)
         self.cgroup: TaskCgroup | None = None
         self.groups: set[int] = set()
         self._oom_seen = 0
+        self._shells = shells
+        #: The cgroup is gone already: :meth:`kill` found it empty and removed it.
+        self._removed = False
 
     async def create(self) -> None:
         """Make the run's cgroup (with the memory limit when configured).
@@ -84,10 +89,18 @@ class TaskProcesses:
         """
         if self.cgroup is not None:
             try:
-                # An empty cgroup stays empty (only a member can fork into it): nothing to freeze or kill,
-                # and no thread hop for the common case of commands that left nothing behind.
-                if self.cgroup.pids():
-                    await asyncio.to_thread(self.cgroup.kill)
+                if self._removed:
+                    return
+                if not self._shells:
+                    # The common end: the commands left nothing.  An empty cgroup stays empty (only a member
+                    # can fork into it) and the kernel removes only an empty one, so its removal is the test:
+                    # no read of cgroup.procs, nothing to freeze or kill, no thread hop.
+                    if self.cgroup.try_rmdir():
+                        self._removed = True
+                        return
+                elif not self.cgroup.pids():
+                    return
+                await asyncio.to_thread(self.cgroup.kill)
                 return
             except CgroupError as exc:
                 log.error("task cgroup %s: %s; killing the commands' process groups instead", self.name, exc)
@@ -107,6 +120,8 @@ class TaskProcesses:
         :meth:`kill` ran after them) is removed at once, a busy one is killed and removed in a thread."""
         if self.cgroup is None:
             await self.kill()
+            return
+        if self._removed:
             return
         try:
             if not self.cgroup.try_rmdir():  # busy: something is left, or a killed process is being torn down
