@@ -179,3 +179,39 @@ def test_a_record_file_holds_the_records_fields_as_json(tmp_path: Path) -> None:
     journal.record(record)
     assert json.loads((tmp_path / "claims" / "task-a-3.json").read_text()) == asdict(record)
     assert journal.entries() == [record]
+
+
+def test_overwrite_leaves_exactly_the_new_bytes_whatever_was_there(tmp_path: Path) -> None:
+    """Cut only when the file was longer (a truncate that changes nothing still rewrites the inode): the
+    bytes are the new ones in every case, with the size given or looked up."""
+    import os
+
+    from megalodon_core.journal import overwrite
+
+    path = tmp_path / "f"
+    for before, after, given in [
+        (b"a longer old text", b"new", False),
+        (b"a longer old text", b"new", True),
+        (b"ab", b"abcdef", False),
+        (b"same", b"SAME", True),
+        (b"", b"fresh", True),
+    ]:
+        path.write_bytes(before)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            overwrite(fd, after, size=len(before) if given else None)
+        finally:
+            os.close(fd)
+        assert path.read_bytes() == after
+
+
+def test_a_state_file_someone_opened_up_is_made_private_again(tmp_path: Path) -> None:
+    import stat
+
+    from megalodon_core.worker.state_files import write_private
+
+    path = tmp_path / "worker-status.json"
+    path.write_text("{}")
+    path.chmod(0o644)
+    write_private(path, '{"currentTaskIds": []}\n')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600 and path.read_text() == '{"currentTaskIds": []}\n'

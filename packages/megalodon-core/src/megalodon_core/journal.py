@@ -29,17 +29,21 @@ from typing import Any
 from .cgroup import CgroupError, kill_task_cgroup
 
 
-def overwrite(fd: int, data: bytes) -> None:
-    """Make the file behind ``fd`` hold exactly ``data``: written from offset 0, then cut to length.
+def overwrite(fd: int, data: bytes, size: int | None = None) -> None:
+    """Make the file behind ``fd`` hold exactly ``data``: written from offset 0, then cut to length if it
+    was longer.  ``size``: the file's size when the caller knows it (else it is looked up).
 
     Never truncated to zero first: on ext4 a file truncated to zero and rewritten is flushed to disk at close
     (``auto_da_alloc``), 20x the cost of the write, and the worker rewrites its small files on every task
-    (issue 13).
+    (issue 13).  Nor cut when it was not longer: a truncate that changes nothing still rewrites the inode.
     """
+    if size is None:
+        size = os.fstat(fd).st_size
     written = 0
     while written < len(data):
         written += os.pwrite(fd, data[written:], written)
-    os.ftruncate(fd, len(data))
+    if size > len(data):
+        os.ftruncate(fd, len(data))
 
 
 @dataclass
@@ -91,7 +95,7 @@ class ClaimJournal:
         fd, tmp = reused if reused is not None else tempfile.mkstemp(dir=self.directory, prefix=".claim-")
         try:
             try:
-                overwrite(fd, data)
+                overwrite(fd, data, size=0)  # an emptied record or a new file
             finally:
                 os.close(fd)
             os.replace(tmp, self._path(entry.task_id, entry.run_id))
@@ -109,11 +113,9 @@ class ClaimJournal:
             return
         self._freed += 1
         try:
-            fd = os.open(free, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                os.ftruncate(fd, 0)
-            finally:
-                os.close(fd)
+            # By name, one call: the directory is the worker's alone (0700), so what it names is the file just
+            # renamed (a process able to put a link here could write the journal itself).
+            os.truncate(free, 0)
         except OSError:
             with contextlib.suppress(OSError):
                 free.unlink()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,10 @@ def write_private(path: Path, text: str) -> None:
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        os.fchmod(fd, 0o600)
-        overwrite(fd, text.encode())
+        found = os.fstat(fd)
+        if stat.S_IMODE(found.st_mode) != 0o600:  # a look is cheaper than a chmod that changes nothing
+            os.fchmod(fd, 0o600)
+        overwrite(fd, text.encode(), size=found.st_size)
     finally:
         os.close(fd)
 
