@@ -85,6 +85,19 @@ class CommandResult:
         return not self.aborted and self.system_error is None and self.exit_code == 0
 
 
+_READ = threading.local()
+
+
+def _read_buffer() -> tuple[bytearray, memoryview]:
+    """A pipe-sized buffer for this thread's reads (an event loop's thread: one read at a time)."""
+    try:
+        return _READ.buffer  # type: ignore[no-any-return]
+    except AttributeError:
+        buffer = bytearray(PIPE_SIZE)
+        _READ.buffer = (buffer, memoryview(buffer))
+        return _READ.buffer  # type: ignore[no-any-return]
+
+
 class _Output:
     """The command's output pipe, read on the loop: each chunk to ``write`` as it comes, :attr:`closed` at
     EOF.  A reader callback on the descriptor, as asyncio's pipe transport has, without the transport's own
@@ -101,7 +114,10 @@ class _Output:
 
     def _readable(self) -> None:
         try:
-            data = os.read(self._fd, PIPE_SIZE)  # as much as the pipe holds, per wake-up
+            # As much as the pipe holds, per wake-up, into the thread's one buffer: a fresh pipe-sized bytes
+            # per read was a MiB allocated and given back each time.
+            buffer, view = _read_buffer()
+            data = bytes(view[: os.readv(self._fd, [buffer])])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

@@ -45,6 +45,10 @@ REDACTED = b"[REDACTED]"
 MIN_SECRET_LENGTH = 6
 
 _BUFFER = 1 << 20
+#: The log file's write buffer.  Output arrives in chunks of up to a pipe's worth (:mod:`.process`), which
+#: go to the file directly; only small writes are gathered.  Below the allocator's mmap threshold, so a
+#: task's buffer comes from the heap instead of growing and trimming it again for every task.
+_WRITE_BUFFER = 64 << 10
 #: Output chunks at least this big are first checked for a few of the bytes each secret holds: a secret
 #: with a byte the chunk lacks cannot be in it.  ``byte in chunk`` is a memchr scan (tens of GB/s), while
 #: the search for a whole secret runs at 1.5-10 GB/s depending on the output (1.1 ms per MiB for three
@@ -61,10 +65,10 @@ def _open_log(path: Path) -> BinaryIO:
     """The log file, opened for appending (it lives as long as the task); its directory is made only when
     missing (the worker's task directories come with it: no mkdir and stat per task for one that exists)."""
     try:
-        return open(path, "ab", buffering=_BUFFER)
+        return open(path, "ab", buffering=_WRITE_BUFFER)
     except FileNotFoundError:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "ab", buffering=_BUFFER)
+        return open(path, "ab", buffering=_WRITE_BUFFER)
 
 
 def _probes(secret: bytes) -> bytes:
@@ -201,7 +205,7 @@ class TaskLog:
         self._unzipped = _BUFFER if self._unzipped is not None else None
         with open(f"/proc/self/fd/{self._file.fileno()}", "rb") as src, open(self.path, "xb") as dst:
             shutil.copyfileobj(src, dst)
-        new = open(self.path, "ab", buffering=_BUFFER)  # noqa: SIM115 - replaces the long-lived handle
+        new = open(self.path, "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115 - replaces the long-lived handle
         self._file.close()
         self._file = new
 
