@@ -59,7 +59,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Bytes of the most recent log output always kept in memory: twice the task log's 1 MiB write buffer.
+#: Bytes of the most recent log output always kept in memory: more than the task log's write buffer holds
+#: (64 KiB) or a pipe read brings (1 MiB), so what readers miss in memory is in the file.
 TAIL_KEEP = 2 << 20
 #: Writes smaller than this are gathered into one chunk of the tail (a task printing a byte at a time must
 #: not make a million-entry tail); bigger ones are kept as they came, never copied.
