@@ -39,6 +39,8 @@ from .small_tree import BUDGET, DIR_FLAGS, clear_dir, remove_small_tree
 LOG_DIR = "generic-worker"
 #: The task log's file in :data:`LOG_DIR`.
 LOG_NAME = "live_backing.log"
+#: Whether this platform has file leases (Linux): without them a log is never reused.
+_LEASES = hasattr(fcntl, "F_SETLEASE") and hasattr(fcntl, "F_SETSIG")
 #: Names of spare directories; never a name a run's directory gets (``task_…``).
 SPARE_PREFIX = ".megalodon-spare-"
 #: Spares kept at most: a run's start may come before the previous run's cleanup at capacity > 1, and more
@@ -137,6 +139,8 @@ class TaskDirs:
         is SIGURG, ignored by default (SIGIO, the default, would kill the worker).
         """
         assert self._made is not None
+        if not _LEASES:
+            return False
         try:
             found = os.stat(LOG_NAME, dir_fd=log_fd, follow_symlinks=False)
         except OSError:
