@@ -87,8 +87,6 @@ class TaskLog:
         self._secrets: list[bytes] = []
         #: Each secret's probe bytes (:data:`PROBE_MIN`), worked out at the first big chunk: most logs have none.
         self._probes: dict[bytes, bytes] = {}
-        #: Every byte value some secret holds: a write ending in another byte cannot end in a secret's start.
-        self._secret_bytes: frozenset[int] = frozenset()
         self._held = b""
         self.bytes_written = 0
         # The gzip shadow following the file (started once the log passes a MiB), and the bytes written since
@@ -116,7 +114,6 @@ class TaskLog:
         if len(raw) >= MIN_SECRET_LENGTH and raw not in self._secrets:
             self._secrets.append(raw)
             self._secrets.sort(key=len, reverse=True)
-            self._secret_bytes = self._secret_bytes.union(raw)
 
     def _redact(self, data: bytes) -> bytes:
         data = self._held + data
@@ -133,7 +130,11 @@ class TaskLog:
         # Hold back the longest tail that is the beginning of a secret: the next write may complete it.
         # Only positions holding the secret's first byte can start one, so look at those alone; and only a
         # write ending in a byte of some secret can end in one (most end in a newline: no search at all).
-        if not data or data[-1] not in self._secret_bytes:
+        last = data[-1:]
+        for secret in self._secrets:
+            if last in secret:  # a byte search (memchr), not a set of each secret's bytes made per task
+                break
+        else:
             return data
         hold = 0
         end = len(data)

@@ -10,7 +10,7 @@ Only a directory exactly as this worker makes it is recycled: owned by the worke
 mode a fresh one gets, without extended attributes (so without ACLs: a default ACL the task set must not
 reach the next run's files), holding nothing but a ``generic-worker/`` of the same kind.  Anything
 else (the multiuser engine gives the directory to the task user; the task chmodded it) is removed as
-before, and a fresh one is made.  A spare is as empty as a fresh directory; what could still reach it is
+before, and a fresh one is made.  A spare is as empty as a fresh directory (a kept log is empty); what could reach it is
 only what could reach a fresh one: the same user (tasks sharing a user share everything it can write).
 
 The previous run's log file stays too, emptied, when nothing but this worker ever held it (:meth:`_kept_log`):
