@@ -29,6 +29,16 @@ async def _sleeper() -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec("sleep", "300", start_new_session=True)
 
 
+def _join(processes: TaskProcesses, pid: int) -> None:
+    """Move ``pid`` into the run's cgroup: what a command's child does before exec, done from outside."""
+    assert processes.cgroup is not None
+    for fd in processes.cgroup.open_procs():
+        try:
+            os.write(fd, str(pid).encode())
+        finally:
+            os.close(fd)
+
+
 async def _stop(proc: asyncio.subprocess.Process) -> None:
     if proc.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -58,11 +68,7 @@ async def test_kill_still_kills_every_process_in_the_cgroup() -> None:
     assert processes.cgroup is not None
     member = await _sleeper()
     try:
-        for fd in processes.cgroup.open_procs():  # what a command's child does before exec, done from outside
-            try:
-                os.write(fd, str(member.pid).encode())
-            finally:
-                os.close(fd)
+        _join(processes, member.pid)
         await processes.remove()
         await asyncio.wait_for(member.wait(), 30)
         assert member.returncode is not None
@@ -92,11 +98,7 @@ async def test_with_shells_the_cgroup_stays_until_cleanup_and_kill_still_kills()
     assert all(d.is_dir() for d in dirs)
     member = await _sleeper()
     try:
-        for fd in processes.cgroup.open_procs():
-            try:
-                os.write(fd, str(member.pid).encode())
-            finally:
-                os.close(fd)
+        _join(processes, member.pid)
         await processes.kill()
         await asyncio.wait_for(member.wait(), 30)
         assert all(d.is_dir() for d in dirs)
@@ -113,11 +115,7 @@ async def test_a_busy_cgroup_is_killed_by_kill_and_removed_by_remove() -> None:
     dirs = list(processes.cgroup.dirs)
     member = await _sleeper()
     try:
-        for fd in processes.cgroup.open_procs():
-            try:
-                os.write(fd, str(member.pid).encode())
-            finally:
-                os.close(fd)
+        _join(processes, member.pid)
         await processes.kill()
         await asyncio.wait_for(member.wait(), 30)
         await processes.remove()
