@@ -85,17 +85,16 @@ class CommandResult:
         return not self.aborted and self.system_error is None and self.exit_code == 0
 
 
-_READ = threading.local()
+class _ReadBuffer(threading.local):
+    """A pipe-sized buffer for each thread's reads (an event loop's thread: one read at a time), made at the
+    thread's first read."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(PIPE_SIZE)
+        self.view = memoryview(self.buffer)
 
 
-def _read_buffer() -> tuple[bytearray, memoryview]:
-    """A pipe-sized buffer for this thread's reads (an event loop's thread: one read at a time)."""
-    try:
-        return _READ.buffer  # type: ignore[no-any-return]
-    except AttributeError:
-        buffer = bytearray(PIPE_SIZE)
-        _READ.buffer = (buffer, memoryview(buffer))
-        return _READ.buffer  # type: ignore[no-any-return]
+_READ = _ReadBuffer()
 
 
 class _Output:
@@ -116,8 +115,7 @@ class _Output:
         try:
             # As much as the pipe holds, per wake-up, into the thread's one buffer: a fresh pipe-sized bytes
             # per read was a MiB allocated and given back each time.
-            buffer, view = _read_buffer()
-            data = bytes(view[: os.readv(self._fd, [buffer])])
+            data = bytes(_READ.view[: os.readv(self._fd, [_READ.buffer])])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

@@ -44,7 +44,8 @@ REDACTED = b"[REDACTED]"
 #: Shorter values are not masked: replacing every "1" or "abc" would shred the log and protect nothing.
 MIN_SECRET_LENGTH = 6
 
-_BUFFER = 1 << 20
+#: Bytes written between two pokes of the gzip shadow (the first one starts it: logs under a MiB have none).
+_SHADOW_STEP = 1 << 20
 #: The log file's write buffer.  Output arrives in chunks of up to a pipe's worth (:mod:`.process`), which
 #: go to the file directly; only small writes are gathered.  Below the allocator's mmap threshold, so a
 #: task's buffer comes from the heap instead of growing and trimming it again for every task.
@@ -178,7 +179,7 @@ class TaskLog:
     def _shadow_feed(self, size: int) -> None:
         assert self._unzipped is not None and self._file is not None
         self._unzipped += size
-        if self._unzipped >= _BUFFER:  # about a buffer's worth has reached the file
+        if self._unzipped >= _SHADOW_STEP:  # another MiB has been written
             self._unzipped = 0
             if self._shadow is None:
                 self._shadow = GzipShadow(self.path.name, self._file.fileno())
@@ -203,7 +204,7 @@ class TaskLog:
         if self._shadow is not None:  # it follows the old file; a new one follows the new file from its start
             self._shadow.abandon()
             self._shadow = None
-        self._unzipped = _BUFFER if self._unzipped is not None else None
+        self._unzipped = _SHADOW_STEP if self._unzipped is not None else None
         with open(f"/proc/self/fd/{self._file.fileno()}", "rb") as src, open(self.path, "xb") as dst:
             shutil.copyfileobj(src, dst)
         new = open(self.path, "ab", buffering=_WRITE_BUFFER)  # noqa: SIM115 - replaces the long-lived handle
