@@ -110,9 +110,9 @@ class Worker:
         self._exit_code: int | None = None
         #: What asked the worker to stop (a signal, worker-runner), for the exit line.
         self._stop_cause: str | None = None
-        #: Claims whose run was reported (or found resolved by the queue): only these count toward
-        #: ``numberOfTasksToRun``; a crashed task runner's run does not.
-        self._counted: set[asyncio.Task[None]] = set()
+        #: Runs the queue holds resolved whose coroutine still closes their books (:meth:`_hand_over`): out of
+        #: the capacity count, still waited for at exit.
+        self._closing: set[asyncio.Task[None]] = set()
         self._tasks_dir: Path | None = None
         #: Task runners that crashed since the last run that was reported (:data:`MAX_CONSECUTIVE_CRASHES`).
         self._consecutive_crashes = 0
@@ -337,7 +337,7 @@ class Worker:
             finally:
                 if watchdog is not None:
                     watchdog.cancel()
-                for task in list(self.running):
+                for task in [*self.running, *self._closing]:
                     with contextlib.suppress(BaseException):
                         await task
                 await self._resolve_unreported()
@@ -447,14 +447,35 @@ class Worker:
         return list(result.get("tasks", []))
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self.running.pop(task, None)
-        if task in self._counted:
-            self._counted.discard(task)
-            self.resolved += 1
-        self._wake.set()
-        self.plugins.running_changed(running=len(self.running))
+        if self.running.pop(task, False) is not False:  # not handed over: its capacity is freed now
+            self._wake.set()
+            self.plugins.running_changed(running=len(self.running))
+        self._closing.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task runner crashed", exc_info=task.exception())
+
+    async def _hand_over(self) -> None:
+        """The queue holds the current run resolved: free its capacity, count it, and let the loop's next
+        claimWork go out before the run's books are closed (issue 13).
+
+        At capacity 1 the worker otherwise sat on its resolved run's journal, state files and directory
+        (and the resolution's log line and hooks) before asking for the next task: 0.6 ms of every task's
+        wall time, now spent while the queue answers that claimWork.  Only runs the queue holds resolved
+        count toward ``numberOfTasksToRun`` (a crashed task runner's never does), and only here.
+
+        Three turns of the event loop: the loop wakes and starts its claimWork, the claim's task builds the
+        request, and (Python < 3.12) aiohttp writes its body from a task of its own.  Only the order of work
+        depends on it: the books are closed after those turns whatever the loop did in them.
+        """
+        current = asyncio.current_task()
+        self.resolved += 1
+        if current is None or self.running.pop(current, False) is False:
+            return
+        self._closing.add(current)
+        self._wake.set()
+        self.plugins.running_changed(running=len(self.running))
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     async def _wait_for_completion(self, patience: float | None) -> None:
         """Until a run ends or something else wakes the loop (every run's end sets :attr:`_wake`, see
@@ -467,8 +488,8 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), patience)
 
     async def _drain(self) -> None:
-        while self.running:
-            await asyncio.wait(set(self.running))
+        while self.running or self._closing:
+            await asyncio.wait({*self.running, *self._closing})
 
     # -- one claim ---------------------------------------------------------------------------------------
     def task_dir_for(self, task_id: str, run_id: int) -> Path:
@@ -491,7 +512,6 @@ class Worker:
         did not report.
         """
         started = time.monotonic()
-        current = asyncio.current_task()
         task_id: str = claim["status"]["taskId"]
         run_id = int(claim["runId"])
         record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], "")
@@ -512,8 +532,6 @@ class Worker:
                 self._wake.set()
         else:
             self._consecutive_crashes = 0 if reported else self._consecutive_crashes
-        if reported and current is not None:
-            self._counted.add(current)
 
     async def _runner_crashed(self, record: ClaimRecord, exc: Exception, started: float) -> bool:
         """Report a crashed runner's run exception/internal-error; False: not counted (it never is)."""
@@ -521,7 +539,7 @@ class Worker:
         task_id, run_id = record.task_id, record.run_id
         current = asyncio.current_task()
         run = self.running.get(current) if current is not None else None
-        if current is not None:
+        if current is not None and current in self.running:
             self.running[current] = None
         log.error(
             "task %s/%s: task runner crashed (%s: %s): reporting exception/internal-error; "
@@ -655,9 +673,9 @@ class Worker:
         finally:
             await reclaiming.stop()
         reported = await report_resolution(
-            run, state, reason, plugins=self.plugins, duration=time.monotonic() - started
+            run, state, reason, plugins=self.plugins, duration=time.monotonic() - started, settled=self._hand_over
         )
-        if current is not None:
+        if current is not None and current in self.running:
             self.running[current] = None
         if not reported:
             return False  # the journal keeps the claim: resolved before exit (_resolve_unreported)
@@ -665,7 +683,7 @@ class Worker:
             task_id,
             run_id,
             task_dir,
-            resolved=self.resolved + 1,  # _task_done counts it once this coroutine returns
+            resolved=self.resolved,
             current=self._current_ids(),
             metadata=metadata_document(self.config.rootURL, task_id, run_id) if self.config.enableMetadata else None,
             clean=self.config.cleanUpTaskDirs,

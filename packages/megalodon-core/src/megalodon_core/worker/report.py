@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -33,13 +34,29 @@ def _uploads(run: TaskRun) -> str:
     return f"{count} artifact{'' if count == 1 else 's'}, {size} bytes uploaded"
 
 
-async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins: PluginHost, duration: float) -> bool:
+async def _nothing() -> None:
+    return None
+
+
+async def report_resolution(
+    run: TaskRun,
+    state: State,
+    reason: str,
+    *,
+    plugins: PluginHost,
+    duration: float,
+    settled: Callable[[], Awaitable[None]] = _nothing,
+) -> bool:
     """Report ``state``/``reason`` for ``run`` and tell plugins (``megalodon_task_resolved``).
 
     ``duration`` is the time since the claim (logged, and given to the plugins).  True when the run is
     resolved on the queue (reported now, or cancelled there); False when the report failed.
+
+    ``settled`` is awaited as soon as the queue holds the run resolved, before the resolution is logged and
+    told: the worker loop frees the run's capacity there and lets its next claimWork go out first (issue 13).
     """
     if run.canceled:
+        await settled()
         log.info(
             "task %s/%s: run was cancelled (the queue answered a reclaim with 409) after %.2fs (%s): nothing to report",
             run.task_id,
@@ -67,6 +84,7 @@ async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins:
             log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, exc)
             return False
         # The queue resolved the run meanwhile: a cancellation between two reclaims (or its deadline).
+        await settled()
         log.warning(
             "task %s/%s: run was cancelled (%s answered 409: %s) after %.2fs; its %s/%s is not reported",
             run.task_id,
@@ -87,7 +105,9 @@ async def report_resolution(run: TaskRun, state: State, reason: str, *, plugins:
         detail = str(exc) or type(exc).__name__
         log.error("task %s/%s: could not report %s/%s: %s", run.task_id, run.run_id, state, reason, detail)
         return False
-    plugins.queue_call(method=method, seconds=time.monotonic() - started)
+    seconds = time.monotonic() - started
+    await settled()
+    plugins.queue_call(method=method, seconds=seconds)
     log.info("task %s/%s resolved %s/%s in %.2fs (%s)", run.task_id, run.run_id, state, reason, duration, _uploads(run))
     plugins.task_resolved(
         task_id=run.task_id, run_id=run.run_id, state=state, reason=reason, duration=duration, run=run
