@@ -9,15 +9,19 @@ on the test's loop, goes on answering.
 from __future__ import annotations
 
 import asyncio
+import errno
 import threading
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 import megalodon_core
 from megalodon_core.config import parse_config
 from megalodon_core.plugins import PluginHost
 from megalodon_core.testing import Harness
 from megalodon_core.worker import Worker
+from megalodon_core.worker.bookkeeping import ClaimBooks
 from megalodon_core.worker.state_files import JOURNAL_DIR
 
 from ..helpers.procs import wait_for
@@ -67,3 +71,32 @@ async def test_the_next_claim_goes_out_before_a_resolved_run_is_told_and_its_boo
     assert exit_code == [0]
     assert hold.resolved == [(first, "completed"), (second, "completed")]
     assert not any(journal.glob("*.json")), "every reported run's record is gone at exit"
+
+
+async def test_a_run_whose_books_fail_after_its_report_stays_reported_and_counted(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not reported a second time (exception/internal-error would only be refused, 409): the failure is
+    logged, the run counts toward ``numberOfTasksToRun``, and its journal record is cleared at exit."""
+    worker_type = harness.worker_type()
+    first = await harness.create({"command": [["true"]], "maxRunTime": 30}, worker_type)
+    second = await harness.create({"command": [["true"]], "maxRunTime": 30}, worker_type)
+    real = ClaimBooks.claim_ended
+
+    def claim_ended(self: ClaimBooks, task_id: str, *args: Any, **kwargs: Any) -> None:
+        if task_id == first:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, task_id, *args, **kwargs)
+
+    monkeypatch.setattr(ClaimBooks, "claim_ended", claim_ended)
+    host = PluginHost()
+    config = harness.config(worker_type, numberOfTasksToRun=2, capacity=1)
+    worker = Worker(parse_config(config, host.config_fields()), host)
+    assert await asyncio.wait_for(worker.run(), 120) == 0
+    assert worker.resolved == 2
+    for task_id in (first, second):
+        runs = harness.double.task_state(task_id)["runs"]
+        assert [(r["state"], r["reasonResolved"]) for r in runs] == [("completed", "completed")]
+    assert f"task {first}/0: resolved, but what follows its report failed (OSError" in caplog.text
+    assert harness.double.calls["reportException"] == 1  # the exit's recovery, answered 409: already resolved
+    assert worker.books.journal.entries() == []

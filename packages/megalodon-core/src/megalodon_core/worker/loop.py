@@ -512,12 +512,25 @@ class Worker:
         did not report.
         """
         started = time.monotonic()
+        current = asyncio.current_task()
         task_id: str = claim["status"]["taskId"]
         run_id = int(claim["runId"])
         record = ClaimRecord(task_id, run_id, claim["credentials"], claim["takenUntil"], "")
         try:
             reported = await self._run_claimed(claim, started, record)
         except Exception as exc:
+            if current in self._closing:
+                # Reported and counted (:meth:`_hand_over`): only what follows failed.  A record left in the
+                # journal is found resolved when the worker exits (or starts next), and skipped.
+                log.error(
+                    "task %s/%s: resolved, but what follows its report failed (%s: %s)",
+                    task_id,
+                    run_id,
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
+                return
             reported = await self._runner_crashed(record, exc, started)
             self._consecutive_crashes += 1
             if self._consecutive_crashes >= MAX_CONSECUTIVE_CRASHES and not self._stop_claiming:
