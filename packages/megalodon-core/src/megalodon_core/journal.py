@@ -64,24 +64,27 @@ FREE_KEEP = 16
 class ClaimJournal:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        #: The directory as text: the names below are joined to it on every claim, and a ``Path`` join costs
+        #: several times a string's (issue 13).
+        self._dir = str(directory)
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
-        self._free: list[Path] = []
+        self._free: list[str] = []
         self._freed = 0
         for leftover in directory.iterdir():  # a previous process's temporary and emptied files
             if leftover.name.startswith((".claim-", FREE_PREFIX)):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
 
-    def _path(self, task_id: str, run_id: int) -> Path:
-        return self.directory / f"{task_id}-{run_id}.json"
+    def _path(self, task_id: str, run_id: int) -> str:
+        return f"{self._dir}/{task_id}-{run_id}.json"
 
     def _reused(self) -> tuple[int, str] | None:
         """An emptied record file, opened for writing (None when there is none to reuse)."""
         while self._free:
             path = self._free.pop()
             try:
-                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), str(path)
+                return os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC), path
             except OSError:
                 continue
         return None
@@ -106,7 +109,7 @@ class ClaimJournal:
 
     def remove(self, task_id: str, run_id: int) -> None:
         """Forget a record: renamed aside (recovery never sees it again) and emptied of its credentials."""
-        free = self.directory / f"{FREE_PREFIX}{self._freed}"
+        free = f"{self._dir}/{FREE_PREFIX}{self._freed}"
         try:
             os.rename(self._path(task_id, run_id), free)
         except FileNotFoundError:
@@ -123,19 +126,19 @@ class ClaimJournal:
                 os.close(fd)
         except OSError:
             with contextlib.suppress(OSError):
-                free.unlink()
+                os.unlink(free)
             return
         if len(self._free) < FREE_KEEP:
             self._free.append(free)
         else:
             with contextlib.suppress(OSError):
-                free.unlink()
+                os.unlink(free)
 
     def discard_free(self) -> None:
         """Unlink the emptied files kept for reuse (the worker exits: its state directory holds records only)."""
         while self._free:
             with contextlib.suppress(OSError):
-                self._free.pop().unlink()
+                os.unlink(self._free.pop())
 
     def entries(self) -> list[ClaimRecord]:
         out = []

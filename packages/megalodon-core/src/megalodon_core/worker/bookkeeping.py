@@ -25,6 +25,7 @@ class ClaimBooks:
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
+        self._metadata = str(state_dir / METADATA_FILE)  # written after every run: joined once
         self.task_dirs = TaskDirs()
         self._journal: ClaimJournal | None = None
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="megalodon-books")
@@ -101,7 +102,7 @@ class ClaimBooks:
         self.journal.remove(task_id, run_id)
         self._write_latest_state()
         if metadata is not None:
-            write_private(self.state_dir / METADATA_FILE, metadata)
+            write_private(self._metadata, metadata)
         if not clean:
             return
         # The directory goes once the loop next waits (for the next claimWork's answer, at capacity 1): its

@@ -9,12 +9,13 @@ from worker-runner, for ``megalodon config explain``; never the secrets themselv
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..journal import overwrite
 
@@ -30,7 +31,20 @@ METADATA_FILE = "generic-worker-metadata.json"
 JOURNAL_DIR = "megalodon-claims"
 
 
-def write_private(path: Path, text: str) -> None:
+class _Paths(NamedTuple):
+    resolved_count: str
+    status: str
+    idle: str
+
+
+@functools.lru_cache(maxsize=16)
+def _paths(state_dir: Path) -> _Paths:
+    """The files rewritten on every claim, as text, joined once per state directory (a ``Path`` join costs
+    several times a string's, and these are written twice per task; issue 13)."""
+    return _Paths(*(os.path.join(state_dir, name) for name in (RESOLVED_COUNT_FILE, STATUS_FILE, IDLE_STATUS_FILE)))
+
+
+def write_private(path: str | Path, text: str) -> None:
     """Write a state file only the worker's user can read (0600, also when it already existed).
 
     A multiuser task must not read them: the status file names the tasks running next to it, the metadata
@@ -58,15 +72,14 @@ def read_resolved_count(state_dir: Path) -> int:
 
 
 def write_resolved_count(state_dir: Path, resolved: int) -> None:
-    write_private(state_dir / RESOLVED_COUNT_FILE, f"{resolved}\n")
+    write_private(_paths(state_dir).resolved_count, f"{resolved}\n")
 
 
 def write_status(state_dir: Path, current: list[str], *, was_idle: bool = False) -> None:
     """The running task ids; the status file is gone when none run (renamed aside, see
     :data:`IDLE_STATUS_FILE`).  ``was_idle``: it was put aside since, so it is written there and renamed back
     (readers see the whole new file or none)."""
-    status = state_dir / STATUS_FILE
-    idle = state_dir / IDLE_STATUS_FILE
+    _, status, idle = _paths(state_dir)
     if current:
         text = json.dumps({"currentTaskIds": current}) + "\n"
         if was_idle:
