@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,13 +117,14 @@ class TaskRun:
     def scopes(self) -> list[str]:
         return list(self.task.get("scopes", []))
 
-    @property
+    @functools.cached_property
     def expires(self) -> dt.datetime:
+        """Parsed once: the task definition does not change during its run, and every artifact asks."""
         from .timefmt import parse_iso
 
         return parse_iso(self.task["expires"])
 
-    @property
+    @functools.cached_property
     def deadline(self) -> dt.datetime:
         from .timefmt import parse_iso
 
