@@ -244,7 +244,7 @@ def migration_probe(rounds: int = 10) -> dict[str, Any] | None:
 
 
 async def bench_pertask(settings: Any) -> dict[str, Any]:
-    rounds = 1 if settings.quick else 3
+    rounds = settings.rounds or (1 if settings.quick else 3)
     result: dict[str, Any] = {"rounds": rounds, "migration": await asyncio.to_thread(migration_probe)}
     payload = {"command": [["true"]], "maxRunTime": 30}
     async with scratch("pertask") as workdir:
@@ -347,7 +347,7 @@ async def bench_pertask_real(settings: Any) -> dict[str, Any]:
     if found is None:
         raise RuntimeError("pertask-real needs MEGALODON_BENCH_ROOT_URL (and TASKCLUSTER_CLIENT_ID/ACCESS_TOKEN)")
     root_url, creds = found
-    rounds = 1 if settings.quick else 3
+    rounds = settings.rounds or (1 if settings.quick else 3)
     n = settings.tasks * 5
     tag = taskcluster.slugId()[:8].replace("_", "x").replace("-", "y").lower()
     runs: dict[str, list[dict[str, Any]]] = {s: [] for s in SIDES}
