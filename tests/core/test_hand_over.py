@@ -56,13 +56,13 @@ async def test_the_next_claim_goes_out_before_a_resolved_run_is_told_and_its_boo
     exit_code: list[int] = []
     thread = threading.Thread(target=lambda: exit_code.append(asyncio.run(worker.run())), daemon=True)
     claims_before = harness.double.calls["claimWork"]
+    journal = Path(config["stateDir"]) / JOURNAL_DIR
     thread.start()
     try:
         await wait_for(hold.holding.is_set, 60)
         # The worker's loop is held in the first run's resolution hook, so whatever it sent before that hook
         # is all it sent: the second claimWork must be among it.
         await wait_for(lambda: harness.double.calls["claimWork"] >= claims_before + 2, 60)
-        journal = Path(config["stateDir"]) / JOURNAL_DIR
         assert (journal / f"{first}-0.json").exists(), "the first run's books were closed before the next claim"
         assert (await harness.root.status(first))["status"]["state"] == "completed"
     finally:
